@@ -1,0 +1,1 @@
+"""geotm's DNS server: authoritative answers and traffic management for registry replicas."""

@@ -1,0 +1,1 @@
+"""geotm's probe service: deep-health checks of registry replicas, published for dnsd."""
