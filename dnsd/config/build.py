@@ -1,0 +1,555 @@
+"""Validate a located YAML tree against geotm's schema and build the frozen model; all problems raised at once."""
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+from dnsd import names, records
+from dnsd.config.errors import ConfigError, Mark, Problem, Problems
+from dnsd.config.reader import Reader
+from dnsd.config.yamlnodes import Map, Node, Scalar, parse_yaml
+from dnsd.model import (ALL_DOWN_POLICIES, ROUTING_METHODS, AllDownPolicy, ClientNetwork, Config,
+                        NameTTLs, PrivateEndpoints, Registry, Replica, ServerSettings, Soa, Topology,
+                        View, Zone, frozen_map)
+from dnsd.records import RR, normalize_name
+
+TOP_KEYS = ("server", "zone", "regions", "latency_ms", "clients", "registries", "views")
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, validate and build. Raises ConfigError listing every problem, or OSError if unreadable."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    return parse_config_text(text, str(path))
+
+
+def parse_config_text(text: str, filename: str = "<config>") -> Config:
+    root = parse_yaml(text, filename)
+    problems = Problems()
+    if root is None:
+        raise ConfigError([Problem(Mark(filename, 1, 1), "", "the config is empty")])
+    builder = _Builder(Reader(problems), filename)
+    config = builder.build(root, hashlib.sha256(text.encode()).hexdigest())
+    problems.raise_if_any()
+    assert config is not None
+    return config
+
+
+def parse_listen(text: str, default_port: int = 5353) -> tuple[str, int]:
+    """'127.0.0.1:5353', '[::1]:53', '127.0.0.1' -> (host, port). Raises ValueError."""
+    import ipaddress
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise ValueError("expected [IPv6]:PORT")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    ipaddress.ip_address(host)
+    port = int(port_text) if port_text else default_port
+    if not 0 <= port <= 65535:
+        raise ValueError("port must be 0-65535")
+    return host, port
+
+
+class _Builder:
+    def __init__(self, reader: Reader, filename: str):
+        self.r = reader
+        self.filename = filename
+
+    def build(self, root: Node, digest: str) -> Config | None:
+        r = self.r
+        top = r.mapping(root, TOP_KEYS, required=("zone", "registries"), what="the config (a mapping)")
+        if top is None:
+            return None
+        server = self.server(top.get("server"))
+        zone = self.zone(top.get("zone"))
+        topology = self.topology(top)
+        registries = self.registries(top.get("registries"), zone, topology)
+        views = self.views(top.get("views"), registries)
+        if zone is not None:
+            self.check_collisions(top, zone, registries)
+        if None in (server, zone, topology):
+            return None
+        return Config(source=self.filename, digest=digest, server=server, zone=zone, topology=topology,
+                      registries=tuple(reg for reg in registries.values() if reg is not None),
+                      views=tuple(views))
+
+    # -- server ------------------------------------------------------------------------------
+
+    def server(self, node: Node | None) -> ServerSettings | None:
+        r = self.r
+        if node is None:
+            return ServerSettings()
+        m = r.mapping(node, ("listen", "edns_udp_size", "tcp_idle_timeout", "tcp_max_connections"))
+        if m is None:
+            return None
+        listen = []
+        for item in r.one_or_many(m.get("listen")):
+            parsed = r.scalar(item, lambda v: parse_listen(str(v)), "HOST:PORT like 127.0.0.1:5353 or [::1]:53")
+            if parsed:
+                listen.append(parsed)
+        defaults = ServerSettings()
+        return ServerSettings(
+            listen=tuple(listen) or defaults.listen,
+            edns_udp_size=r.integer(m.get("edns_udp_size"), 512, 4096, defaults.edns_udp_size) or 1232,
+            tcp_idle_timeout=r.duration(m.get("tcp_idle_timeout"), defaults.tcp_idle_timeout, 0.1) or 10.0,
+            tcp_max_connections=r.integer(m.get("tcp_max_connections"), 1, 1_000_000,
+                                          defaults.tcp_max_connections) or 1024,
+        )
+
+    # -- zone --------------------------------------------------------------------------------
+
+    def zone(self, node: Node | None) -> Zone | None:
+        r = self.r
+        m = r.mapping(node, ("name", "soa", "nameservers", "ns_ttl", "ttl", "records"),
+                      required=("name", "soa", "nameservers"))
+        if m is None:
+            return None
+        name_node = m.get("name")
+        zone_name = r.string(name_node)
+        if zone_name is not None:
+            zone_name = normalize_name(zone_name)
+            if not zone_name or not all(r.label(name_node, label, "zone label") for label in zone_name.split(".")):
+                zone_name = None
+        soa = self.soa(m.get("soa"), zone_name)
+        nameservers = []
+        for item in r.sequence(m.get("nameservers")):
+            text = r.string(item)
+            if text:
+                nameservers.append(self.absolute(text, zone_name))
+        if m.get("nameservers") is not None and not nameservers:
+            r.fail(m.get("nameservers"), "list at least one nameserver")
+        ttls = self.name_ttls(m.get("ttl"))
+        static = self.static_records(m.get("records"), zone_name)
+        if zone_name is None or soa is None or ttls is None:
+            return None
+        zone = Zone(name=zone_name, soa=soa, nameservers=tuple(nameservers),
+                    ns_ttl=r.ttl(m.get("ns_ttl"), 3600) or 3600, ttls=ttls, records=tuple(static))
+        self.check_nameserver_glue(m, zone)
+        return zone
+
+    def absolute(self, text: str, zone_name: str | None) -> str:
+        """Zone-file style: 'ns1' is relative to the zone, 'ns1.example.' is absolute, '@' is the apex."""
+        text = text.strip()
+        if text == "@":
+            return zone_name or ""
+        if text.endswith("."):
+            return normalize_name(text)
+        return normalize_name(f"{text}.{zone_name}" if zone_name else text)
+
+    def soa(self, node: Node | None, zone_name: str | None) -> Soa | None:
+        r = self.r
+        m = r.mapping(node, ("mname", "rname", "serial", "refresh", "retry", "expire", "negative_ttl", "ttl"),
+                      required=("mname", "rname"))
+        if m is None:
+            return None
+        serial_node = m.get("serial")
+        if isinstance(serial_node, Scalar) and serial_node.value == "auto" or serial_node is None:
+            serial = int(time.time()) & 0xFFFFFFFF  # changes with every load, as secondaries expect
+        else:
+            serial = r.integer(serial_node, 0, 2**32 - 1, expected="a 32-bit serial or 'auto'")
+        mname, rname = r.string(m.get("mname")), r.string(m.get("rname"))
+        values = dict(refresh=r.ttl(m.get("refresh"), 3600), retry=r.ttl(m.get("retry"), 600),
+                      expire=r.ttl(m.get("expire"), 604800), negative_ttl=r.ttl(m.get("negative_ttl"), 60),
+                      ttl=r.ttl(m.get("ttl"), 3600))
+        if None in values.values() or mname is None or rname is None or serial is None:
+            return None
+        return Soa(mname=self.absolute(mname, zone_name), rname=self.absolute(rname, zone_name),
+                   serial=serial, **values)
+
+    def name_ttls(self, node: Node | None) -> NameTTLs | None:
+        r = self.r
+        keys = {"global": "global_name", "privatelink": "privatelink", "traffic_manager": "traffic_manager",
+                "regional": "regional", "data": "data", "replica": "replica", "private": "private"}
+        defaults = NameTTLs()
+        if node is None:
+            return defaults
+        m = r.mapping(node, tuple(keys))
+        if m is None:
+            return None
+        values = {field: r.ttl(m.get(key), getattr(defaults, field)) for key, field in keys.items()}
+        if None in values.values():
+            return None
+        return NameTTLs(**values)
+
+    def static_records(self, node: Node | None, zone_name: str | None) -> list[RR]:
+        from dnsd import wire  # the only dnslib user; rdata text -> wire happens there
+        r = self.r
+        result: list[RR] = []
+        self.record_marks: list[tuple[RR, Node]] = []
+        for item in r.sequence(node):
+            m = r.mapping(item, ("name", "type", "ttl", "value", "values"), required=("name", "type"))
+            if m is None:
+                continue
+            owner_text = r.string(m.get("name"))
+            type_node = m.get("type")
+            rtype = r.scalar(type_node, lambda v: records.type_number(str(v)), "a record type like A, TXT, CAA, MX")
+            ttl = r.ttl(m.get("ttl"), 3600)
+            if m.get("value") is not None and m.get("values") is not None:
+                r.fail(m, "give either 'value' or 'values', not both")
+                continue
+            value_nodes = (r.one_or_many(m.get("value")) if m.get("value") is not None
+                           else r.sequence(m.get("values")))
+            if not value_nodes:
+                r.fail(m, "missing required key 'value' (or 'values')")
+            if owner_text is None or rtype is None or ttl is None or zone_name is None:
+                continue
+            owner = self.absolute(owner_text, zone_name)
+            if not names.is_subdomain(owner, zone_name):
+                r.fail(m.get("name"), f"record name {owner_text!r} is outside zone {zone_name!r}")
+                continue
+            if rtype in (records.SOA, records.NS) and owner == zone_name:
+                r.fail(type_node, f"{records.type_name(rtype)} at the apex comes from zone.soa and "
+                                  "zone.nameservers, not from records")
+                continue
+            if rtype in (records.OPT, records.ANY):
+                r.fail(type_node, f"{records.type_name(rtype)} is not a record type that can be served")
+                continue
+            for value_node in value_nodes:
+                text = r.string(value_node)
+                if text is None:
+                    continue
+                try:
+                    rdata = wire.rdata_from_text(rtype, text, zone_name)
+                except ValueError as err:
+                    r.fail(value_node, str(err))
+                    continue
+                rr = RR(owner, rtype, ttl, rdata)
+                result.append(rr)
+                self.record_marks.append((rr, m))
+        self.check_static_conflicts()
+        return result
+
+    def check_static_conflicts(self) -> None:
+        """CNAME must stand alone at its name (RFC 1034 §3.6.2); RRsets share one TTL (RFC 2181 §5.2)."""
+        by_name: dict[str, list[tuple[RR, Node]]] = {}
+        for rr, node in self.record_marks:
+            by_name.setdefault(rr.name, []).append((rr, node))
+        for owner, entries in by_name.items():
+            types = {rr.rtype for rr, _ in entries}
+            if records.CNAME in types and len(entries) > 1:
+                rr, node = next(e for e in entries if e[0].rtype == records.CNAME)
+                others = sorted(records.type_name(t) for t in types - {records.CNAME}) or ["a second CNAME"]
+                self.r.fail(node, f"CNAME at {owner!r} cannot stand beside other records "
+                                  f"({', '.join(others)}) at the same name")
+            ttls: dict[int, int] = {}
+            for rr, node in entries:
+                if ttls.setdefault(rr.rtype, rr.ttl) != rr.ttl:
+                    self.r.fail(node, f"records of one RRset ({owner} {records.type_name(rr.rtype)}) "
+                                      f"must share one TTL: {ttls[rr.rtype]} and {rr.ttl} given")
+
+    def check_nameserver_glue(self, m: Map, zone: Zone) -> None:
+        with_address = {rr.name for rr in zone.records if rr.rtype in (records.A, records.AAAA)}
+        for ns in zone.nameservers:
+            if names.is_subdomain(ns, zone.name) and ns not in with_address:
+                self.r.fail(m.get("nameservers"), f"nameserver {ns!r} is inside the zone but has no "
+                                                  "A or AAAA record in zone.records")
+
+    # -- topology: regions, latency, client networks ---------------------------------------
+
+    def topology(self, top: Map) -> Topology | None:
+        r = self.r
+        regions: list[str] = []
+        regions_node = top.get("regions")
+        for item in r.sequence(regions_node, "a list of region names"):
+            name = r.string(item)
+            if name is not None and r.label(item, name, "region"):
+                if name in regions:
+                    r.fail(item, f"region {name!r} is listed twice")
+                regions.append(name)
+        if regions_node is None:
+            r.fail(top, "missing required key 'regions'")
+        known = set(regions)
+        latency: dict[tuple[str, str], float] = {(a, a): 0.0 for a in regions}
+        latency_node = r.mapping(top.get("latency_ms"), open_keys=True)
+        if latency_node is not None:
+            for a, row in latency_node:
+                if a not in known:
+                    self.unknown_region(row, a, known, where=f"latency_ms has a row for")
+                    continue
+                row_map = r.mapping(row, open_keys=True, what="a mapping of region: milliseconds")
+                for b, value_node in row_map or ():
+                    if b not in known:
+                        self.unknown_region(value_node, b, known, where="latency_ms names")
+                        continue
+                    ms = r.scalar(value_node, _non_negative_number, "milliseconds (a number >= 0)")
+                    if ms is None:
+                        continue
+                    if a == b and ms != 0:
+                        r.fail(value_node, f"latency from {a!r} to itself must be 0")
+                    if (b, a) in latency and a != b and latency[(b, a)] != ms:
+                        r.fail(value_node, f"latency {a}->{b} is {ms:g} but {b}->{a} is {latency[(b, a)]:g}; "
+                                           "the table is symmetric, give each pair once")
+                    latency[(a, b)] = latency[(b, a)] = ms
+        networks: list[ClientNetwork] = []
+        default_region = None
+        clients = r.mapping(top.get("clients"), ("default_region", "networks"))
+        if clients is not None:
+            default_node = clients.get("default_region")
+            default_region = r.string(default_node)
+            if default_region is not None and default_region not in known:
+                self.unknown_region(default_node, default_region, known, "default_region")
+                default_region = None
+            net_map = r.mapping(clients.get("networks"), open_keys=True,
+                                what="a mapping of CIDR: region")
+            for cidr, region_node in net_map or ():
+                network = r.network(Scalar(net_map.key_mark(cidr), region_node.path, cidr))
+                region = r.string(region_node)
+                if region is not None and region not in known:
+                    self.unknown_region(region_node, region, known, "client network")
+                    continue
+                if network is not None and region is not None:
+                    networks.append(ClientNetwork(network, region))
+        self.latency_pairs_missing = [(a, b) for a in regions for b in regions if (a, b) not in latency]
+        return Topology(regions=tuple(regions), latency_ms=frozen_map(latency),
+                        client_networks=tuple(networks), default_region=default_region)
+
+    def unknown_region(self, node: Node, name: str, known: set[str], where: str) -> None:
+        self.r.fail(node, f"{where} unknown region {name!r} (regions: {', '.join(sorted(known)) or 'none'})")
+
+    # -- registries ---------------------------------------------------------------------------
+
+    def registries(self, node: Node | None, zone: Zone | None, topology: Topology | None) -> dict[str, Registry | None]:
+        r = self.r
+        result: dict[str, Registry | None] = {}
+        m = r.mapping(node, open_keys=True, what="a mapping of registry name: settings")
+        if m is None:
+            return result
+        if not m.entries:
+            r.fail(m, "define at least one registry")
+        for name, reg_node in m:
+            key_node = Scalar(m.key_mark(name), reg_node.path, name)
+            valid_name = r.label(key_node, name, "registry name")
+            if name in names.RESERVED_LABELS:
+                r.fail(key_node, f"registry name {name!r} is reserved for geotm's own names "
+                                 f"({', '.join(sorted(names.RESERVED_LABELS))})")
+                valid_name = False
+            registry = self.registry(name, reg_node, zone, topology)
+            result[name] = registry if valid_name else None
+        return result
+
+    def registry(self, name: str, node: Node, zone: Zone | None, topology: Topology | None) -> Registry | None:
+        r = self.r
+        m = r.mapping(node, ("routing", "all_down", "regional_endpoints", "data_endpoints", "replicas"),
+                      required=("replicas",))
+        if m is None:
+            return None
+        routing = r.choice(m.get("routing"), ROUTING_METHODS, "performance")
+        replicas: list[Replica] = []
+        replicas_node = r.mapping(m.get("replicas"), open_keys=True, what="a mapping of replica name: settings")
+        for index, (replica_name, replica_node) in enumerate(replicas_node or ()):
+            replica = self.replica(name, replica_name, replica_node, replicas_node, index, zone, topology)
+            if replica is not None:
+                replicas.append(replica)
+        if replicas_node is not None and not replicas_node.entries:
+            r.fail(replicas_node, "a registry needs at least one replica")
+        all_down = self.all_down(m.get("all_down"), {rep.name for rep in replicas})
+        if replicas and not any(rep.global_routing for rep in replicas):
+            r.fail(replicas_node, f"registry {name!r} has no replica with global_routing on: "
+                                  "its global name would have nowhere to go")
+        if routing == "performance" and topology is not None:
+            self.check_performance_inputs(m, name, replicas, topology)
+        if routing == "weighted" and replicas and all(rep.weight == 0 for rep in replicas if rep.global_routing):
+            r.fail(replicas_node, "weighted routing needs at least one globally routed replica with weight > 0")
+        if routing is None or all_down is None or replicas_node is None or len(replicas) != len(replicas_node.entries):
+            return None
+        return Registry(name=name, routing=routing, all_down=all_down,
+                        regional_endpoints=r.boolean(m.get("regional_endpoints"), True),
+                        data_endpoints=r.boolean(m.get("data_endpoints"), True),
+                        replicas=tuple(replicas))
+
+    def check_performance_inputs(self, m: Map, name: str, replicas: list[Replica], topology: Topology) -> None:
+        if topology.default_region is None:
+            self.r.fail(m.get("routing") or m, f"performance routing needs clients.default_region "
+                                               "for clients outside every client network")
+        locations = {rep.location for rep in replicas}
+        client_regions = set(topology.regions)
+        missing = sorted({tuple(sorted(pair)) for pair in self.latency_pairs_missing
+                          if pair[1] in locations and pair[0] in client_regions})
+        if missing:
+            shown = ", ".join(f"{a}<->{b}" for a, b in missing[:6]) + (" ..." if len(missing) > 6 else "")
+            self.r.fail(m.get("routing") or m, f"performance routing needs latency_ms between every region "
+                                               f"and each replica location; missing: {shown}")
+
+    def replica(self, registry: str, name: str, node: Node, parent: Map, index: int,
+                zone: Zone | None, topology: Topology | None) -> Replica | None:
+        r = self.r
+        key_node = Scalar(parent.key_mark(name), node.path, name)
+        valid = r.label(key_node, name, "replica name")
+        m = r.mapping(node, ("location", "host", "addresses", "weight", "priority", "global_routing"))
+        if m is None:
+            return None
+        location_node = m.get("location") or key_node
+        location = r.string(location_node)
+        if location is not None and topology is not None and location not in topology.regions:
+            where = "location names" if m.get("location") else f"replica {name!r} has no location and its name is an"
+            self.unknown_region(location_node, location, set(topology.regions), where)
+            location = None
+        zone_name = zone.name if zone else None
+        host_text = r.string(m.get("host"))
+        host = (self.absolute(host_text, zone_name) if host_text
+                else names.default_replica_host(registry, name, zone_name or "invalid"))
+        addresses = [a for a in (r.address(n) for n in r.one_or_many(m.get("addresses"))) if a is not None]
+        in_zone = zone_name is not None and names.is_subdomain(host, zone_name)
+        if in_zone and not addresses and m.get("addresses") is None:
+            r.fail(m, f"replica host {host!r} is in our zone, so list its addresses "
+                      "(or set host to the replica's own external name)")
+        if not in_zone and m.get("addresses") is not None and zone_name is not None:
+            r.fail(m.get("addresses"), f"host {host!r} is outside zone {zone_name!r}: its addresses are "
+                                       "served by its own DNS, remove them here")
+        weight = r.integer(m.get("weight"), 0, 1_000_000, 100)
+        priority = r.integer(m.get("priority"), 0, 1_000_000, index + 1)
+        global_routing = r.boolean(m.get("global_routing"), True)
+        if not valid or location is None or weight is None or priority is None or global_routing is None:
+            return None
+        return Replica(name=name, location=location, host=host, addresses=tuple(addresses) if in_zone else (),
+                       weight=weight, priority=priority, global_routing=global_routing)
+
+    def all_down(self, node: Node | None, replica_names: set[str]) -> AllDownPolicy | None:
+        r = self.r
+        if node is None:
+            return AllDownPolicy("fail_open")
+        if isinstance(node, Scalar):
+            mode = r.choice(node, ("fail_open", "servfail"))
+            if mode == "fallback":
+                return None
+            return AllDownPolicy(mode) if mode else None
+        m = r.mapping(node, ("policy", "replica"), required=("policy",),
+                      what="fail_open, servfail, or {policy: fallback, replica: NAME}")
+        if m is None:
+            return None
+        mode = r.choice(m.get("policy"), ALL_DOWN_POLICIES)
+        replica = r.string(m.get("replica"))
+        if mode == "fallback":
+            if replica is None:
+                r.fail(m, "policy fallback needs 'replica': the replica that takes all traffic")
+                return None
+            if replica_names and replica not in replica_names:
+                r.fail(m.get("replica"), f"fallback replica {replica!r} is not a replica of this registry "
+                                         f"(replicas: {', '.join(sorted(replica_names))})")
+                return None
+        elif replica is not None and mode is not None:
+            r.fail(m.get("replica"), f"'replica' applies only to policy fallback, not {mode}")
+        return AllDownPolicy(mode, replica) if mode else None
+
+    # -- views ------------------------------------------------------------------------------
+
+    def views(self, node: Node | None, registries: dict[str, Registry | None]) -> list[View]:
+        r = self.r
+        result: list[View] = []
+        m = r.mapping(node, open_keys=True, what="a mapping of view name: settings")
+        seen_sources: dict[object, str] = {}
+        for name, view_node in m or ():
+            vm = r.mapping(view_node, ("sources", "private_endpoints"), required=("sources", "private_endpoints"))
+            if vm is None:
+                continue
+            sources = []
+            for item in r.sequence(vm.get("sources"), "a list of CIDRs"):
+                network = r.network(item)
+                if network is None:
+                    continue
+                if network in seen_sources:
+                    r.fail(item, f"source {network} is already in view {seen_sources[network]!r}: "
+                                 "a client must map to one view")
+                seen_sources[network] = name
+                sources.append(network)
+            endpoints = {}
+            ep_map = r.mapping(vm.get("private_endpoints"), open_keys=True,
+                               what="a mapping of registry name: private IPs")
+            for reg_name, ep_node in ep_map or ():
+                if reg_name not in registries:
+                    key_node = Scalar(ep_map.key_mark(reg_name), ep_node.path, reg_name)
+                    r.fail(key_node, f"unknown registry {reg_name!r} "
+                                     f"(registries: {', '.join(sorted(registries)) or 'none'})")
+                    continue
+                registry = registries[reg_name]
+                private = self.private_endpoints(ep_node, registry) if registry else None
+                if private is not None:
+                    endpoints[reg_name] = private
+            result.append(View(name=name, sources=tuple(sources), endpoints=frozen_map(endpoints)))
+        return result
+
+    def private_endpoints(self, node: Node, registry: Registry) -> PrivateEndpoints | None:
+        r = self.r
+        m = r.mapping(node, ("global", "data", "regional"), required=("global",))
+        if m is None:
+            return None
+        global_addresses = tuple(a for a in (r.address(n) for n in r.one_or_many(m.get("global"))) if a)
+        replicas = [rep.name for rep in registry.replicas]
+        per_replica = {}
+        for key, enabled in (("data", registry.data_endpoints), ("regional", registry.regional_endpoints)):
+            sub = m.get(key)
+            if not enabled:
+                if sub is not None:
+                    r.fail(sub, f"registry {registry.name!r} has {key}_endpoints off, "
+                                f"so it has no private {key} IPs to give")
+                per_replica[key] = {}
+                continue
+            if sub is None:
+                r.fail(m, f"registry {registry.name!r} has {key}_endpoints on: give private '{key}' IPs "
+                          f"for every replica ({', '.join(replicas)})")
+                per_replica[key] = {}
+                continue
+            sm = r.mapping(sub, open_keys=True, what="a mapping of replica name: private IPs")
+            found = {}
+            for rep_name, ip_node in sm or ():
+                if rep_name not in replicas:
+                    r.fail(ip_node, f"unknown replica {rep_name!r} of registry {registry.name!r} "
+                                    f"(replicas: {', '.join(replicas)})")
+                    continue
+                found[rep_name] = tuple(a for a in (r.address(n) for n in r.one_or_many(ip_node)) if a)
+            missing = [name for name in replicas if name not in found]
+            if sm is not None and missing:
+                r.fail(sub, f"no private {key} IP for replica{'s' if len(missing) > 1 else ''} "
+                            f"{', '.join(missing)} of registry {registry.name!r}")
+            per_replica[key] = found
+        return PrivateEndpoints(global_addresses=global_addresses, data=frozen_map(per_replica["data"]),
+                                regional=frozen_map(per_replica["regional"]))
+
+    # -- cross checks -----------------------------------------------------------------------
+
+    def check_collisions(self, top: Map, zone: Zone, registries: dict[str, Registry | None]) -> None:
+        """A static record must not shadow a generated name, and replica hosts must be unique."""
+        generated: dict[str, str] = {}
+        for reg in registries.values():
+            if reg is None:
+                continue
+            for owner, what in _generated_names(reg, zone.name):
+                generated.setdefault(owner, what)
+        for rr, node in getattr(self, "record_marks", []):
+            if rr.name in generated:
+                self.r.fail(node.get("name") or node, f"record {rr.name!r} collides with {generated[rr.name]}; "
+                                                       "geotm answers that name itself")
+        hosts: dict[str, str] = {}
+        for reg in registries.values():
+            for rep in (reg.replicas if reg else ()):
+                owner = f"{reg.name}.{rep.name}"
+                if rep.host in hosts and hosts[rep.host] != owner:
+                    reg_node = top.get("registries")
+                    self.r.fail(reg_node, f"replica host {rep.host!r} is used by both {hosts[rep.host]} and {owner}")
+                hosts.setdefault(rep.host, owner)
+
+
+def _generated_names(reg: Registry, zone: str):
+    yield names.global_name(reg.name, zone), f"registry {reg.name}'s global name"
+    yield names.privatelink_name(reg.name, zone), f"registry {reg.name}'s privatelink name"
+    yield names.traffic_manager_name(reg.name, zone), f"registry {reg.name}'s traffic-manager name"
+    for rep in reg.replicas:
+        where = f"registry {reg.name} replica {rep.name}"
+        if rep.addresses:
+            yield rep.host, f"{where}'s host"
+        yield names.regional_name(reg.name, rep.name, zone), f"{where}'s regional name"
+        yield names.regional_private_name(reg.name, rep.name, zone), f"{where}'s private regional name"
+        yield names.data_name(reg.name, rep.name, zone), f"{where}'s data name"
+        yield names.data_private_name(reg.name, rep.name, zone), f"{where}'s private data name"
+
+
+def _non_negative_number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError()
+    return float(value)

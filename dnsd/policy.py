@@ -1,0 +1,145 @@
+"""Routing of a registry's global name: which replica each client gets, given health. Pure; no I/O."""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+from dnsd.health import HealthSnapshot
+from dnsd.model import Registry, Topology
+
+# Weighted routing hashes each client subnet into one of SLOTS slots and each slot to a replica by
+# weighted rendezvous hashing: shares follow the weights (to 1/SLOTS), a client keeps its replica
+# while that replica serves (an upload session started on one replica must finish there), and when
+# a replica drops out only its own slots move.
+SLOTS = 256
+WEIGHTED_IPV4_PREFIX = 24  # clients sharing a /24 (IPv4) or /56 (IPv6) share a replica
+WEIGHTED_IPV6_PREFIX = 56
+_MASK64 = (1 << 64) - 1
+
+
+def weighted_slot(bits: int, address: int, source_prefix: int | None) -> int:
+    """The slot of a client address (source address or ECS subnet) for weighted routing."""
+    prefix = WEIGHTED_IPV4_PREFIX if bits == 32 else WEIGHTED_IPV6_PREFIX
+    if source_prefix is not None and source_prefix < prefix:
+        prefix = source_prefix
+    subnet = address >> (bits - prefix)
+    return (((subnet + bits) * 0x9E3779B97F4A7C15) & _MASK64) >> (64 - 8)  # top 8 bits: 0..255
+
+
+def _hash_unit(*parts: object) -> float:
+    """A stable pseudo-random number in (0, 1) for the parts; the same on every run and host."""
+    digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") + 0.5) / 2.0**64
+
+
+@lru_cache(maxsize=4096)
+def _slot_costs(replica_names: tuple[str, ...]) -> tuple[tuple[float, ...], ...]:
+    """-ln(u) per (slot, replica): fixed per replica set, so health changes only redo the argmax."""
+    return tuple(tuple(-math.log(_hash_unit("slot", slot, name)) for name in replica_names)
+                 for slot in range(SLOTS))
+
+
+@lru_cache(maxsize=4096)
+def _weighted_slots(replica_names: tuple[str, ...], weights: tuple[int, ...],
+                    serving: tuple[int, ...]) -> tuple[int, ...]:
+    costs = _slot_costs(replica_names)
+    usable = [i for i in serving if weights[i] > 0] or list(serving)
+    return tuple(max(usable, key=lambda i: (weights[i] or 1) / row[i]) for row in costs)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingPlan:
+    """The global-name decision for one registry under one health snapshot."""
+
+    registry: Registry
+    eligible: tuple[int, ...]  # replicas with global routing on (indices into registry.replicas)
+    serving: tuple[int, ...]  # the ones clients may be sent to now
+    all_down: bool  # every eligible replica degraded: the all-down policy decided `serving`
+    servfail: bool  # all-down policy says SERVFAIL
+    fixed: int | None  # one replica for every client (priority routing, fallback, or a single choice)
+    by_network: tuple[int, ...]  # performance: replica per client network, the last entry for default
+    slots: tuple[int, ...]  # weighted: replica per slot
+    reason: str
+
+    @property
+    def depends_on_client(self) -> bool:
+        return self.fixed is None and not self.servfail
+
+    def choice(self, network_index: int, slot: int) -> int | None:
+        """Replica index for a client, or None for SERVFAIL."""
+        if self.servfail:
+            return None
+        if self.fixed is not None:
+            return self.fixed
+        if self.by_network:
+            return self.by_network[network_index]
+        return self.slots[slot]
+
+
+def plan(registry: Registry, topology: Topology, health: HealthSnapshot) -> RoutingPlan:
+    replicas = registry.replicas
+    eligible = tuple(i for i, rep in enumerate(replicas) if rep.global_routing)
+    healthy = tuple(i for i in eligible if health.of(registry.name, replicas[i].name).serving)
+    common = dict(registry=registry, eligible=eligible, by_network=(), slots=())
+    if healthy:
+        serving, all_down, why = healthy, False, _serving_reason(registry, eligible, healthy, health)
+    else:
+        policy = registry.all_down
+        all_down = True
+        why = f"all {len(eligible)} globally routed replicas degraded; all-down policy {policy.mode}"
+        if policy.mode == "servfail":
+            return RoutingPlan(serving=(), all_down=True, servfail=True, fixed=None, reason=why + ": SERVFAIL",
+                               **common)
+        if policy.mode == "fallback":
+            index = next(i for i, rep in enumerate(replicas) if rep.name == policy.replica)
+            return RoutingPlan(serving=(index,), all_down=True, servfail=False, fixed=index,
+                               reason=why + f": everything to {policy.replica}", **common)
+        serving = eligible  # fail open: as if all were healthy
+        why += ": routing as if all were online"
+    if len(serving) == 1:
+        return RoutingPlan(serving=serving, all_down=all_down, servfail=False, fixed=serving[0],
+                           reason=why, **common)
+    if registry.routing == "priority":
+        first = min(serving, key=lambda i: (replicas[i].priority, i))
+        return RoutingPlan(serving=serving, all_down=all_down, servfail=False, fixed=first,
+                           reason=why + f"; priority: {replicas[first].name} (priority {replicas[first].priority})",
+                           **common)
+    if registry.routing == "weighted":
+        slots = _weighted_slots(tuple(rep.name for rep in replicas), tuple(rep.weight for rep in replicas), serving)
+        common["slots"] = slots
+        return RoutingPlan(serving=serving, all_down=all_down, servfail=False, fixed=None,
+                           reason=why + "; weighted, sticky per client subnet", **common)
+    by_network = tuple(nearest(registry, topology, serving, network.region, key)
+                       for key, network in enumerate(topology.client_networks))
+    by_network += (nearest(registry, topology, serving, topology.default_region or replicas[serving[0]].location,
+                           "default"),)
+    common["by_network"] = by_network
+    return RoutingPlan(serving=serving, all_down=all_down, servfail=False, fixed=None,
+                       reason=why + "; performance: nearest serving replica to the client's region", **common)
+
+
+def nearest(registry: Registry, topology: Topology, serving: tuple[int, ...], region: str,
+            tie_key: object) -> int:
+    """The serving replica closest to `region`; among equally close ones, a stable pick per client
+    network (rendezvous hash), so a client between two replicas never flips between them."""
+    replicas = registry.replicas
+    best = min(topology.latency(region, replicas[i].location) for i in serving)
+    tied = [i for i in serving if topology.latency(region, replicas[i].location) == best]
+    if len(tied) == 1:
+        return tied[0]
+    return max(tied, key=lambda i: _hash_unit("tie", registry.name, tie_key, replicas[i].name))
+
+
+def _serving_reason(registry: Registry, eligible: tuple[int, ...], healthy: tuple[int, ...],
+                    health: HealthSnapshot) -> str:
+    skipped = [registry.replicas[i].name for i in eligible if i not in healthy]
+    drained = [rep.name for rep in registry.replicas if not rep.global_routing]
+    parts = [f"{len(healthy)} of {len(eligible)} globally routed replicas serving"]
+    if skipped:
+        parts.append("degraded: " + ", ".join(
+            f"{name} ({health.of(registry.name, name).reason or 'no reason given'})" for name in skipped))
+    if drained:
+        parts.append("global routing off: " + ", ".join(drained))
+    return "; ".join(parts)

@@ -1,0 +1,144 @@
+"""The serving state (config, health, compiled tables, routing plans) as one snapshot swapped whole,
+and the per-query path that answers from it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+
+from dnsd import answer as rc
+from dnsd import policy, records, wire
+from dnsd.health import HealthSnapshot
+from dnsd.model import Config
+from dnsd.netmatch import address_key
+from dnsd.policy import RoutingPlan
+from dnsd.resolve import resolve
+from dnsd.tables import CompiledZone, compile_config
+from dnsd.wire import WireError
+
+log = structlog.get_logger(__name__)
+
+ZONE_TRANSFER_QTYPES = (251, 252)  # IXFR, AXFR: not offered
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    config: Config
+    compiled: CompiledZone
+    health: HealthSnapshot
+    plans: tuple[RoutingPlan, ...]  # per registry index
+    generation: int
+
+
+def build_plans(config: Config, health: HealthSnapshot) -> tuple[RoutingPlan, ...]:
+    return tuple(policy.plan(reg, config.topology, health) for reg in config.registries)
+
+
+def new_snapshot(config: Config, health: HealthSnapshot | None = None, generation: int = 1,
+                 compiled: CompiledZone | None = None) -> Snapshot:
+    health = health or HealthSnapshot()
+    compiled = compiled or compile_config(config)
+    return Snapshot(config, compiled, health, build_plans(config, health), generation)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientContext:
+    """Who is asking, as the routing sees it: source address, or the ECS subnet when given."""
+
+    bits: int  # 32 or 128
+    address: int
+    source_prefix: int | None  # ECS source prefix; None when the source address is used
+
+    @classmethod
+    def of(cls, client_ip: str, query: wire.Query | None = None) -> ClientContext:
+        ecs = query.edns.ecs if query is not None and query.edns is not None else None
+        if ecs is not None:
+            return cls(32 if ecs.family == 1 else 128, int(ecs.address), ecs.source_prefix)
+        bits, address = address_key(client_ip)
+        return cls(bits, address, None)
+
+
+def view_of(compiled: CompiledZone, client: ClientContext) -> int:
+    view = compiled.view_matcher.lookup(client.bits, client.address, client.source_prefix)
+    return 0 if view is None else view
+
+
+def network_of(compiled: CompiledZone, client: ClientContext) -> int:
+    index = compiled.network_matcher.lookup(client.bits, client.address, client.source_prefix)
+    return compiled.default_network if index is None else index
+
+
+def choose(snapshot: Snapshot, client: ClientContext, registry_index: int) -> tuple[int | None, str]:
+    """The replica (index) the client's global name goes to, and why."""
+    plan = snapshot.plans[registry_index]
+    network = network_of(snapshot.compiled, client)
+    slot = policy.weighted_slot(client.bits, client.address, client.source_prefix)
+    return plan.choice(network, slot), plan.reason
+
+
+class QueryEngine:
+    """Answers one DNS message from the current snapshot. Never raises: bad input gets FORMERR or
+    silence, and the engine keeps answering."""
+
+    def __init__(self, snapshot: Snapshot):
+        self.snapshot = snapshot
+
+    def swap(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot  # one assignment: queries see the old or the new, never a mix
+
+    def handle(self, data: bytes, client_ip: str, over_tcp: bool) -> bytes | None:
+        try:
+            query = wire.parse_query(data)
+        except WireError as err:
+            return err.reply
+        try:
+            return self.answer(query, client_ip, over_tcp)
+        except Exception:  # a bug must cost one answer, not the server
+            log.exception("query_failed", client=client_ip, qtype=query.qtype)
+            return wire.error_response(query, rc.SERVFAIL)
+
+    def answer(self, query: wire.Query, client_ip: str, over_tcp: bool) -> bytes:
+        edns = query.edns
+        if edns is not None and edns.version > 0:
+            return wire.error_response(query, rc.BADVERS)  # RFC 6891 §6.1.3
+        if query.qclass != records.CLASS_IN or query.qtype in ZONE_TRANSFER_QTYPES:
+            return wire.error_response(query, rc.REFUSED)
+        snapshot = self.snapshot  # read once: the whole answer comes from one snapshot
+        compiled = snapshot.compiled
+        client = ClientContext.of(client_ip, query)
+        view = view_of(compiled, client)
+        key = query.qname_key
+        entry = compiled.exact[view].get((key, query.qtype)) or compiled.other[view].get(key)
+        max_size = None if over_tcp else wire.udp_limit(query)
+        ecs_scope = None
+        if entry is None:
+            if not compiled.in_zone(key):
+                return wire.error_response(query, rc.REFUSED)
+            packed = compiled.nxdomain(len(key))
+        elif entry.packed is not None:
+            packed = entry.packed
+        else:
+            plan = snapshot.plans[entry.registry]
+            if entry.slow:
+                return self.answer_slowly(query, snapshot, client, view, max_size)
+            index = plan.choice(network_of(compiled, client),
+                                policy.weighted_slot(client.bits, client.address, client.source_prefix))
+            if index is None:
+                return wire.error_response(query, rc.SERVFAIL)
+            packed = entry.variants[index]
+            if plan.depends_on_client:
+                ecs_scope = client.source_prefix
+        if edns is not None and edns.ecs is not None:
+            if ecs_scope is None:
+                ecs_scope = edns.ecs.source_prefix if packed.client_dependent else 0
+        return wire.build_response(query, packed, max_udp_size=max_size, ecs_scope=ecs_scope)
+
+    def answer_slowly(self, query: wire.Query, snapshot: Snapshot, client: ClientContext, view: int,
+                      max_size: int | None) -> bytes:
+        result = resolve(snapshot.compiled.zd, view, query.qname(), query.qtype,
+                         lambda registry_index: choose(snapshot, client, registry_index))
+        if result.rcode == rc.SERVFAIL:
+            return wire.error_response(query, rc.SERVFAIL)
+        packed = wire.encode_answer(result, len(query.qname_key), query.qname())
+        scope = client.source_prefix if client.source_prefix is not None else None
+        return wire.build_response(query, packed, max_udp_size=max_size, ecs_scope=scope)
