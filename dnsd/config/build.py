@@ -356,12 +356,13 @@ class _Builder:
             self.check_performance_inputs(m, name, replicas, topology)
         if routing == "weighted" and replicas and all(rep.weight == 0 for rep in replicas if rep.global_routing):
             r.fail(replicas_node, "weighted routing needs at least one globally routed replica with weight > 0")
-        if routing is None or all_down is None or replicas_node is None or len(replicas) != len(replicas_node.entries):
+        regional_endpoints = r.boolean(m.get("regional_endpoints"), True)
+        data_endpoints = r.boolean(m.get("data_endpoints"), True)
+        if (None in (routing, all_down, replicas_node, regional_endpoints, data_endpoints)
+                or len(replicas) != len(replicas_node.entries)):
             return None
-        return Registry(name=name, routing=routing, all_down=all_down,
-                        regional_endpoints=r.boolean(m.get("regional_endpoints"), True),
-                        data_endpoints=r.boolean(m.get("data_endpoints"), True),
-                        replicas=tuple(replicas))
+        return Registry(name=name, routing=routing, all_down=all_down, regional_endpoints=regional_endpoints,
+                        data_endpoints=data_endpoints, replicas=tuple(replicas))
 
     def check_performance_inputs(self, m: Map, name: str, replicas: list[Replica], topology: Topology) -> None:
         if topology.default_region is None:

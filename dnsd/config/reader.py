@@ -99,7 +99,7 @@ class Reader:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError()
             if not minimum <= value <= maximum:
-                raise ValueError(f"must be from {minimum} to {maximum}")
+                raise ValueError()  # the expected text already names the range
             return value
         return self.scalar(node, convert, expected or f"a whole number from {minimum} to {maximum}", default)
 
@@ -146,7 +146,12 @@ class Reader:
         return False
 
     def address(self, node: Node) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-        return self.scalar(node, lambda v: ipaddress.ip_address(str(v)), "an IPv4 or IPv6 address")
+        def convert(value: object):
+            try:
+                return ipaddress.ip_address(str(value))
+            except ValueError:
+                raise ValueError() from None
+        return self.scalar(node, convert, "an IPv4 or IPv6 address")
 
     def network(self, node: Node) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
         def convert(value: object):

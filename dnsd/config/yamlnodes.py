@@ -54,7 +54,10 @@ def parse_yaml(text: str, filename: str) -> Node | None:
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = Mark(filename, mark.line + 1, mark.column + 1) if mark else Mark(filename, 1, 1)
-        raise ConfigError([Problem(where, "", f"YAML syntax: {err.problem or err}")]) from None
+        context = ""
+        if err.context and err.context_mark and err.context_mark is not mark:
+            context = f"{err.context} (from line {err.context_mark.line + 1}:{err.context_mark.column + 1}): "
+        raise ConfigError([Problem(where, "", f"YAML syntax: {context}{err.problem or err}")]) from None
     except yaml.YAMLError as err:
         raise ConfigError([Problem(Mark(filename, 1, 1), "", f"YAML: {err}")]) from None
     if root is None:

@@ -1,0 +1,588 @@
+"""DNS listeners: UDP and TCP sockets that move bytes between clients and a query handler; lifecycle only, no DNS logic.
+
+Each listen address gets one UDP socket and one TCP listener on the same port. Every message
+received is given to a synchronous handler, ``handler(query, client_ip, over_tcp)``, whose
+return value (bytes, or None for silence) is sent back unchanged. Everything DNS-specific
+(FORMERR, truncation, EDNS sizes) belongs to the handler.
+
+TCP (RFC 7766 / RFC 1035 4.2.2): each message is preceded by a two-byte length. Pipelined
+queries are answered in order. Connections are asyncio Protocols, so a slow or stalled client
+costs one buffer and two timers, never a blocked task that others wait on:
+
+* idle timeout: a connection that does not complete a message within ``tcp_idle_timeout``
+  of its previous one (or of being opened) is closed, so a partial length prefix followed by
+  silence cannot pin a connection forever;
+* write timeout: when replies pile up because the client does not read them, we stop reading
+  its queries (back-pressure) and drop the connection unless it catches up within
+  ``tcp_write_timeout``; memory per connection stays bounded;
+* connection cap: beyond ``tcp_max_connections`` open connections, new ones are closed at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[bytes, str, bool], bytes | None]
+
+_MAX_TCP_MESSAGE = 0xFFFF
+_TCP_FLUSH_BYTES = 16 * 1024  # batch pipelined replies into writes of about this size
+_PORT_ZERO_ATTEMPTS = 20  # port 0: tries to find a port free for both UDP and TCP
+_TCP_BACKLOG = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    tcp_idle_timeout: float = 10.0  # close a TCP connection idle this long (RFC 7766 suggests seconds)
+    tcp_write_timeout: float = 5.0  # a client that does not read its replies is dropped after this
+    tcp_max_connections: int = 1024  # beyond this, new connections are closed at once
+    udp_receive_buffer: int = 4 * 1024 * 1024  # SO_RCVBUF: avoid kernel drops in bursts
+    reuse_port: bool = False  # SO_REUSEPORT, so N worker processes can share an address
+
+    def __post_init__(self) -> None:
+        for name in ("tcp_idle_timeout", "tcp_write_timeout", "tcp_max_connections"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ListenerSettings.{name} must be positive, got {getattr(self, name)!r}")
+        if self.udp_receive_buffer < 0:
+            raise ValueError(f"ListenerSettings.udp_receive_buffer must be >= 0, got {self.udp_receive_buffer!r}")
+
+
+def format_address(host: str, port: int) -> str:
+    """'127.0.0.1:53' or '[::1]:53'."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _RateLimitedLog:
+    """Let through at most `burst` events per `interval` seconds; the next one let through
+    carries the number suppressed in between (``suppressed=N``)."""
+
+    __slots__ = ("_interval", "_burst", "_window_start", "_count", "_suppressed")
+
+    def __init__(self, interval: float, burst: int) -> None:
+        self._interval = interval
+        self._burst = burst
+        self._window_start = -interval
+        self._count = 0
+        self._suppressed = 0
+
+    def admit(self) -> int | None:
+        """None when this event should be dropped, else how many were dropped before it."""
+        now = time.monotonic()
+        if now - self._window_start >= self._interval:
+            self._window_start = now
+            self._count = 0
+        if self._count >= self._burst:
+            self._suppressed += 1
+            return None
+        self._count += 1
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
+
+
+class _Shared:
+    """What all listeners of one DnsServer share."""
+
+    __slots__ = ("handler", "settings", "connections", "no_connections", "refusals", "failures", "udp_drops")
+
+    def __init__(self, handler: Handler, settings: ListenerSettings) -> None:
+        self.handler = handler
+        self.settings = settings
+        self.connections: set[_TcpConnection] = set()
+        self.no_connections = asyncio.Event()
+        self.no_connections.set()
+        self.refusals = _RateLimitedLog(interval=1.0, burst=1)
+        self.failures = _RateLimitedLog(interval=1.0, burst=10)
+        self.udp_drops = _RateLimitedLog(interval=1.0, burst=1)
+
+    def handler_failed(self, client: str, transport: str, exc: BaseException) -> None:
+        suppressed = self.failures.admit()
+        if suppressed is not None:
+            log.error(
+                "handler_failed",
+                client=client,
+                transport=transport,
+                error=repr(exc),
+                suppressed=suppressed,
+                exc_info=exc,
+            )
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, shared: _Shared) -> None:
+        self._shared = shared
+        self._handler = shared.handler
+        self._transport: asyncio.DatagramTransport | None = None
+        self._paused = False
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        ip = addr[0]
+        try:
+            reply = self._handler(data, ip, False)
+        except Exception as exc:  # the handler must not raise; if it does, keep serving
+            self._shared.handler_failed(ip, "udp", exc)
+            return
+        if reply is None or self._transport is None:
+            return
+        if self._paused:
+            # The kernel send buffer is full and the transport is buffering: drop, as the
+            # kernel would, rather than let the backlog grow without bound.
+            suppressed = self._shared.udp_drops.admit()
+            if suppressed is not None:
+                log.warning("udp_reply_dropped", client=ip, reason="send buffer full", suppressed=suppressed)
+            return
+        self._transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # Typically ICMP port unreachable from a client that went away; nothing to do.
+        log.debug("udp_error", error=str(exc))
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class _TcpConnection(asyncio.Protocol):
+    """One TCP client: framing, pipelining, idle and write timeouts."""
+
+    __slots__ = (
+        "_shared",
+        "_loop",
+        "_transport",
+        "_ip",
+        "_buffer",
+        "_deadline",
+        "_idle_timer",
+        "_write_timer",
+        "_paused",
+        "_eof",
+        "_done",
+    )
+
+    def __init__(self, shared: _Shared) -> None:
+        self._shared = shared
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._ip = "?"
+        self._buffer = bytearray()
+        self._deadline = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._paused = False  # our replies are not being read: we stopped reading queries
+        self._eof = False  # the client shut down its sending side
+        self._done = False  # no more messages will be processed (closing)
+
+    # -- asyncio callbacks -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        shared = self._shared
+        peer = transport.get_extra_info("peername")
+        self._ip = peer[0] if peer else "?"
+        if len(shared.connections) >= shared.settings.tcp_max_connections:
+            self._done = True
+            transport.close()
+            suppressed = shared.refusals.admit()
+            if suppressed is not None:
+                log.warning(
+                    "tcp_connection_refused",
+                    client=self._ip,
+                    reason="too many connections",
+                    limit=shared.settings.tcp_max_connections,
+                    suppressed=suppressed,
+                )
+            return
+        self._transport = transport  # type: ignore[assignment]
+        shared.connections.add(self)
+        shared.no_connections.clear()
+        self._deadline = self._loop.time() + shared.settings.tcp_idle_timeout
+        self._idle_timer = self._loop.call_at(self._deadline, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        if self._done or self._transport is None:
+            return
+        self._buffer += data
+        if not self._paused:
+            self._process()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if not self._paused and self._transport is not None:
+            # Everything complete has been answered; close once the replies are flushed.
+            self._finish()
+        return True  # we close ourselves (after the replies are out)
+
+    def pause_writing(self) -> None:
+        transport = self._transport
+        if transport is None or self._paused:
+            return
+        self._paused = True
+        if not transport.is_closing():
+            transport.pause_reading()
+        self._arm_write_timer()
+
+    def resume_writing(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        if self._done:
+            return  # closing: the pending replies must still go out before the write timer fires
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        self._process()
+        if self._paused or self._done:
+            return
+        if self._eof:
+            self._finish()
+        else:
+            transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        if self._transport is not None:
+            self._transport = None
+            shared = self._shared
+            shared.connections.discard(self)
+            if not shared.connections:
+                shared.no_connections.set()
+        self._buffer = bytearray()
+        self._done = True
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Answer every complete message in the buffer, in order, until done or paused."""
+        transport = self._transport
+        if transport is None:
+            return
+        buf = self._buffer
+        end = len(buf)
+        handler = self._shared.handler
+        ip = self._ip
+        pos = 0
+        completed = False
+        out: list[bytes] = []
+        out_size = 0
+        while end - pos >= 2:
+            length = (buf[pos] << 8) | buf[pos + 1]
+            if length == 0:  # a zero-length message: the client is done with us
+                self._done = True
+                break
+            if end - pos - 2 < length:
+                break
+            query = bytes(buf[pos + 2 : pos + 2 + length])
+            pos += 2 + length
+            completed = True
+            try:
+                reply = handler(query, ip, True)
+            except Exception as exc:  # the handler must not raise; if it does, keep serving
+                self._shared.handler_failed(ip, "tcp", exc)
+                continue
+            if reply is None:
+                continue
+            if len(reply) > _MAX_TCP_MESSAGE:
+                log.error("reply_too_large", client=ip, size=len(reply))
+                continue
+            out.append(len(reply).to_bytes(2, "big"))
+            out.append(reply)
+            out_size += 2 + len(reply)
+            if out_size >= _TCP_FLUSH_BYTES:
+                transport.write(b"".join(out))
+                out.clear()
+                out_size = 0
+                if self._paused or transport.is_closing():
+                    break
+        if out:
+            transport.write(b"".join(out))
+        if completed:
+            self._deadline = self._loop.time() + self._shared.settings.tcp_idle_timeout
+        if self._done:
+            self._finish()
+        elif pos:
+            del buf[:pos]
+
+    def _finish(self) -> None:
+        """Stop processing and close once the pending replies are written."""
+        self._done = True
+        self._buffer = bytearray()
+        transport = self._transport
+        if transport is not None:
+            transport.close()
+            if transport.get_write_buffer_size():
+                # close() waits for the buffer to drain; a client that never reads must not
+                # keep the connection (and its slot) forever.
+                self._arm_write_timer()
+
+    def _arm_write_timer(self) -> None:
+        if self._write_timer is None:
+            self._write_timer = self._loop.call_later(self._shared.settings.tcp_write_timeout, self._on_write_timeout)
+
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        if self._transport is None or self._done:
+            return
+        now = self._loop.time()
+        if self._paused:
+            # Not the client's idleness: we stopped reading. The write timeout governs.
+            self._deadline = now + self._shared.settings.tcp_idle_timeout
+        if now < self._deadline:
+            self._idle_timer = self._loop.call_at(self._deadline, self._check_idle)
+            return
+        log.debug("tcp_idle_timeout", client=self._ip)
+        self._finish()
+
+    def _on_write_timeout(self) -> None:
+        self._write_timer = None
+        if self._transport is None:
+            return
+        log.info("tcp_write_timeout", client=self._ip, pending=self._transport.get_write_buffer_size())
+        self._done = True
+        self._transport.abort()
+
+    def shutdown(self) -> None:
+        """Server stopping: close, letting already-written replies go out."""
+        if self._transport is not None:
+            self._finish()
+
+    def kill(self) -> None:
+        if self._transport is not None:
+            self._done = True
+            self._transport.abort()
+
+
+def _listen_error(host: str, port: int, proto: str, exc: OSError) -> OSError:
+    err = OSError(f"cannot listen on {format_address(host, port)} ({proto}): {exc}")
+    err.errno = exc.errno
+    return err
+
+
+def _udp_socket(family: int, sockaddr: tuple[Any, ...], settings: ListenerSettings) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if settings.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if settings.udp_receive_buffer > 0:
+            _set_receive_buffer(sock, settings.udp_receive_buffer)
+        sock.bind(sockaddr)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _set_receive_buffer(sock: socket.socket, size: int) -> None:
+    # SO_RCVBUFFORCE (Linux, CAP_NET_ADMIN) may exceed net.core.rmem_max; else SO_RCVBUF, capped.
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    if force is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+            return
+        except OSError:
+            pass
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    except OSError as exc:
+        log.warning("udp_receive_buffer_not_set", requested=size, error=str(exc))
+        return
+    effective = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    if effective < size:  # Linux reports twice the granted size, so this means capped
+        log.warning("udp_receive_buffer_capped", requested=size, effective=effective)
+
+
+def _tcp_socket(family: int, sockaddr: tuple[Any, ...], settings: ListenerSettings) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if hasattr(socket, "SO_REUSEADDR"):  # rebind while old connections sit in TIME_WAIT
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if settings.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(sockaddr)
+        sock.listen(_TCP_BACKLOG)  # here, so that a port conflict shows up now
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _with_port(sockaddr: tuple[Any, ...], port: int) -> tuple[Any, ...]:
+    return (sockaddr[0], port, *sockaddr[2:])
+
+
+class DnsServer:
+    """UDP and TCP listeners on a set of addresses, all feeding one handler."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        listen: Sequence[tuple[str, int]],
+        settings: ListenerSettings = ListenerSettings(),
+    ) -> None:
+        if not listen:
+            raise ValueError("DnsServer needs at least one listen address")
+        self._handler = handler
+        self._listen = [(str(host), int(port)) for host, port in listen]
+        for host, port in self._listen:
+            if not 0 <= port <= 0xFFFF:
+                raise ValueError(f"invalid port in listen address {format_address(host, port)}")
+        self._settings = settings
+        self._shared: _Shared | None = None
+        self._addresses: list[tuple[str, int]] = []
+        self._udp: list[tuple[asyncio.DatagramTransport, _UdpProtocol]] = []
+        self._tcp: list[asyncio.AbstractServer] = []
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The bound (host, port) pairs, one per listen entry, host as given; empty before start()."""
+        return list(self._addresses)
+
+    @property
+    def settings(self) -> ListenerSettings:
+        return self._settings
+
+    @property
+    def tcp_connections(self) -> int:
+        """Open TCP connections right now."""
+        return len(self._shared.connections) if self._shared else 0
+
+    async def start(self) -> None:
+        if self._shared is not None:
+            raise RuntimeError("DnsServer already started")
+        self._shared = _Shared(self._handler, self._settings)
+        self._addresses = []
+        try:
+            for host, port in self._listen:
+                bound = await self._bind(host, port)
+                self._addresses.append((host, bound))
+        except BaseException:
+            await self._close_all(grace=0.0)
+            self._shared = None
+            self._addresses = []
+            raise
+
+    async def _bind(self, host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        shared = self._shared
+        assert shared is not None
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+        except OSError as exc:
+            raise _listen_error(host, port, "udp", exc) from exc
+        family, _, _, _, sockaddr = infos[0]
+        attempts = _PORT_ZERO_ATTEMPTS if port == 0 else 1
+        for attempt in range(attempts):
+            try:
+                udp_sock = _udp_socket(family, sockaddr, self._settings)
+            except OSError as exc:
+                raise _listen_error(host, port, "udp", exc) from exc
+            bound = udp_sock.getsockname()[1]
+            try:
+                tcp_sock = _tcp_socket(family, _with_port(sockaddr, bound), self._settings)
+            except OSError as exc:
+                udp_sock.close()
+                if exc.errno == errno.EADDRINUSE and attempt + 1 < attempts:
+                    continue  # port 0: UDP got a port whose TCP twin is taken; pick another
+                raise _listen_error(host, bound, "tcp", exc) from exc
+            break
+        try:
+            transport, protocol = await loop.create_datagram_endpoint(lambda: _UdpProtocol(shared), sock=udp_sock)
+        except BaseException as exc:
+            udp_sock.close()
+            tcp_sock.close()
+            if isinstance(exc, OSError):
+                raise _listen_error(host, bound, "udp", exc) from exc
+            raise
+        self._udp.append((transport, protocol))
+        log.info("listening", transport="udp", address=format_address(host, bound))
+        try:
+            server = await loop.create_server(
+                lambda: _TcpConnection(shared), sock=tcp_sock, backlog=_TCP_BACKLOG
+            )
+        except BaseException as exc:
+            tcp_sock.close()
+            if isinstance(exc, OSError):
+                raise _listen_error(host, bound, "tcp", exc) from exc
+            raise
+        self._tcp.append(server)
+        log.info("listening", transport="tcp", address=format_address(host, bound))
+        return bound
+
+    async def stop(self) -> None:
+        """Close the listeners, then the open TCP connections: replies already written get
+        up to tcp_write_timeout to go out, then connections are aborted."""
+        if self._shared is None:
+            return
+        await self._close_all(grace=self._settings.tcp_write_timeout)
+        self._shared = None
+        log.info("stopped", addresses=[format_address(h, p) for h, p in self._addresses])
+
+    async def _close_all(self, grace: float) -> None:
+        shared = self._shared
+        assert shared is not None
+        servers, self._tcp = self._tcp, []
+        udp, self._udp = self._udp, []
+        for server in servers:
+            server.close()
+        for transport, _ in udp:
+            transport.close()
+        for conn in list(shared.connections):
+            conn.shutdown()
+        if shared.connections:
+            try:
+                async with asyncio.timeout(grace):
+                    await shared.no_connections.wait()
+            except TimeoutError:
+                pass
+        for conn in list(shared.connections):
+            conn.kill()
+        waits: list[Any] = [protocol.closed for _, protocol in udp]
+        waits += [server.wait_closed() for server in servers]
+        if shared.connections:
+            waits.append(shared.no_connections.wait())
+        if waits:
+            try:
+                async with asyncio.timeout(1.0):
+                    await asyncio.gather(*waits, return_exceptions=True)
+            except TimeoutError:
+                log.warning("stop_incomplete", open_connections=len(shared.connections))
+
+
+def run(main: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine to completion on uvloop when it is installed, else on the stock loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)

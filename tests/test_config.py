@@ -1,0 +1,96 @@
+"""Config loading: the shipped configs load; each bad fixture (named after its defect) reports exactly the
+problems written at its top, with file:line:col and key path; a bogus key anywhere is rejected."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dnsd.cli import main as dnsd_main
+from dnsd.config import ConfigError, load_config, parse_config_text
+from tests.dnstest import ROOT, example_dict
+
+BAD = sorted((ROOT / "tests" / "config" / "bad").glob("*.yaml"))
+SHIPPED = sorted((ROOT / "config").glob("*.yaml"))
+
+
+def expected_problems(path: Path) -> list[str]:
+    return [f"{path}:{line[len('# expect: '):]}" for line in path.read_text().splitlines()
+            if line.startswith("# expect: ")]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_configs_load(path, capsys):
+    load_config(path)
+    assert dnsd_main(["check-config", str(path)]) == 0
+    assert ": OK: zone azurecr.test" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
+def test_bad_config_reports_every_problem(path):
+    expected = expected_problems(path)
+    assert expected, f"{path.name} has no '# expect:' lines"
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert [str(problem) for problem in caught.value.problems] == expected
+
+
+@pytest.mark.parametrize("path", BAD[:3], ids=lambda p: p.stem)
+def test_check_config_prints_problems_and_fails(path, capsys):
+    assert dnsd_main(["check-config", str(path)]) == 1
+    err = capsys.readouterr().err
+    for line in expected_problems(path):
+        assert f"  {line}" in err.splitlines()
+
+
+def test_check_config_on_a_missing_file(capsys):
+    assert dnsd_main(["check-config", "/nonexistent/geotm.yaml"]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def _mapping_paths(node, path=()):
+    if isinstance(node, dict):
+        yield path
+        for key, value in node.items():
+            yield from _mapping_paths(value, path + (key,))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _mapping_paths(value, path + (index,))
+
+
+INJECTION_SITES = list(_mapping_paths(example_dict()))
+
+
+@pytest.mark.parametrize("site", INJECTION_SITES, ids=lambda s: ".".join(map(str, s)) or "top")
+def test_a_bogus_key_in_any_mapping_is_rejected(site):
+    """hickory-dns style: inject a key into every mapping of the example; each must be refused there."""
+    data = copy.deepcopy(example_dict())
+    node = data
+    for key in site:
+        node = node[key]
+    node["bogus_key"] = "bogus"
+    with pytest.raises(ConfigError) as caught:
+        parse_config_text(yaml.safe_dump(data, sort_keys=False), "injected.yaml")
+    paths = [problem.path for problem in caught.value.problems]
+    assert any(path.endswith("bogus_key") for path in paths), caught.value.render()
+
+
+def test_problem_lines_are_file_line_column_path_message():
+    text = "zone:\n  name: azurecr.test\n  bogus: 1\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_config_text(text, "x.yaml")
+    assert "x.yaml:3:3: zone.bogus: unknown key 'bogus'" in caught.value.render()
+
+
+@pytest.mark.parametrize("text,message", [
+    ("", "the config is empty"),
+    ("- a\n- b\n", "expected the config (a mapping), got a list"),
+    ("zone: {name: a}\nzone: {name: b}\n", "duplicate key 'zone' (first defined at line 1)"),
+    ("a: &x {b: 1}\nc:\n  <<: *x\n", "keys must be plain strings"),
+])
+def test_document_level_problems(text, message):
+    with pytest.raises(ConfigError) as caught:
+        parse_config_text(text, "doc.yaml")
+    assert message in caught.value.render()

@@ -1,0 +1,504 @@
+"""DnsServer socket I/O on loopback (UDP, TCP framing and timeouts, binding), and tests/harness.py itself.
+
+The handler is a stub that flips the QR bit of whatever it gets, so these tests see only transport
+behaviour. The in-process tests run on the stock asyncio loop (pytest-asyncio); the TCP ones are
+run again on uvloop (test_on_uvloop), which is what production uses.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+import struct
+import sys
+import time
+import uuid
+
+import pytest
+import structlog.testing
+
+from dnsd import server as srv
+from dnsd.server import DnsServer, ListenerSettings
+
+try:
+    from tests import harness
+except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
+    import harness
+
+SILENT_ID = 0xDEAD  # the stub handler returns None
+FAILING_ID = 0xBEEF  # the stub handler raises
+
+
+def flip_qr(data: bytes, client_ip: str, over_tcp: bool) -> bytes | None:
+    qid = int.from_bytes(data[:2], "big")
+    if qid == SILENT_ID:
+        return None
+    if qid == FAILING_ID:
+        raise RuntimeError("stub handler failure")
+    return data[:2] + bytes([data[2] | 0x80]) + data[3:]
+
+
+def query(qid: int, pad: int = 0) -> bytes:
+    """A DNS query for example.test. A (the stub does not parse it); `pad` trailing bytes make it bigger."""
+    qname = b"".join(bytes([len(label)]) + label for label in (b"example", b"test")) + b"\x00"
+    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", 1, 1) + b"\x00" * pad
+
+
+def reply_to(q: bytes) -> bytes:
+    return q[:2] + bytes([q[2] | 0x80]) + q[3:]
+
+
+def frame(*messages: bytes) -> bytes:
+    return b"".join(struct.pack("!H", len(m)) + m for m in messages)
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: ListenerSettings = ListenerSettings(), listen=(("127.0.0.1", 0),), handler=flip_qr):
+    server = DnsServer(handler, listen, settings)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def udp_exchange(address: tuple[str, int], payload: bytes, timeout: float = 1.0) -> bytes | None:
+    """Send one datagram; the reply, or None when none comes within `timeout`."""
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.connect(address)
+        await loop.sock_sendall(sock, payload)
+        try:
+            return await asyncio.wait_for(loop.sock_recv(sock, 65535), timeout)
+        except TimeoutError:
+            return None
+
+
+async def read_message(reader: asyncio.StreamReader, timeout: float = 1.0) -> bytes:
+    async with asyncio.timeout(timeout):
+        (length,) = struct.unpack("!H", await reader.readexactly(2))
+        return await reader.readexactly(length)
+
+
+async def tcp_exchange(address: tuple[str, int], payload: bytes, timeout: float = 1.0) -> bytes:
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        writer.write(frame(payload))
+        return await read_message(reader, timeout)
+    finally:
+        writer.close()
+
+
+async def closed_by_peer(reader: asyncio.StreamReader, timeout: float) -> bool:
+    """True when the server closes (EOF or reset) within `timeout`; replies still pending are skipped."""
+    try:
+        async with asyncio.timeout(timeout):
+            while await reader.read(65536):
+                pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        pass
+    return True
+
+
+async def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return predicate()
+
+
+# --- handler results, over UDP and TCP ------------------------------------------------------
+
+#   query id       expected from the server
+HANDLER_CASES = [
+    (1, "reply"),  # the handler's bytes come back unchanged
+    (SILENT_ID, "nothing"),  # handler returned None
+    (FAILING_ID, "nothing"),  # handler raised: logged, nothing sent
+    (2, "reply"),  # ...and the next query is answered
+]
+
+
+async def test_udp_handler_results():
+    async with serving() as server:
+        address = server.addresses[0]
+        with structlog.testing.capture_logs() as logs:
+            for qid, expected in HANDLER_CASES:
+                q = query(qid)
+                got = await udp_exchange(address, q, timeout=1.0 if expected == "reply" else 0.2)
+                assert got == (reply_to(q) if expected == "reply" else None), f"query id {qid:#x}"
+    failures = [e for e in logs if e["event"] == "handler_failed"]
+    assert len(failures) == 1
+    assert failures[0]["client"] == "127.0.0.1" and "stub handler failure" in failures[0]["error"]
+
+
+async def test_tcp_handler_results():
+    # On one connection, replies come in order: after a query that gets nothing, the next
+    # message read must be the reply to the next query that does get one.
+    async with serving() as server:
+        reader, writer = await asyncio.open_connection(*server.addresses[0])
+        with structlog.testing.capture_logs() as logs:
+            for qid, expected in HANDLER_CASES:
+                writer.write(frame(query(qid)))
+                if expected == "reply":
+                    assert await read_message(reader) == reply_to(query(qid)), f"query id {qid:#x}"
+        writer.close()
+    failures = [e for e in logs if e["event"] == "handler_failed"]
+    assert len(failures) == 1 and failures[0]["client"] == "127.0.0.1"
+
+
+# --- TCP framing and connection handling ----------------------------------------------------
+
+
+async def test_tcp_pipelined_queries_in_one_write():
+    async with serving() as server:
+        reader, writer = await asyncio.open_connection(*server.addresses[0])
+        queries = [query(10), query(11, pad=300), query(12)]
+        writer.write(frame(*queries))  # one segment, three messages
+        assert [await read_message(reader) for _ in queries] == [reply_to(q) for q in queries]
+        writer.close()
+
+
+async def test_tcp_message_split_across_writes():
+    async with serving() as server:
+        reader, writer = await asyncio.open_connection(*server.addresses[0])
+        data = frame(query(20), query(21))
+        for i in range(len(data)):  # one byte at a time
+            writer.write(data[i : i + 1])
+            await writer.drain()
+            await asyncio.sleep(0)
+        assert await read_message(reader) == reply_to(query(20))
+        assert await read_message(reader) == reply_to(query(21))
+        writer.close()
+
+
+async def test_tcp_zero_length_message_closes_after_earlier_replies():
+    async with serving() as server:
+        reader, writer = await asyncio.open_connection(*server.addresses[0])
+        writer.write(frame(query(30)) + b"\x00\x00" + frame(query(31)))
+        assert await read_message(reader) == reply_to(query(30))
+        assert await reader.read(100) == b""  # closed; query 31 never answered
+        writer.close()
+
+
+async def test_tcp_half_close_still_gets_replies():
+    async with serving() as server:
+        reader, writer = await asyncio.open_connection(*server.addresses[0])
+        writer.write(frame(query(40), query(41)))
+        writer.write_eof()
+        assert await read_message(reader) == reply_to(query(40))
+        assert await read_message(reader) == reply_to(query(41))
+        assert await closed_by_peer(reader, 1.0)
+        writer.close()
+
+
+async def test_tcp_idle_timeout_closes_connection():
+    async with serving(ListenerSettings(tcp_idle_timeout=0.3)) as server:
+        reader, writer = await asyncio.open_connection(*server.addresses[0])
+        writer.write(frame(query(50)))
+        assert await read_message(reader) == reply_to(query(50))
+        started = time.monotonic()
+        assert await closed_by_peer(reader, 2.0)
+        assert time.monotonic() - started >= 0.25
+        assert await wait_until(lambda: server.tcp_connections == 0, 1.0)
+        writer.close()
+
+
+async def test_tcp_stalled_length_prefix_does_not_delay_others():
+    async with serving(ListenerSettings(tcp_idle_timeout=0.8)) as server:
+        address = server.addresses[0]
+        slow_reader, slow_writer = await asyncio.open_connection(*address)
+        slow_writer.write(b"\x00")  # half a length prefix, then silence
+        await slow_writer.drain()
+        reader, writer = await asyncio.open_connection(*address)
+        started = time.monotonic()
+        for qid in range(60, 70):
+            writer.write(frame(query(qid)))
+            assert await read_message(reader, timeout=0.3) == reply_to(query(qid))
+        assert time.monotonic() - started < 0.5
+        # The stalled connection is eventually closed by the idle timeout.
+        assert await closed_by_peer(slow_reader, 2.0)
+        writer.close()
+        slow_writer.close()
+
+
+async def test_tcp_client_that_never_reads_is_dropped_without_delaying_others():
+    settings = ListenerSettings(tcp_idle_timeout=10.0, tcp_write_timeout=0.4)
+    async with serving(settings) as server:
+        address = server.addresses[0]
+        loop = asyncio.get_running_loop()
+        hog = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fill up quickly
+        hog.setblocking(False)
+        await loop.sock_connect(hog, address)
+        reader, writer = await asyncio.open_connection(*address)
+        batch = frame(*(query(i, pad=480) for i in range(32)))  # 32 queries of ~512 bytes
+        sent_queries, hog_reset = 0, False
+        worst_latency = 0.0
+        started = time.monotonic()
+        pending = memoryview(b"")
+        qid = 1000
+        try:
+            while sent_queries < 20_000 and time.monotonic() - started < 3.0:
+                if not pending:
+                    pending = memoryview(batch)
+                    sent_queries += 32
+                try:
+                    n = hog.send(pending)
+                    pending = pending[n:]
+                    continue
+                except BlockingIOError:
+                    pass
+                except (ConnectionResetError, BrokenPipeError):
+                    hog_reset = True
+                    break
+                # The hog is blocked: the other client must still be answered promptly.
+                qid += 1
+                t0 = time.monotonic()
+                writer.write(frame(query(qid)))
+                assert await read_message(reader, timeout=0.5) == reply_to(query(qid))
+                worst_latency = max(worst_latency, time.monotonic() - t0)
+                await asyncio.sleep(0.02)
+            assert qid > 1000, "the hog never got blocked"
+            assert worst_latency < 0.25
+            # The server drops the hog once its replies sat unread for tcp_write_timeout.
+            assert hog_reset or await wait_until(lambda: server.tcp_connections == 1, 3.0)
+            assert server.tcp_connections == 1
+            writer.write(frame(query(1)))
+            assert await read_message(reader, timeout=0.5) == reply_to(query(1))
+        finally:
+            hog.close()
+            writer.close()
+
+
+async def test_tcp_connections_beyond_limit_are_closed():
+    async with serving(ListenerSettings(tcp_max_connections=2)) as server:
+        address = server.addresses[0]
+        first = await asyncio.open_connection(*address)
+        second = await asyncio.open_connection(*address)
+        for i, (reader, writer) in enumerate((first, second)):
+            writer.write(frame(query(80 + i)))
+            assert await read_message(reader) == reply_to(query(80 + i))
+        with structlog.testing.capture_logs() as logs:
+            third_reader, third_writer = await asyncio.open_connection(*address)
+            assert await closed_by_peer(third_reader, 1.0)
+            third_writer.close()
+        assert [e["event"] for e in logs] == ["tcp_connection_refused"]
+        # The first two are unaffected; once one goes, its slot is free again.
+        first[1].write(frame(query(82)))
+        assert await read_message(first[0]) == reply_to(query(82))
+        first[1].close()
+        assert await wait_until(lambda: server.tcp_connections == 1, 1.0)
+        assert await tcp_exchange(address, query(83)) == reply_to(query(83))
+        second[1].close()
+
+
+async def test_stop_closes_open_tcp_connections():
+    server = DnsServer(flip_qr, [("127.0.0.1", 0)])
+    await server.start()
+    reader, writer = await asyncio.open_connection(*server.addresses[0])
+    writer.write(frame(query(90)))
+    assert await read_message(reader) == reply_to(query(90))
+    started = time.monotonic()
+    await server.stop()
+    assert time.monotonic() - started < 1.0
+    assert await closed_by_peer(reader, 1.0)
+    assert server.tcp_connections == 0
+    writer.close()
+
+
+# --- binding ----------------------------------------------------------------------------------
+
+
+async def test_udp_and_tcp_share_the_port_picked_for_port_zero():
+    async with serving(listen=[("127.0.0.1", 0), ("127.0.0.1", 0)]) as server:
+        assert len(server.addresses) == 2
+        for host, port in server.addresses:
+            assert host == "127.0.0.1" and port != 0
+            assert await udp_exchange((host, port), query(100)) == reply_to(query(100))
+            assert await tcp_exchange((host, port), query(101)) == reply_to(query(101))
+
+
+def ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this host")
+async def test_ipv6_loopback():
+    async with serving(listen=[("::1", 0)]) as server:
+        host, port = server.addresses[0]
+        assert host == "::1"
+        assert await udp_exchange(("::1", port), query(110)) == reply_to(query(110))
+        assert await tcp_exchange(("::1", port), query(111)) == reply_to(query(111))
+
+
+#   taken by            type of the other socket     named in the error
+ADDRESS_IN_USE = [
+    ("udp", socket.SOCK_DGRAM, "(udp)"),
+    ("tcp", socket.SOCK_STREAM, "(tcp)"),
+]
+
+
+@pytest.mark.parametrize("taken_by, sock_type, marker", ADDRESS_IN_USE, ids=[row[0] for row in ADDRESS_IN_USE])
+async def test_start_on_address_in_use_names_the_address(taken_by, sock_type, marker):
+    port = harness.free_port()
+    with socket.socket(socket.AF_INET, sock_type) as other:
+        other.bind(("127.0.0.1", port))
+        if sock_type == socket.SOCK_STREAM:
+            other.listen(1)
+        server = DnsServer(flip_qr, [("127.0.0.1", port)])
+        with pytest.raises(OSError) as info:
+            await server.start()
+    message = str(info.value)
+    assert message.startswith(f"cannot listen on 127.0.0.1:{port} {marker}: "), message
+    assert info.value.errno == errno.EADDRINUSE
+    assert server.addresses == []
+    # Whatever was opened before the failure was closed again: both are free now.
+    async with serving(listen=[("127.0.0.1", port)]) as server:
+        assert server.addresses == [("127.0.0.1", port)]
+
+
+async def test_failure_on_second_address_closes_the_first():
+    port = harness.free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+        other.bind(("127.0.0.1", port))
+        first = harness.free_port()
+        server = DnsServer(flip_qr, [("127.0.0.1", first), ("127.0.0.1", port)])
+        with pytest.raises(OSError, match=f"127.0.0.1:{port} \\(udp\\)"):
+            await server.start()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", first))
+
+
+# --- the same TCP scenarios on uvloop ---------------------------------------------------------
+
+UVLOOP_SCENARIOS = [
+    test_udp_handler_results,
+    test_tcp_handler_results,
+    test_tcp_pipelined_queries_in_one_write,
+    test_tcp_message_split_across_writes,
+    test_tcp_zero_length_message_closes_after_earlier_replies,
+    test_tcp_half_close_still_gets_replies,
+    test_tcp_idle_timeout_closes_connection,
+    test_tcp_stalled_length_prefix_does_not_delay_others,
+    test_tcp_client_that_never_reads_is_dropped_without_delaying_others,
+    test_tcp_connections_beyond_limit_are_closed,
+    test_stop_closes_open_tcp_connections,
+    test_udp_and_tcp_share_the_port_picked_for_port_zero,
+]
+
+
+@pytest.mark.parametrize("scenario", UVLOOP_SCENARIOS, ids=[f.__name__.removeprefix("test_") for f in UVLOOP_SCENARIOS])
+def test_on_uvloop(scenario):
+    uvloop = pytest.importorskip("uvloop")
+    assert srv.run(_on_loop(scenario, uvloop.Loop)) is True
+
+
+async def _on_loop(scenario, loop_type) -> bool:
+    assert isinstance(asyncio.get_running_loop(), loop_type)
+    await scenario()
+    return True
+
+
+# --- tests/harness.py -------------------------------------------------------------------------
+
+CHILD_SERVER = """
+import asyncio, sys
+from dnsd.server import DnsServer, run
+
+def flip_qr(data, client_ip, over_tcp):
+    return data[:2] + bytes([data[2] | 0x80]) + data[3:]
+
+async def main(port, marker):
+    server = DnsServer(flip_qr, [("127.0.0.1", port)])
+    await server.start()
+    print(marker, "serving on", server.addresses, file=sys.stderr, flush=True)
+    await asyncio.sleep(60)  # stopped by SIGTERM long before this
+
+run(main(int(sys.argv[1]), sys.argv[2]))
+"""
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_free_port_is_free_for_udp_and_tcp():
+    port = harness.free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        udp.bind(("127.0.0.1", port))
+        tcp.bind(("127.0.0.1", port))
+
+
+def test_service_process_ready_logs_and_stop():
+    port = harness.free_port()
+    marker = f"child-{uuid.uuid4().hex[:8]}"
+    assert not harness.udp_answers("127.0.0.1", port, timeout=0.1)
+    proc = harness.ServiceProcess(
+        [sys.executable, "-c", CHILD_SERVER, str(port), marker],
+        ready=lambda: harness.udp_answers("127.0.0.1", port),
+        name="child-dns",
+    )
+    with proc:
+        assert proc.pid > 0 and not gone(proc.pid)
+        assert harness.udp_answers("127.0.0.1", port, qname="anything.test.", qtype="A")
+        assert proc.wait_for_log(marker, timeout=2.0)
+        assert "listening" in proc.log_text()  # structlog output is captured too
+    assert gone(proc.pid)
+    assert proc.returncode == -15  # SIGTERM
+    assert marker in proc.log_text()  # the log survives stop()
+
+
+def test_service_process_that_exits_early_reports_its_log():
+    proc = harness.ServiceProcess(
+        [sys.executable, "-c", "import sys; print('config is broken: line 3', file=sys.stderr); sys.exit(2)"],
+        ready=lambda: False,
+        name="early-exit",
+    )
+    started = time.monotonic()
+    with pytest.raises(RuntimeError) as info:
+        proc.start()
+    assert time.monotonic() - started < 5.0
+    assert "exited with code 2" in str(info.value)
+    assert "config is broken: line 3" in str(info.value)
+    assert gone(proc.pid)
+
+
+def test_service_process_never_ready_is_killed():
+    proc = harness.ServiceProcess(
+        [sys.executable, "-c", "import time; print('waiting', flush=True); time.sleep(30)"],
+        ready=lambda: False,
+        name="never-ready",
+        timeout=0.5,
+    )
+    with pytest.raises(RuntimeError, match="not ready after 0.5 s") as info:
+        with proc:
+            pass
+    assert "waiting" in str(info.value)
+    assert gone(proc.pid)
+
+
+def test_dnsd_helper_builds_the_command_line():
+    proc = harness.dnsd("/tmp/some-config.yaml", port=5399, extra_args=["--log-level", "debug"])
+    assert proc.port == 5399
+    assert proc.argv == [sys.executable, "-m", "dnsd", "serve", "--config", "/tmp/some-config.yaml",
+                         "--listen", "127.0.0.1:5399", "--log-level", "debug"]
+    assert isinstance(harness.dnsd("c.yaml").port, int)
