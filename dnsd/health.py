@@ -42,3 +42,59 @@ class HealthSnapshot:
         endpoints = dict(self.endpoints)
         endpoints[(registry, replica)] = health
         return HealthSnapshot(self.generation + 1, MappingProxyType(endpoints))
+
+
+# -- the document probes serves and dnsd reads (GET /v1/health) --------------------------------
+
+FEED_FORMAT = "geotm-health/1"
+
+
+@dataclass(frozen=True, slots=True)
+class FeedDocument:
+    instance: str  # which probes process (changes on restart, so ETags never collide across restarts)
+    generation: int  # bumps on every status change
+    generated_at: float
+    endpoints: Mapping[tuple[str, str], EndpointHealth]
+
+    def to_json(self) -> dict:
+        return {"format": FEED_FORMAT, "instance": self.instance, "generation": self.generation,
+                "generated_at": self.generated_at,
+                "endpoints": [{"registry": reg, "replica": rep, "status": h.status.value, "reason": h.reason,
+                               "since": h.since} for (reg, rep), h in sorted(self.endpoints.items())]}
+
+    @classmethod
+    def from_json(cls, data: object) -> FeedDocument:
+        """Strict: any missing or ill-typed field raises ValueError naming it; nothing half-parsed is used."""
+        if not isinstance(data, dict):
+            raise ValueError("health document is not a JSON object")
+        if data.get("format") != FEED_FORMAT:
+            raise ValueError(f"unknown health document format {data.get('format')!r} (expected {FEED_FORMAT!r})")
+        instance = _field(data, "instance", str)
+        generation = _field(data, "generation", int)
+        generated_at = float(_field(data, "generated_at", (int, float)))
+        entries = _field(data, "endpoints", list)
+        endpoints: dict[tuple[str, str], EndpointHealth] = {}
+        for index, entry in enumerate(entries):
+            where = f"endpoints[{index}]"
+            if not isinstance(entry, dict):
+                raise ValueError(f"{where} is not an object")
+            key = (_field(entry, "registry", str, where), _field(entry, "replica", str, where))
+            status_text = _field(entry, "status", str, where)
+            try:
+                status = Status(status_text)
+            except ValueError:
+                raise ValueError(f"{where}.status {status_text!r} is not one of "
+                                 f"{', '.join(s.value for s in Status)}") from None
+            if key in endpoints:
+                raise ValueError(f"{where}: {key[0]}/{key[1]} listed twice")
+            endpoints[key] = EndpointHealth(status, _field(entry, "reason", str, where),
+                                            float(_field(entry, "since", (int, float), where)))
+        return cls(instance, generation, generated_at, MappingProxyType(endpoints))
+
+
+def _field(data: dict, key: str, kind, where: str = ""):
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        name = f"{where}.{key}" if where else key
+        raise ValueError(f"{name} is missing or not {getattr(kind, '__name__', 'a number')}")
+    return value

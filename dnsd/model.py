@@ -54,6 +54,59 @@ class Zone:
     records: tuple[RR, ...]  # static records, served as given
 
 
+PROBE_KINDS = ("oci", "distribution", "harbor", "http", "https", "tcp")
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRange:
+    low: int
+    high: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeCheck:
+    """One deep-health check of a replica. Declared in the shared config, run by probes only."""
+
+    kind: str  # one of PROBE_KINDS
+    address: str  # IP or host name to connect to (may differ from the addresses we answer with)
+    port: int
+    scheme: str  # "http" or "https" (not used by tcp)
+    host_header: str | None = None  # Host (and TLS SNI) to send; None: the address
+    path: str = "/"
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    expect_status: tuple[StatusRange, ...] = (StatusRange(200, 299),)  # e.g. "200-299,401"
+    body_contains: str | None = None
+    json_path: str | None = None  # dotted path into a JSON body, e.g. "status" or "components.0.status"
+    json_equals: str | None = None  # the value expected there (compared as text)
+    tls_verify: bool = True
+    ca_file: str | None = None
+    canary_manifest: str | None = None  # oci: "<repo>:<tag>" whose manifest is HEADed to prove storage serves
+    canary_blob: str | None = None  # oci: "<repo>@sha256:<hex>" whose blob is HEADed
+    write_canary: str | None = None  # oci: a repository where a blob upload is started, written, deleted
+    components: tuple[str, ...] = ()  # harbor: components that matter (empty: all)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{self.scheme}://{host}:{self.port}{self.path}"
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.address}:{self.port}" if self.kind == "tcp" else f"{self.kind} {self.url}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSpec:
+    """How probes judges one replica: every check must pass in a round; fall/rise count rounds."""
+
+    checks: tuple[ProbeCheck, ...]
+    interval: float = 5.0  # seconds between rounds
+    jitter: float = 0.1  # fraction of interval added at random, so probes do not move in lockstep
+    timeout: float = 2.0  # seconds for one whole round
+    fall: int = 3  # consecutive failed rounds before Degraded
+    rise: int = 2  # consecutive good rounds before Online again
+
+
 @dataclass(frozen=True, slots=True)
 class Replica:
     name: str  # DNS label, used in regional/data names
@@ -63,6 +116,7 @@ class Replica:
     weight: int
     priority: int  # lower is preferred
     global_routing: bool  # False: skipped for the global name, regional/data names still answer
+    probe: ProbeSpec | None = None  # None: never probed, always Online
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +187,39 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Webhook:
+    url: str
+    timeout: float = 2.0
+    retries: int = 5  # attempts after the first, with exponential backoff
+    backoff: float = 1.0  # first retry delay in seconds, doubled each time
+
+
+@dataclass(frozen=True, slots=True)
+class ProbesSettings:
+    """The probe service: where it serves verdicts and how much load it may put on replicas."""
+
+    listen: tuple[str, int] = ("127.0.0.1", 8053)
+    max_concurrent: int = 32  # rounds running at once across all replicas
+    webhook: Webhook | None = None
+    state_file: str | None = None  # verdicts kept across probe restarts
+
+
+@dataclass(frozen=True, slots=True)
+class HealthFeedSettings:
+    """How dnsd learns health: which probes instances, how they vote, when their word expires."""
+
+    feeds: tuple[str, ...] = ()  # URLs of probes' /v1/health; empty: no probing, everything Online
+    quorum: int = 0  # degraded when at least this many feeds say so; 0 = a majority of feeds
+    poll_interval: float = 1.0
+    ttl: float = 30.0  # a verdict older than this expires: the replica counts as Online (fail open)
+    state_file: str | None = None  # last good snapshot, loaded at start so a restart forgets nothing
+
+    @property
+    def votes_needed(self) -> int:
+        return self.quorum or (len(self.feeds) // 2 + 1)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str  # file it was loaded from
     digest: str  # sha256 of the file text: the running config's version
@@ -141,6 +228,8 @@ class Config:
     topology: Topology
     registries: tuple[Registry, ...]
     views: tuple[View, ...] = field(default=())
+    probes: ProbesSettings = field(default_factory=ProbesSettings)
+    health: HealthFeedSettings = field(default_factory=HealthFeedSettings)
 
     def registry(self, name: str) -> Registry:
         for registry in self.registries:

@@ -58,6 +58,7 @@ _OPTION = struct.Struct("!HH")  # option code, option length
 _ECS_HEAD = struct.Struct("!HBB")  # family, source prefix, scope prefix
 _OPT_FIX = struct.Struct("!HHBBHH")  # type, udp size, ext-rcode, version, flags, rdlength
 _ECS_OPT = struct.Struct("!HHHBB")  # code, length, family, source, scope
+_OPT_EMPTY = struct.Struct("!HIxx")  # an OPT's class and ttl, then rdlength 0
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 
@@ -322,6 +323,14 @@ def parse_query(data: bytes) -> Query:
         if not (ancount or nscount or arcount):  # fast path: a plain query without EDNS
             if pos != n:
                 rerr = "%d bytes of trailing garbage after the question" % (n - pos)
+        elif (arcount == 1 and not (ancount or nscount) and pos + 11 == n and data[pos] == 0
+              and data[pos + 1] == 0 and data[pos + 2] == _OPT_TYPE
+              and data[pos + 9] == 0 and data[pos + 10] == 0):
+            # fast path: one OPT with no options (rdlength 0), ending the packet
+            opt_seen = True
+            rclass, ttl = _OPT_EMPTY.unpack_from(data, pos + 3)
+            edns = Edns(rclass if rclass > 512 else 512, (ttl >> 16) & 0xFF, bool(ttl & 0x8000),
+                        None)
         else:
             try:
                 edns = _walk_records(data, pos, n, ancount + nscount, arcount)

@@ -268,6 +268,10 @@ MALFORMED_CASES = [
                  id="opt-owner-pointer"),
     pytest.param(header(ar=1) + QUESTION + b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 10)
                  + b"\x00\x08", FORMERR, True, True, False, id="opt-rdata-overruns-packet"),
+    pytest.param(header(ar=1) + QUESTION + b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 4),
+                 FORMERR, True, True, False, id="opt-rdlength-but-no-rdata"),
+    pytest.param(header(ar=1) + QUESTION + b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 4)
+                 + b"\x00\x08\x00\x00", FORMERR, True, True, True, id="ecs-empty-option"),
     pytest.param(edns_query(struct.pack("!HH", 8, 20) + b"\x00\x01\x18\x00"), FORMERR, True, True,
                  True, id="edns-option-overruns-opt"),
     pytest.param(edns_query(b"\x00\x08\x00"), FORMERR, True, True, True, id="edns-option-truncated"),

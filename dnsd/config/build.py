@@ -9,12 +9,18 @@ from dnsd import names, records
 from dnsd.config.errors import ConfigError, Mark, Problem, Problems
 from dnsd.config.reader import Reader
 from dnsd.config.yamlnodes import Map, Node, Scalar, parse_yaml
-from dnsd.model import (ALL_DOWN_POLICIES, ROUTING_METHODS, AllDownPolicy, ClientNetwork, Config,
-                        NameTTLs, PrivateEndpoints, Registry, Replica, ServerSettings, Soa, Topology,
-                        View, Zone, frozen_map)
+from dnsd.model import (ALL_DOWN_POLICIES, PROBE_KINDS, ROUTING_METHODS, AllDownPolicy, ClientNetwork,
+                        Config, HealthFeedSettings, NameTTLs, PrivateEndpoints, ProbeCheck, ProbeSpec,
+                        ProbesSettings, Registry, Replica, ServerSettings, Soa, StatusRange, Topology,
+                        View, Webhook, Zone, frozen_map)
 from dnsd.records import RR, normalize_name
 
-TOP_KEYS = ("server", "zone", "regions", "latency_ms", "clients", "registries", "views")
+TOP_KEYS = ("server", "zone", "regions", "latency_ms", "clients", "registries", "views", "probes", "health")
+PROBE_TIMING_KEYS = ("interval", "jitter", "timeout", "fall", "rise")
+CHECK_KEYS = ("kind", "address", "port", "scheme", "host_header", "path", "method", "headers", "expect_status",
+              "body_contains", "json_path", "json_equals", "tls_verify", "ca_file", "canary_manifest",
+              "canary_blob", "write_canary", "components")
+DEFAULT_PATHS = {"oci": "/v2/", "distribution": "/debug/health", "harbor": "/api/v2.0/health"}
 
 
 def load_config(path: str | Path) -> Config:
@@ -71,13 +77,15 @@ class _Builder:
         topology = self.topology(top)
         registries = self.registries(top.get("registries"), zone, topology)
         views = self.views(top.get("views"), registries)
+        probes = self.probes_settings(top.get("probes"))
+        health = self.health_settings(top.get("health"))
         if zone is not None:
             self.check_collisions(top, zone, registries)
-        if None in (server, zone, topology):
+        if None in (server, zone, topology, probes, health):
             return None
         return Config(source=self.filename, digest=digest, server=server, zone=zone, topology=topology,
                       registries=tuple(reg for reg in registries.values() if reg is not None),
-                      views=tuple(views))
+                      views=tuple(views), probes=probes, health=health)
 
     # -- server ------------------------------------------------------------------------------
 
@@ -382,7 +390,7 @@ class _Builder:
         r = self.r
         key_node = Scalar(parent.key_mark(name), node.path, name)
         valid = r.label(key_node, name, "replica name")
-        m = r.mapping(node, ("location", "host", "addresses", "weight", "priority", "global_routing"))
+        m = r.mapping(node, ("location", "host", "addresses", "weight", "priority", "global_routing", "probe"))
         if m is None:
             return None
         location_node = m.get("location") or key_node
@@ -406,10 +414,147 @@ class _Builder:
         weight = r.integer(m.get("weight"), 0, 1_000_000, 100)
         priority = r.integer(m.get("priority"), 0, 1_000_000, index + 1)
         global_routing = r.boolean(m.get("global_routing"), True)
-        if not valid or location is None or weight is None or priority is None or global_routing is None:
+        probe_node = m.get("probe")
+        probe = self.probe(probe_node, addresses) if probe_node is not None else None
+        if (not valid or location is None or weight is None or priority is None or global_routing is None
+                or (probe_node is not None and probe is None)):
             return None
         return Replica(name=name, location=location, host=host, addresses=tuple(addresses) if in_zone else (),
-                       weight=weight, priority=priority, global_routing=global_routing)
+                       weight=weight, priority=priority, global_routing=global_routing, probe=probe)
+
+    # -- probes -------------------------------------------------------------------------------
+
+    def probe(self, node: Node, addresses: list) -> ProbeSpec | None:
+        """`probe:` is one check (a mapping with `kind`) or {checks: [...], interval, timeout, ...}."""
+        r = self.r
+        if isinstance(node, Map) and node.get("checks") is None:
+            m = r.mapping(node, CHECK_KEYS + PROBE_TIMING_KEYS, required=("kind",))
+            check_nodes = [node] if m is not None else []
+            timing = m
+        else:
+            timing = r.mapping(node, ("checks",) + PROBE_TIMING_KEYS, required=("checks",),
+                               what="a check (with 'kind') or {checks: [...]}")
+            check_nodes = r.sequence(timing.get("checks")) if timing is not None else []
+            if timing is not None and timing.get("checks") is not None and not check_nodes:
+                r.fail(timing.get("checks"), "list at least one check")
+        if timing is None:
+            return None
+        checks = [self.check(item, addresses, skip_timing=item is node) for item in check_nodes]
+        values = dict(interval=r.duration(timing.get("interval"), 5.0, 0.05),
+                      jitter=r.scalar(timing.get("jitter"), _fraction, "a fraction from 0 to 1", 0.1),
+                      timeout=r.duration(timing.get("timeout"), 2.0, 0.01),
+                      fall=r.integer(timing.get("fall"), 1, 100, 3), rise=r.integer(timing.get("rise"), 1, 100, 2))
+        if None in values.values() or None in checks or not checks:
+            return None
+        if values["timeout"] > values["interval"]:
+            r.fail(timing.get("timeout") or timing, f"timeout {values['timeout']:g}s is longer than the interval "
+                                                    f"{values['interval']:g}s: rounds would overlap")
+            return None
+        return ProbeSpec(checks=tuple(checks), **values)
+
+    def check(self, node: Node, addresses: list, skip_timing: bool) -> ProbeCheck | None:
+        r = self.r
+        allowed = CHECK_KEYS + (PROBE_TIMING_KEYS if skip_timing else ())
+        m = r.mapping(node, allowed, required=("kind",))
+        if m is None:
+            return None
+        kind = r.choice(m.get("kind"), PROBE_KINDS)
+        if kind is None:
+            return None
+        default_scheme = {"https": "https", "oci": "https", "harbor": "https"}.get(kind, "http")
+        scheme = r.choice(m.get("scheme"), ("http", "https"), default_scheme)
+        if kind in ("http", "https") and m.get("scheme") is not None and scheme != kind:
+            r.fail(m.get("scheme"), f"kind {kind} already sets the scheme; remove 'scheme' or use kind {scheme}")
+        address = r.string(m.get("address"))
+        if address is None and m.get("address") is None:
+            if not addresses:
+                r.fail(m, "give the probe an 'address': the replica has no addresses of its own to probe")
+            else:
+                address = str(addresses[0])
+        if kind == "tcp" and m.get("port") is None:
+            r.fail(m, "a tcp check needs 'port'")
+        port = r.integer(m.get("port"), 1, 65535, 443 if scheme == "https" else 80)
+        headers = []
+        header_map = r.mapping(m.get("headers"), open_keys=True, what="a mapping of header: value")
+        for key, value_node in header_map or ():
+            value = r.string(value_node)
+            if value is not None:
+                headers.append((key, value))
+        expect_node = m.get("expect_status")
+        expect = (r.scalar(expect_node, _status_ranges, "status codes like \"200-299,401\"")
+                  if expect_node is not None else None)
+        if expect is None and expect_node is None:
+            expect = (StatusRange(200, 299), StatusRange(401, 401)) if kind == "oci" else (StatusRange(200, 299),)
+        components = tuple(c for c in (r.string(n) for n in r.sequence(m.get("components"))) if c)
+        if components and kind != "harbor":
+            r.fail(m.get("components"), f"'components' applies to harbor checks, not {kind}")
+        for key in ("canary_manifest", "canary_blob", "write_canary"):
+            if m.get(key) is not None and kind != "oci":
+                r.fail(m.get(key), f"'{key}' applies to oci checks, not {kind}")
+        canary_manifest = r.string(m.get("canary_manifest"))
+        if canary_manifest is not None and ":" not in canary_manifest:
+            r.fail(m.get("canary_manifest"), f"expected REPOSITORY:TAG, got {canary_manifest!r}")
+        canary_blob = r.string(m.get("canary_blob"))
+        if canary_blob is not None and "@sha256:" not in canary_blob:
+            r.fail(m.get("canary_blob"), f"expected REPOSITORY@sha256:DIGEST, got {canary_blob!r}")
+        values = dict(host_header=r.string(m.get("host_header")), path=r.string(m.get("path"), DEFAULT_PATHS.get(kind, "/")),
+                      method=(r.string(m.get("method"), "GET") or "GET").upper(), body_contains=r.string(m.get("body_contains")),
+                      json_path=r.string(m.get("json_path")), json_equals=r.string(m.get("json_equals")),
+                      tls_verify=r.boolean(m.get("tls_verify"), True), ca_file=r.string(m.get("ca_file")),
+                      write_canary=r.string(m.get("write_canary")))
+        if values["path"] is not None and not values["path"].startswith("/"):
+            r.fail(m.get("path"), f"path must start with '/', got {values['path']!r}")
+        if None in (address, port, expect, scheme, values["path"], values["tls_verify"]):
+            return None
+        return ProbeCheck(kind=kind, address=address, port=port, scheme=scheme, headers=tuple(headers),
+                          expect_status=expect, canary_manifest=canary_manifest, canary_blob=canary_blob,
+                          components=components, **values)
+
+    def probes_settings(self, node: Node | None) -> ProbesSettings | None:
+        r = self.r
+        if node is None:
+            return ProbesSettings()
+        m = r.mapping(node, ("listen", "max_concurrent", "webhook", "state_file"))
+        if m is None:
+            return None
+        defaults = ProbesSettings()
+        listen = r.scalar(m.get("listen"), lambda v: parse_listen(str(v), 8053),
+                          "HOST:PORT like 127.0.0.1:8053", defaults.listen)
+        webhook = None
+        wm = r.mapping(m.get("webhook"), ("url", "timeout", "retries", "backoff"), required=("url",))
+        if wm is not None:
+            url = r.scalar(wm.get("url"), _http_url, "an http:// or https:// URL")
+            values = dict(timeout=r.duration(wm.get("timeout"), 2.0, 0.01), retries=r.integer(wm.get("retries"), 0, 100, 5),
+                          backoff=r.duration(wm.get("backoff"), 1.0, 0.0))
+            if url is not None and None not in values.values():
+                webhook = Webhook(url=url, **values)
+        max_concurrent = r.integer(m.get("max_concurrent"), 1, 10_000, defaults.max_concurrent)
+        if listen is None or max_concurrent is None:
+            return None
+        return ProbesSettings(listen=listen, max_concurrent=max_concurrent, webhook=webhook,
+                              state_file=r.string(m.get("state_file")))
+
+    def health_settings(self, node: Node | None) -> HealthFeedSettings | None:
+        r = self.r
+        if node is None:
+            return HealthFeedSettings()
+        m = r.mapping(node, ("feeds", "quorum", "poll_interval", "ttl", "state_file"))
+        if m is None:
+            return None
+        feeds = [f for f in (r.scalar(n, _http_url, "an http:// or https:// URL") for n in r.one_or_many(m.get("feeds"))) if f]
+        quorum_node = m.get("quorum")
+        quorum = 0
+        if quorum_node is not None and not (isinstance(quorum_node, Scalar) and quorum_node.value == "majority"):
+            quorum = r.integer(quorum_node, 1, 100, expected="'majority' or a number of feeds")
+            if quorum is not None and quorum > len(feeds):
+                r.fail(quorum_node, f"quorum {quorum} is more than the {len(feeds)} feeds listed")
+        values = dict(poll_interval=r.duration(m.get("poll_interval"), 1.0, 0.05), ttl=r.duration(m.get("ttl"), 30.0, 0.1))
+        if quorum is None or None in values.values():
+            return None
+        if values["ttl"] < values["poll_interval"]:
+            r.fail(m.get("ttl"), f"ttl {values['ttl']:g}s is shorter than poll_interval {values['poll_interval']:g}s: "
+                                 "health would expire between polls")
+        return HealthFeedSettings(feeds=tuple(feeds), quorum=quorum, state_file=r.string(m.get("state_file")), **values)
 
     def all_down(self, node: Node | None, replica_names: set[str]) -> AllDownPolicy | None:
         r = self.r
@@ -548,6 +693,36 @@ def _generated_names(reg: Registry, zone: str):
         yield names.regional_private_name(reg.name, rep.name, zone), f"{where}'s private regional name"
         yield names.data_name(reg.name, rep.name, zone), f"{where}'s data name"
         yield names.data_private_name(reg.name, rep.name, zone), f"{where}'s private data name"
+
+
+def _fraction(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError()
+    return float(value)
+
+
+def _http_url(value: object) -> str:
+    from urllib.parse import urlsplit
+    text = str(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError()
+    return text
+
+
+def _status_ranges(value: object) -> tuple[StatusRange, ...]:
+    """'200-299,401' or 204 -> ranges; every code 100..599."""
+    if isinstance(value, bool):
+        raise ValueError()
+    ranges = []
+    for part in str(value).split(","):
+        low_text, _, high_text = part.strip().partition("-")
+        low = int(low_text)
+        high = int(high_text) if high_text else low
+        if not 100 <= low <= high <= 599:
+            raise ValueError()
+        ranges.append(StatusRange(low, high))
+    return tuple(ranges)
 
 
 def _non_negative_number(value: object) -> float:

@@ -1,0 +1,149 @@
+"""The probe loop: one task per replica (interval + jitter, a timeout per round, a bound on rounds in
+flight), feeding the trackers; owns the published health document."""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import time
+from types import MappingProxyType
+from typing import Awaitable, Callable
+
+import aiohttp
+import structlog
+
+from dnsd.health import EndpointHealth, FeedDocument
+from dnsd.model import ProbesSettings
+from probes import checks, state as state_file
+from probes.checks import ProbeResult
+from probes.metrics import ProbeMetrics
+from probes.targets import Target
+from probes.tracker import TrackerState, Transition, observe
+
+log = structlog.get_logger(__name__)
+
+RoundRunner = Callable[[Target], Awaitable[ProbeResult]]
+
+
+class ProbeService:
+    def __init__(self, targets: list[Target], settings: ProbesSettings, metrics: ProbeMetrics | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.targets = targets
+        self.settings = settings
+        self.clock = clock
+        self.metrics = metrics or ProbeMetrics()
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{int(clock())}"
+        self.states: dict[tuple[str, str], TrackerState] = {t.key: TrackerState() for t in targets}
+        self.generation = 1
+        self.on_transition: list[Callable[[Target, Transition, TrackerState], None]] = []
+        self.limit = asyncio.Semaphore(settings.max_concurrent)
+        self.session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task] = []
+        if settings.state_file:
+            longest = max((t.spec.interval for t in targets), default=5.0)
+            restored = state_file.load_states(settings.state_file, clock(), max_age=10 * longest)
+            for key, restored_state in restored.items():
+                if key in self.states:
+                    self.states[key] = restored_state
+                    log.info("probe_state_restored", registry=key[0], replica=key[1],
+                             status=restored_state.status.value, reason=restored_state.reason)
+
+    # -- the published document ------------------------------------------------------------
+
+    def document(self) -> FeedDocument:
+        return FeedDocument(
+            instance=self.instance, generation=self.generation, generated_at=self.clock(),
+            endpoints=MappingProxyType({key: EndpointHealth(s.status, s.reason, s.since)
+                                        for key, s in self.states.items()}))
+
+    def stale_targets(self) -> list[str]:
+        """Targets whose last round finished too long ago: the loop is stuck, our word is not current."""
+        now = self.clock()
+        stale = []
+        for target in self.targets:
+            checked_at = self.states[target.key].checked_at
+            limit = 3 * target.spec.interval * (1 + target.spec.jitter) + target.spec.timeout
+            started = self._started_at if checked_at == 0 else checked_at
+            if now - started > limit:
+                stale.append(target.label)
+        return stale
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def start(self, runner: RoundRunner | None = None) -> None:
+        self._started_at = self.clock()
+        if runner is None:
+            self.session = checks.make_session(limit=self.settings.max_concurrent * 4)
+            runner = self.run_round
+        for target in self.targets:
+            self._tasks.append(asyncio.create_task(self._loop(target, runner), name=f"probe {target.label}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    async def run_round(self, target: Target) -> ProbeResult:
+        """Every check of the target at once; the round fails on the first failing check (its reason)."""
+        spec = target.spec
+        assert self.session is not None
+        started = time.monotonic()
+        results = await asyncio.gather(*(checks.run_check(check, self.session, spec.timeout)
+                                         for check in spec.checks))
+        for check, result in zip(spec.checks, results):
+            self.metrics.observe_check(target, check, result)
+        failed = [r for r in results if not r.ok]
+        elapsed = time.monotonic() - started
+        if failed:
+            return ProbeResult(False, failed[0].reason, elapsed, failed[0].status_code)
+        return ProbeResult(True, "; ".join(r.reason for r in results), elapsed, results[0].status_code)
+
+    async def _loop(self, target: Target, runner: RoundRunner) -> None:
+        spec = target.spec
+        # spread the first rounds so N targets do not fire at the same instant
+        await asyncio.sleep(random.uniform(0, min(spec.interval, 1.0) * spec.jitter))
+        while True:
+            started = time.monotonic()
+            async with self.limit:  # the probe-load bound: at most max_concurrent rounds in flight
+                try:
+                    async with asyncio.timeout(spec.timeout + 1.0):  # belt and braces over the checks' own
+                        result = await runner(target)
+                except TimeoutError:
+                    result = ProbeResult(False, f"timeout after {spec.timeout:g}s", spec.timeout)
+                except Exception as err:  # a bug in a check must not stop probing
+                    log.exception("probe_round_failed", target=target.label)
+                    result = ProbeResult(False, f"probe error: {type(err).__name__}: {err}", 0.0)
+            self.apply(target, result)
+            period = spec.interval * (1 + random.uniform(0, spec.jitter))
+            await asyncio.sleep(max(0.0, period - (time.monotonic() - started)))
+
+    def apply(self, target: Target, result: ProbeResult) -> Transition | None:
+        spec = target.spec
+        new_state, transition = observe(self.states[target.key], result.ok, result.reason, self.clock(),
+                                        spec.fall, spec.rise)
+        self.states[target.key] = new_state
+        self.metrics.observe_round(target, result, new_state)
+        if transition is not None:
+            self.generation += 1
+            log.info("status_changed", registry=target.registry, replica=target.replica,
+                     before=transition.before.value, after=transition.after.value, reason=transition.reason)
+            if self.settings.state_file:
+                try:
+                    state_file.save_states(self.settings.state_file, self.states)
+                except OSError as err:
+                    log.warning("probe_state_not_saved", path=self.settings.state_file, error=str(err))
+            for callback in self.on_transition:
+                callback(target, transition, new_state)
+        return transition
+
+
+def transition_event(target: Target, transition: Transition, instance: str) -> dict:
+    """The webhook body for one status change."""
+    return {"event": "status_changed", "registry": target.registry, "replica": target.replica,
+            "before": transition.before.value, "after": transition.after.value, "reason": transition.reason,
+            "at": transition.at, "probe_instance": instance}

@@ -1,0 +1,64 @@
+"""Tracker states on disk, so a restarted probes does not forget a degraded replica. Atomic writes."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import structlog
+
+from dnsd.health import Status
+from probes.tracker import TrackerState
+
+log = structlog.get_logger(__name__)
+
+
+def write_json_atomically(path: str | Path, data: object) -> None:
+    """Write to a temporary file beside `path`, fsync, rename: readers see the old or the new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def save_states(path: str, states: dict[tuple[str, str], TrackerState]) -> None:
+    data = {"format": "geotm-probe-state/1",
+            "endpoints": [{"registry": reg, "replica": rep, "status": s.status.value, "reason": s.reason,
+                           "since": s.since, "checked_at": s.checked_at}
+                          for (reg, rep), s in sorted(states.items())]}
+    write_json_atomically(path, data)
+
+
+def load_states(path: str, now: float, max_age: float) -> dict[tuple[str, str], TrackerState]:
+    """Decided states no older than max_age. A missing or broken file loads as nothing, with a log."""
+    try:
+        data = json.loads(Path(path).read_text())
+        entries = data["endpoints"] if data.get("format") == "geotm-probe-state/1" else None
+        if entries is None:
+            raise ValueError("unknown format")
+        states = {}
+        for entry in entries:
+            status = Status(entry["status"])
+            checked_at = float(entry["checked_at"])
+            if status is Status.CHECKING or now - checked_at > max_age:
+                continue
+            states[(entry["registry"], entry["replica"])] = TrackerState(
+                status=status, reason=f"restored: {entry['reason']}", since=float(entry["since"]),
+                checked_at=checked_at)
+        return states
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("probe_state_unreadable", path=path, error=str(err))
+        return {}
