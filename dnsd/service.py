@@ -1,38 +1,80 @@
-"""`dnsd serve`: load the config, build the first snapshot, run the listeners until SIGTERM/SIGINT."""
+"""`dnsd serve`: load the config, build the first snapshot, run listeners and the health feed until
+SIGTERM/SIGINT; every health change swaps in a new snapshot and logs what routing changed and why."""
 from __future__ import annotations
 
 import asyncio
 import signal
+from dataclasses import replace
 
 import structlog
 
-from dnsd.config import load_config
+from dnsd.feed import HealthFeed
+from dnsd.health import HealthSnapshot
 from dnsd.model import Config
-from dnsd.runtime import QueryEngine, Snapshot, new_snapshot
+from dnsd.policy import RoutingPlan
+from dnsd.runtime import QueryEngine, Snapshot, build_plans, new_snapshot
 from dnsd.server import DnsServer, ListenerSettings
 
 log = structlog.get_logger(__name__)
 
 
-def describe_routing(snapshot: Snapshot) -> None:
-    """One event per registry saying where its global name goes and why."""
-    for plan in snapshot.plans:
-        replicas = plan.registry.replicas
-        log.info("routing", registry=plan.registry.name, method=plan.registry.routing,
-                 serving=[replicas[i].name for i in plan.serving], all_down=plan.all_down, reason=plan.reason)
+def serving_names(plan: RoutingPlan) -> list[str]:
+    return [plan.registry.replicas[i].name for i in plan.serving]
+
+
+def log_routing(snapshot: Snapshot, previous: Snapshot | None = None) -> None:
+    """One event per registry whose global routing changed (all of them at start): what and why."""
+    for index, plan in enumerate(snapshot.plans):
+        before = previous.plans[index] if previous is not None and index < len(previous.plans) else None
+        if before is not None and (before.serving, before.all_down, before.servfail) == \
+                (plan.serving, plan.all_down, plan.servfail):
+            continue
+        event = "routing" if before is None else "routing_changed"
+        fields = dict(registry=plan.registry.name, method=plan.registry.routing, serving=serving_names(plan),
+                      all_down=plan.all_down, reason=plan.reason)
+        if before is not None:
+            fields["serving_before"] = serving_names(before)
+        if plan.all_down:
+            log.warning(event, all_down_policy=plan.registry.all_down.mode, **fields)
+        else:
+            log.info(event, **fields)
+
+
+class Dnsd:
+    """The running server: owns the engine's snapshot swaps."""
+
+    def __init__(self, config: Config):
+        self.engine = QueryEngine(new_snapshot(config))
+        log_routing(self.engine.snapshot)
+
+    def apply_health(self, health: HealthSnapshot) -> None:
+        old = self.engine.snapshot
+        new = replace(old, health=health, plans=build_plans(old.config, health), generation=old.generation + 1)
+        self.engine.swap(new)
+        log_routing(new, old)
 
 
 async def serve(config: Config, listen: list[tuple[str, int]] | None = None) -> None:
-    snapshot = new_snapshot(config)
-    engine = QueryEngine(snapshot)
+    dnsd = Dnsd(config)
+    feed_task = None
+    if config.health.feeds:
+        known = {(reg.name, rep.name) for reg in config.registries for rep in reg.replicas}
+        feed = HealthFeed(config.health, known, dnsd.apply_health)
+        feed.load_state()
+        feed.refresh()  # apply what was persisted before the first query is answered
+        feed_task = asyncio.create_task(feed.run(), name="health feed")
     settings = ListenerSettings(tcp_idle_timeout=config.server.tcp_idle_timeout,
                                 tcp_max_connections=config.server.tcp_max_connections)
-    server = DnsServer(engine.handle, listen or list(config.server.listen), settings)
-    await server.start()
+    server = DnsServer(dnsd.engine.handle, listen or list(config.server.listen), settings)
+    try:
+        await server.start()
+    except BaseException:
+        if feed_task:
+            feed_task.cancel()
+        raise
     log.info("dnsd_started", config=config.source, version=config.digest[:12], zone=config.zone.name,
-             registries=len(config.registries), views=len(config.views),
+             registries=len(config.registries), views=len(config.views), health_feeds=list(config.health.feeds),
              listen=[f"{host}:{port}" for host, port in server.addresses])
-    describe_routing(snapshot)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -41,8 +83,7 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None) -> 
         await stop.wait()
     finally:
         log.info("dnsd_stopping")
+        if feed_task:
+            feed_task.cancel()
+            await asyncio.gather(feed_task, return_exceptions=True)
         await server.stop()
-
-
-def load(path: str) -> Config:
-    return load_config(path)

@@ -1,0 +1,192 @@
+"""Health from probes: poll each feed (ETag), keep the last good document per feed, combine feeds by
+quorum, expire verdicts older than the TTL (fail open), persist, and hand dnsd a new HealthSnapshot."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Callable
+
+import aiohttp
+import structlog
+
+from dnsd.files import write_json_atomically
+from dnsd.health import EndpointHealth, FeedDocument, HealthSnapshot, Status
+from dnsd.model import HealthFeedSettings
+
+log = structlog.get_logger(__name__)
+
+MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
+STATE_FORMAT = "geotm-dnsd-health/1"
+
+
+@dataclass(slots=True)
+class FeedState:
+    url: str
+    document: FeedDocument | None = None
+    etag: str | None = None
+    fetched_at: float = 0.0  # wall clock of the last good answer (200 or 304) from this feed
+    error: str | None = None  # the last fetch's problem, None when it went well
+
+    def fresh(self, now: float, ttl: float) -> bool:
+        return self.document is not None and now - self.fetched_at <= ttl
+
+
+class HealthFeed:
+    def __init__(self, settings: HealthFeedSettings, known: set[tuple[str, str]],
+                 apply: Callable[[HealthSnapshot], None], clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.known = known
+        self.apply = apply
+        self.clock = clock
+        self.feeds = [FeedState(url) for url in settings.feeds]
+        self.expired = False  # running on expired health (every feed silent for longer than the TTL)
+        self.generation = 0
+        self.current: dict[tuple[str, str], EndpointHealth] | None = None
+        self.fetch_errors = 0
+        self._last_saved = 0.0
+        self._reported_unknown: set[tuple[str, str]] = set()
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def load_state(self) -> None:
+        """Last good documents from disk, so a restarted dnsd keeps applying a degraded verdict."""
+        path = self.settings.state_file
+        if not path:
+            return
+        try:
+            data = json.loads(Path(path).read_text())
+            if data.get("format") != STATE_FORMAT:
+                raise ValueError(f"unknown format {data.get('format')!r}")
+            by_url = {entry["url"]: entry for entry in data["feeds"]}
+            for feed in self.feeds:
+                entry = by_url.get(feed.url)
+                if entry is None:
+                    continue
+                feed.document = FeedDocument.from_json(entry["document"])
+                feed.fetched_at = float(entry["fetched_at"])
+            log.info("health_state_loaded", path=path,
+                     feeds=sum(1 for f in self.feeds if f.document is not None))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.warning("health_state_unreadable", path=path, error=str(err))
+
+    def save_state(self, force: bool = False) -> None:
+        path = self.settings.state_file
+        now = self.clock()
+        if not path or (not force and now - self._last_saved < 5.0):
+            return
+        data = {"format": STATE_FORMAT,
+                "feeds": [{"url": f.url, "fetched_at": f.fetched_at, "document": f.document.to_json()}
+                          for f in self.feeds if f.document is not None]}
+        try:
+            write_json_atomically(path, data)
+            self._last_saved = now
+        except OSError as err:
+            log.warning("health_state_not_saved", path=path, error=str(err))
+
+    # -- combining ------------------------------------------------------------------------------
+
+    def combine(self) -> dict[tuple[str, str], EndpointHealth]:
+        now = self.clock()
+        ttl = self.settings.ttl
+        fresh = [f for f in self.feeds if f.fresh(now, ttl)]
+        # expired: we had verdicts and they all went stale; never having had any is not "expired"
+        expired = any(f.document is not None for f in self.feeds) and not fresh
+        if expired != self.expired:
+            self.expired = expired
+            if expired:
+                newest = max((f.fetched_at for f in self.feeds), default=0.0)
+                log.warning("health_expired", ttl=ttl, last_good_age=round(now - newest, 1) if newest else None,
+                            effect="every replica counts as online (fail open) until probes answer again",
+                            errors={f.url: f.error for f in self.feeds})
+            else:
+                log.info("health_restored", feeds=[f.url for f in fresh])
+        needed = self.settings.votes_needed
+        combined: dict[tuple[str, str], EndpointHealth] = {}
+        for key in sorted(self.known):
+            verdicts = [(f, f.document.endpoints[key]) for f in fresh if key in f.document.endpoints]
+            degraded = [(f, h) for f, h in verdicts if h.status is Status.DEGRADED]
+            if len(degraded) >= needed:
+                feed, health = degraded[0]
+                votes = f" ({len(degraded)} of {len(self.feeds)} probes agree)" if len(self.feeds) > 1 else ""
+                combined[key] = EndpointHealth(Status.DEGRADED, health.reason + votes,
+                                               min(h.since for _, h in degraded))
+            elif expired:
+                combined[key] = EndpointHealth(Status.ONLINE, f"health expired: no probe answer for over "
+                                                              f"{ttl:g}s, failing open")
+            elif degraded:
+                combined[key] = EndpointHealth(Status.ONLINE, f"{len(degraded)} of {len(self.feeds)} probes say "
+                                                              f"degraded, quorum is {needed}: kept online")
+            elif verdicts:
+                status = Status.ONLINE if any(h.status is Status.ONLINE for _, h in verdicts) else Status.CHECKING
+                combined[key] = EndpointHealth(status, verdicts[0][1].reason, verdicts[0][1].since)
+        return combined
+
+    def refresh(self) -> bool:
+        """Recombine and hand dnsd a new snapshot when anything changed. True when it did."""
+        combined = self.combine()
+        if combined == self.current:
+            return False
+        self.current = combined
+        self.generation += 1
+        self.apply(HealthSnapshot(self.generation, MappingProxyType(combined)))
+        return True
+
+    # -- fetching -------------------------------------------------------------------------------
+
+    async def fetch(self, session: aiohttp.ClientSession, feed: FeedState) -> bool:
+        """One poll of one feed. True when its document changed. Only a fully parsed document is used."""
+        headers = {"If-None-Match": feed.etag} if feed.etag and feed.document is not None else {}
+        error = None
+        changed = False
+        try:
+            timeout = aiohttp.ClientTimeout(total=max(1.0, min(5.0, self.settings.poll_interval * 2)))
+            async with session.get(feed.url, headers=headers, timeout=timeout, allow_redirects=False) as response:
+                if response.status == 304:
+                    feed.fetched_at = self.clock()
+                elif response.status == 200:
+                    body = await response.content.read(MAX_DOCUMENT_BYTES + 1)
+                    if len(body) > MAX_DOCUMENT_BYTES:
+                        raise ValueError(f"document larger than {MAX_DOCUMENT_BYTES} bytes")
+                    document = FeedDocument.from_json(json.loads(body))
+                    self._report_unknown(feed.url, document)
+                    changed = feed.document is None or document.endpoints != feed.document.endpoints
+                    feed.document = document
+                    feed.etag = response.headers.get("ETag")
+                    feed.fetched_at = self.clock()
+                else:
+                    error = f"HTTP {response.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as err:
+            error = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        except (ValueError, UnicodeDecodeError) as err:  # JSON or schema: keep the last good document
+            error = f"bad health document: {err}"
+        if error != feed.error:
+            if error:
+                log.warning("health_feed_error", url=feed.url, error=error, keeping="last good document")
+            else:
+                log.info("health_feed_ok", url=feed.url)
+        if error:
+            self.fetch_errors += 1
+        feed.error = error
+        return changed
+
+    def _report_unknown(self, url: str, document: FeedDocument) -> None:
+        for key in document.endpoints:
+            if key not in self.known and key not in self._reported_unknown:
+                self._reported_unknown.add(key)
+                log.info("health_for_unknown_replica", url=url, registry=key[0], replica=key[1])
+
+    async def run(self) -> None:
+        """Poll forever; recombine every round, so expiry happens even while every fetch fails."""
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+            while True:
+                started = time.monotonic()
+                results = await asyncio.gather(*(self.fetch(session, feed) for feed in self.feeds))
+                changed = self.refresh()
+                self.save_state(force=changed or any(results))
+                await asyncio.sleep(max(0.05, self.settings.poll_interval - (time.monotonic() - started)))

@@ -1,0 +1,1 @@
+"""geotm-backend: a stand-in registry backend (tiny in-memory OCI registry + health endpoints) with switchable failure modes, for demos and tests."""
