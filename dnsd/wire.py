@@ -374,33 +374,75 @@ class PackedAnswer:
     client_dependent: bool  # copied from Answer.client_dependent
 
 
-def _name_labels(name: str) -> list[str]:
-    """Canonical name -> its labels, validated for the wire (ASCII, 1..63 bytes, <= 255 total)."""
-    name = normalize_name(name)
-    if not name:
-        return []
-    labels = name.split(".")
+def _name_labels(name: str) -> list[bytes]:
+    """Canonical name -> its labels (lower case), validated for the wire: ASCII, 1..63 bytes a
+    label, <= 255 bytes in all. Zone-file escapes (\\DDD, \\.) are understood, so the text
+    from Query.qname() encodes back to the same wire name."""
+    name = name.strip()
+    if "\\" in name:
+        labels = _unescape_labels(name)
+    else:
+        name = normalize_name(name)
+        if not name:
+            return []
+        if not name.isascii():
+            raise ValueError(f"bad name {name!r}: not ASCII (use the punycode form)")
+        labels = [label.encode("ascii") for label in name.split(".")]
     total = 1
     for label in labels:
         if not label:
             raise ValueError(f"bad name {name!r}: empty label")
         if len(label) > 63:
             raise ValueError(f"bad name {name!r}: label longer than 63 bytes")
-        if not label.isascii():
-            raise ValueError(f"bad name {name!r}: not ASCII (use the punycode form)")
         total += len(label) + 1
     if total > 255:
         raise ValueError(f"bad name {name!r}: longer than 255 bytes in wire form")
     return labels
 
 
-def _put_name(buf: bytearray, name: str, table: dict[str, int] | None, base: int) -> None:
+def _unescape_labels(name: str) -> list[bytes]:
+    """Split a name with zone-file escapes into labels; a final unescaped '.' ends the name."""
+    labels = []
+    label = bytearray()
+    i = 0
+    n = len(name)
+    ended = False
+    while i < n:
+        c = name[i]
+        ended = False
+        if c == "\\":
+            digits = name[i + 1:i + 4]
+            if len(digits) == 3 and _is_num(digits) and int(digits) <= 255:
+                label.append(int(digits))
+                i += 4
+                continue
+            if i + 1 >= n or not name[i + 1].isascii():
+                raise ValueError(f"bad name {name!r}: bad escape")
+            label += name[i + 1].encode("ascii")
+            i += 2
+            continue
+        if c == ".":
+            labels.append(bytes(label).lower())
+            label = bytearray()
+            ended = True
+        elif c.isascii():
+            label += c.encode("ascii")
+        else:
+            raise ValueError(f"bad name {name!r}: not ASCII (use the punycode form)")
+        i += 1
+    if not ended:
+        labels.append(bytes(label).lower())
+    return labels
+
+
+def _put_name(buf: bytearray, name: str, table: dict[tuple[bytes, ...], int] | None,
+              base: int) -> None:
     """Append name at buf; with a table, compress against it and record new suffixes.
     base is the message offset of buf[0]."""
     labels = _name_labels(name)
     for i in range(len(labels)):
         if table is not None:
-            suffix = ".".join(labels[i:])
+            suffix = tuple(labels[i:])
             ptr = table.get(suffix)
             if ptr is not None:
                 buf += _U16.pack(0xC000 | ptr)
@@ -408,13 +450,13 @@ def _put_name(buf: bytearray, name: str, table: dict[str, int] | None, base: int
             offset = base + len(buf)
             if offset < 0x4000:
                 table[suffix] = offset
-        label = labels[i].encode("ascii")
+        label = labels[i]
         buf.append(len(label))
         buf += label
     buf.append(0)
 
 
-def _put_rr(buf: bytearray, rr, table: dict[str, int], base: int) -> None:
+def _put_rr(buf: bytearray, rr, table: dict[tuple[bytes, ...], int], base: int) -> None:
     if not 0 <= rr.rtype <= 0xFFFF:
         raise ValueError(f"bad record type {rr.rtype}")
     if not 0 <= rr.ttl <= 0x7FFFFFFF:
@@ -467,10 +509,10 @@ def encode_answer(answer: Answer, qname_wire_len: int, qname: str) -> PackedAnsw
     wire_len = sum(len(label) + 1 for label in labels) + 1
     if wire_len != qname_wire_len:
         raise ValueError(f"qname {qname!r} is {wire_len} bytes in wire form, not {qname_wire_len}")
-    table: dict[str, int] = {}
+    table: dict[tuple[bytes, ...], int] = {}
     offset = 12
     for i, label in enumerate(labels):
-        table[".".join(labels[i:])] = offset
+        table[tuple(labels[i:])] = offset
         offset += len(label) + 1
     base = 12 + qname_wire_len + 4
     buf = bytearray()

@@ -263,6 +263,8 @@ async def _oci(check: ProbeCheck, client: _Client) -> tuple[bool, str, int | Non
     alive = resp.status in (200, 401) if default_expect else _status_ok(resp.status, check.expect_status)
     if not alive:
         raise _bad_status(resp)
+    if resp.status == 200 and resp.body.strip():
+        resp.json()  # a 200 /v2/ answers JSON ("{}"); an HTML page or garbage is not the registry API
     reason = f"HTTP {resp.status} (auth required: alive)" if resp.status == 401 else f"HTTP {resp.status}"
     extras = []
     if check.canary_manifest:
@@ -456,8 +458,16 @@ def _as_text(value: object) -> str:
 
 
 def _snippet(body: bytes) -> str:
-    text = body[:40].decode("utf-8", errors="replace")
-    return repr(text) + ("..." if len(body) > 40 else "") if body else "empty"
+    """A short, printable description of a body: its start if it is text, else its size."""
+    if not body:
+        return "empty"
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"{len(body)} bytes, not text"
+    if not all(c.isprintable() or c.isspace() for c in text[:200]):
+        return f"{len(body)} bytes, not text"
+    return repr(" ".join(text[:40].split())) + ("..." if len(text) > 40 else "")
 
 
 def _clip(text: str, limit: int = MAX_REASON) -> str:

@@ -193,7 +193,12 @@ class ReplicaBackend:
     async def unbind(self) -> None:
         runner, self.runner = self.runner, None
         if runner is not None:
+            self._release_waiters()  # so no slow reply is still pending when the listeners close
             await runner.cleanup()
+
+    def _release_waiters(self) -> None:
+        self.wake.set()
+        self.wake = asyncio.Event()
 
     async def set_mode(self, mode: str, delay: float | None = None, reason: str | None = None) -> None:
         """Switch mode (binding or unbinding listeners for refuse); one change at a time."""
@@ -209,8 +214,7 @@ class ReplicaBackend:
             self.delay = DEFAULT_DELAY if delay is None else float(delay)
             default = READONLY_REASON if mode == "readonly" else DEFAULT_REASON
             self.reason = reason or default
-            self.wake.set()
-            self.wake = asyncio.Event()
+            self._release_waiters()
         log.info("mode_changed", registry=self.registry, replica=self.replica, mode=mode, previous=old,
                  delay=self.delay if mode == "slow" else None,
                  reason=self.reason if mode in ("unhealthy", "readonly") else None)

@@ -868,3 +868,17 @@ def test_property_dnspython_queries_roundtrip(labels, qid, rdtype, with_ecs, pre
                         ecs_scope=prefix)
         (ecs,) = dns.message.from_wire(reply).options
         assert (ecs.address, ecs.srclen, ecs.scopelen) == (str(net.network_address), prefix, prefix)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=63), min_size=1, max_size=3))
+def test_property_odd_qnames_encode_back(labels):
+    """Whatever name a query carries, qname() text encodes back to the same wire name, so a
+    slow-path answer (encode_answer(..., query.qname())) works for every name."""
+    qname = b"".join(bytes([len(lab)]) + lab for lab in labels) + b"\x00"
+    q = parse_query(header() + qname + b"\x00\x01\x00\x01")
+    soa = rr(SOA_LINE)
+    packed = encode_answer(Answer(NXDOMAIN, authority=(soa,)), len(q.qname_key), q.qname())
+    msg = dns.message.from_wire(build_response(q, packed, max_udp_size=None, ecs_scope=None))
+    assert msg.question[0].name == dns.name.from_wire(qname, 0)[0]
+    assert rrs(msg.authority) == expected_rrs([SOA_LINE])

@@ -1,0 +1,286 @@
+"""The geotm-backend command line: serve the stand-in replicas of a config, and fail/restore/status them through the control listener.
+
+    geotm-backend serve --config FILE [--control HOST:PORT] [--tls-cert FILE --tls-key FILE]
+    geotm-backend serve --target REGISTRY/REPLICA=HOST:PORT[,HOST:PORT] ...   (no config needed)
+    geotm-backend fail REPLICA [--registry NAME] [--mode unhealthy|readonly|slow|garbage|refuse] [--delay S] [--reason TEXT]
+    geotm-backend restore REPLICA [--registry NAME]
+    geotm-backend status [--json]
+Exit status: 0 done, 1 failed (cannot bind, cannot reach the control listener, unknown replica), 2 usage or config error.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import ssl
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+import structlog
+
+from standin.app import MAX_DELAY, MODES, Backend, make_targets, targets_from_config
+
+DEFAULT_CONTROL = ("127.0.0.1", 5399)
+CONTROL_TIMEOUT = 5.0
+
+log = structlog.get_logger(__name__)
+
+
+def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """'127.0.0.1:5399', '[::1]:5399', 'localhost:80' -> (host, port). Raises ValueError."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise ValueError("expected [IPv6]:PORT")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif text.count(":") > 1:
+        raise ValueError("write an IPv6 address as [ADDRESS]:PORT")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise ValueError("missing host")
+    if not port_text:
+        if default_port is None:
+            raise ValueError("missing :PORT")
+        return host, default_port
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError("port must be 0-65535")
+    return host, port
+
+
+def _control_arg(text: str) -> tuple[str, int]:
+    try:
+        return parse_host_port(text, DEFAULT_CONTROL[1])
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"bad --control {text!r}: {err}") from None
+
+
+def _target_arg(text: str) -> tuple[str, str, list[tuple[str, int]]]:
+    name, sep, addresses = text.partition("=")
+    registry, slash, replica = name.partition("/")
+    if not sep or not slash or not registry or not replica:
+        raise argparse.ArgumentTypeError(f"bad --target {text!r}: expected REGISTRY/REPLICA=HOST:PORT[,HOST:PORT]")
+    try:
+        listeners = [parse_host_port(part) for part in addresses.split(",") if part.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"bad --target {text!r}: {err}") from None
+    if not listeners:
+        raise argparse.ArgumentTypeError(f"bad --target {text!r}: give at least one HOST:PORT")
+    return registry, replica, listeners
+
+
+def _delay_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= MAX_DELAY:
+        raise argparse.ArgumentTypeError(f"bad --delay {text!r}: seconds from 0 to {MAX_DELAY:g}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="geotm-backend",
+                                     description="stand-in registry backend with switchable failure modes")
+    sub = parser.add_subparsers(dest="command", required=True)
+    control_help = f"control listener (default {DEFAULT_CONTROL[0]}:{DEFAULT_CONTROL[1]})"
+
+    serve = sub.add_parser("serve", help="serve every probed replica of a config")
+    source = serve.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="geotm config (YAML): replicas with probe checks are served")
+    source.add_argument("--target", action="append", type=_target_arg, metavar="REGISTRY/REPLICA=HOST:PORT[,...]",
+                        help="serve this replica here (repeatable), instead of --config")
+    serve.add_argument("--control", type=_control_arg, default=DEFAULT_CONTROL, metavar="HOST:PORT", help=control_help)
+    serve.add_argument("--tls-cert", help="certificate (PEM) for listeners dialed by https checks")
+    serve.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
+    serve.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    serve.add_argument("--log-level", default="info")
+
+    fail = sub.add_parser("fail", help="put a replica into a failure mode")
+    fail.add_argument("replica")
+    fail.add_argument("--registry", help="only this registry's replica (default: every registry that has it)")
+    fail.add_argument("--mode", choices=[m for m in MODES if m != "healthy"], default="unhealthy")
+    fail.add_argument("--delay", type=_delay_arg, help="seconds each response waits, for --mode slow (default 30)")
+    fail.add_argument("--reason", help="error text the health endpoints report (unhealthy, readonly)")
+    fail.add_argument("--control", type=_control_arg, default=DEFAULT_CONTROL, metavar="HOST:PORT", help=control_help)
+
+    restore = sub.add_parser("restore", help="make a replica healthy again (re-binds refused listeners)")
+    restore.add_argument("replica")
+    restore.add_argument("--registry", help="only this registry's replica (default: every registry that has it)")
+    restore.add_argument("--control", type=_control_arg, default=DEFAULT_CONTROL, metavar="HOST:PORT", help=control_help)
+
+    status = sub.add_parser("status", help="list replicas and their modes")
+    status.add_argument("--json", action="store_true", help="print the control API's JSON")
+    status.add_argument("--control", type=_control_arg, default=DEFAULT_CONTROL, metavar="HOST:PORT", help=control_help)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    try:
+        if args.command == "status":
+            return status(args)
+        mode = "healthy" if args.command == "restore" else args.mode
+        return change_mode(args, mode)
+    except ControlError as err:
+        print(f"geotm-backend: {err}", file=sys.stderr)
+        return 1
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+def serve(args: argparse.Namespace) -> int:
+    from dnsd import logs
+    logs.configure(json={"auto": None, "json": True, "console": False}[args.log_format], level=args.log_level)
+    try:
+        if args.config:
+            from dnsd.config import ConfigError, load_config
+            try:
+                config = load_config(args.config)
+            except OSError as err:
+                print(f"geotm-backend: cannot read {args.config}: {err.strerror or err}", file=sys.stderr)
+                return 2
+            except ConfigError as err:
+                print(err.render(), file=sys.stderr)
+                return 2
+            targets = targets_from_config(config)
+            if not targets:
+                print(f"geotm-backend: no replica in {args.config} has probe checks: nothing to serve",
+                      file=sys.stderr)
+                return 2
+        else:
+            targets = make_targets(args.target)
+    except ValueError as err:
+        print(f"geotm-backend: {err}", file=sys.stderr)
+        return 2
+    context = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            print("geotm-backend: give both --tls-cert and --tls-key", file=sys.stderr)
+            return 2
+        try:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as err:
+            print(f"geotm-backend: cannot load TLS certificate: {err}", file=sys.stderr)
+            return 2
+    try:
+        asyncio.run(_serve(Backend(targets, context), args.control))
+    except OSError as err:
+        print(f"geotm-backend: {err.strerror or err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def _serve(backend: Backend, control: tuple[str, int]) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await backend.start()
+        await backend.start_control(*control)
+        log.info("ready", replicas=len(backend.replicas))
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await backend.close()
+    log.info("stopped")
+
+
+# -- control client ------------------------------------------------------------------------------
+
+class ControlError(Exception):
+    pass
+
+
+def _control_url(control: tuple[str, int], path: str) -> str:
+    host, port = control
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}{path}"
+
+
+def _call(control: tuple[str, int], method: str, path: str, body: Any = None) -> Any:
+    """One request to the control API (never through a proxy); ControlError says what went wrong."""
+    url = _control_url(control, path)
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data else {})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=CONTROL_TIMEOUT) as response:
+            return json.loads(response.read(1 << 20) or b"null")
+    except urllib.error.HTTPError as err:
+        try:
+            message = json.loads(err.read(1 << 16)).get("error") or err.reason
+        except (ValueError, AttributeError):
+            message = err.reason
+        raise ControlError(f"{method} {url}: HTTP {err.code}: {message}") from None
+    except urllib.error.URLError as err:
+        reason = getattr(err.reason, "strerror", None) or err.reason
+        raise ControlError(f"cannot reach the control listener at {url}: {reason} "
+                           "(is `geotm-backend serve` running? see --control)") from None
+    except (OSError, ValueError) as err:
+        raise ControlError(f"{method} {url}: {err}") from None
+
+
+def _matching(args: argparse.Namespace) -> list[dict[str, Any]]:
+    replicas = _call(args.control, "GET", "/replicas")["replicas"]
+    found = [r for r in replicas if r["replica"] == args.replica
+             and (args.registry is None or r["registry"] == args.registry)]
+    if not found:
+        known = ", ".join(f"{r['registry']}/{r['replica']}" for r in replicas) or "none"
+        where = f" in registry {args.registry!r}" if args.registry else ""
+        raise ControlError(f"no replica {args.replica!r}{where}; served: {known}")
+    return found
+
+
+def change_mode(args: argparse.Namespace, mode: str) -> int:
+    body: dict[str, Any] = {"mode": mode}
+    if getattr(args, "delay", None) is not None:
+        body["delay"] = args.delay
+    if getattr(args, "reason", None):
+        body["reason"] = args.reason
+    for replica in _matching(args):
+        state = _call(args.control, "POST", f"/replicas/{replica['registry']}/{replica['replica']}/mode", body)
+        print(_line(state))
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    replicas = _call(args.control, "GET", "/replicas")["replicas"]
+    if args.json:
+        print(json.dumps(replicas, indent=2))
+        return 0
+    for state in replicas:
+        print(_line(state))
+    return 0
+
+
+def _line(state: dict[str, Any]) -> str:
+    mode = state["mode"]
+    if state.get("delay") is not None:
+        mode += f" ({state['delay']:g}s)"
+    if state.get("reason"):
+        mode += f": {state['reason']}"
+    where = ", ".join(state.get("listeners", []))
+    listening = "" if state.get("listening") else " [not listening]"
+    return f"{state['registry']}/{state['replica']}  {mode}  {where}{listening}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
