@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import re
 import struct
@@ -435,28 +436,39 @@ def _unescape_labels(name: str) -> list[bytes]:
     return labels
 
 
-def _put_name(buf: bytearray, name: str, table: dict[tuple[bytes, ...], int] | None,
-              base: int) -> None:
-    """Append name at buf; with a table, compress against it and record new suffixes.
-    base is the message offset of buf[0]."""
-    labels = _name_labels(name)
-    for i in range(len(labels)):
-        if table is not None:
-            suffix = tuple(labels[i:])
+@functools.lru_cache(maxsize=16384)
+def _name_wire(name: str) -> tuple[bytes, tuple[int, ...]]:
+    """A name's uncompressed wire form (lower case) and the offset of each label in it. Every
+    suffix wire[offset:] is then the unambiguous key for the compression table."""
+    out = bytearray()
+    offsets = []
+    for label in _name_labels(name):
+        offsets.append(len(out))
+        out.append(len(label))
+        out += label
+    out.append(0)
+    return bytes(out), tuple(offsets)
+
+
+def _put_name(buf: bytearray, name: str, table: dict[bytes, int] | None, base: int) -> None:
+    """Append name at buf; with a table (suffix wire -> message offset), compress against it
+    and record the new suffixes. base is the message offset of buf[0]."""
+    wire, offsets = _name_wire(name)
+    if table is not None:
+        here = base + len(buf)
+        for offset in offsets:
+            suffix = wire[offset:]
             ptr = table.get(suffix)
             if ptr is not None:
+                buf += wire[:offset]
                 buf += _U16.pack(0xC000 | ptr)
                 return
-            offset = base + len(buf)
-            if offset < 0x4000:
-                table[suffix] = offset
-        label = labels[i]
-        buf.append(len(label))
-        buf += label
-    buf.append(0)
+            if here + offset < 0x4000:
+                table[suffix] = here + offset
+    buf += wire
 
 
-def _put_rr(buf: bytearray, rr, table: dict[tuple[bytes, ...], int], base: int) -> None:
+def _put_rr(buf: bytearray, rr, table: dict[bytes, int], base: int) -> None:
     if not 0 <= rr.rtype <= 0xFFFF:
         raise ValueError(f"bad record type {rr.rtype}")
     if not 0 <= rr.ttl <= 0x7FFFFFFF:
@@ -505,15 +517,11 @@ def encode_answer(answer: Answer, qname_wire_len: int, qname: str) -> PackedAnsw
     question's qname at offset 12. Raises ValueError for names or values that can't be encoded."""
     if not 0 <= answer.rcode <= 0xFFF:
         raise ValueError(f"bad rcode {answer.rcode}")
-    labels = _name_labels(qname)
-    wire_len = sum(len(label) + 1 for label in labels) + 1
-    if wire_len != qname_wire_len:
-        raise ValueError(f"qname {qname!r} is {wire_len} bytes in wire form, not {qname_wire_len}")
-    table: dict[tuple[bytes, ...], int] = {}
-    offset = 12
-    for i, label in enumerate(labels):
-        table[tuple(labels[i:])] = offset
-        offset += len(label) + 1
+    qwire, offsets = _name_wire(qname)
+    if len(qwire) != qname_wire_len:
+        raise ValueError(f"qname {qname!r} is {len(qwire)} bytes in wire form, "
+                         f"not {qname_wire_len}")
+    table = {qwire[offset:]: 12 + offset for offset in offsets}
     base = 12 + qname_wire_len + 4
     buf = bytearray()
     for section in (answer.answer, answer.authority, answer.additional):

@@ -25,7 +25,7 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -65,9 +65,11 @@ class _Fail(Exception):
 
 
 def make_session(limit: int = 64) -> aiohttp.ClientSession:
-    """One session shared by every check: at most `limit` connections, no cookies kept, no proxy
-    from the environment, no session-level timeout (run_check bounds each check itself)."""
-    connector = aiohttp.TCPConnector(limit=limit, enable_cleanup_closed=False)
+    """One session shared by every check: at most `limit` connections at once, no cookies kept, no
+    proxy from the environment, no session-level timeout (run_check bounds each check itself).
+    Connections are not kept alive: every check dials anew, so a listener that stopped accepting
+    is seen at once instead of being hidden by a pooled connection."""
+    connector = aiohttp.TCPConnector(limit=limit, force_close=True)
     return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
                                  timeout=aiohttp.ClientTimeout(total=None), trust_env=False,
                                  raise_for_status=False)
@@ -124,7 +126,7 @@ class _Response:
             raise _Fail(f"body too big to parse (over {MAX_BODY // 1024} KiB) from {self.url}", self.status)
         try:
             return json.loads(self.body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             raise _Fail(f"body is not JSON ({_snippet(self.body)}) from {self.url}", self.status) from None
 
 
@@ -269,8 +271,9 @@ async def _oci(check: ProbeCheck, client: _Client) -> tuple[bool, str, int | Non
     extras = []
     if check.canary_manifest:
         repo, ref = _split_reference(check.canary_manifest, "canary_manifest")
-        canary = await client.request("HEAD", client.url(f"/v2/{repo}/manifests/{ref}"),
-                                      headers={"Accept": OCI_MANIFEST_ACCEPT})
+        canary = await _step(client, f"canary manifest {check.canary_manifest}: HEAD",
+                             client.request("HEAD", client.url(f"/v2/{repo}/manifests/{ref}"),
+                                            headers={"Accept": OCI_MANIFEST_ACCEPT}))
         if canary.status != 200:
             raise _Fail(f"canary manifest {check.canary_manifest}: HEAD returned {canary.status}", canary.status)
         extras.append("manifest")
@@ -278,7 +281,8 @@ async def _oci(check: ProbeCheck, client: _Client) -> tuple[bool, str, int | Non
         repo, sep, digest = check.canary_blob.partition("@")
         if not sep or not repo or not digest:
             raise _Fail(f"bad canary_blob {check.canary_blob!r}: expected REPOSITORY@sha256:HEX")
-        canary = await client.request("HEAD", client.url(f"/v2/{repo}/blobs/{digest}"))
+        canary = await _step(client, f"canary blob {check.canary_blob}: HEAD",
+                             client.request("HEAD", client.url(f"/v2/{repo}/blobs/{digest}")))
         if canary.status != 200:
             raise _Fail(f"canary blob {check.canary_blob}: HEAD returned {canary.status}", canary.status)
         extras.append("blob")
@@ -304,7 +308,8 @@ def _split_reference(text: str, what: str) -> tuple[str, str]:
 async def _write_canary(repo: str, client: _Client) -> None:
     """Start a blob upload, finish it with a new small blob, delete the blob. A full or read-only
     disk fails the PUT (507/500) while /debug/health stays green."""
-    start = await client.request("POST", client.url(f"/v2/{repo}/blobs/uploads/"), data=b"")
+    start = await _step(client, "write canary: POST",
+                        client.request("POST", client.url(f"/v2/{repo}/blobs/uploads/"), data=b""))
     location = start.headers.get("Location")
     if start.status != 202 or not location:
         what = f"returned {start.status}" if start.status != 202 else "returned 202 without Location"
@@ -314,18 +319,26 @@ async def _write_canary(repo: str, client: _Client) -> None:
     digest = "sha256:" + hashlib.sha256(content).hexdigest()
     put_url = upload_url + ("&" if "?" in upload_url else "?") + "digest=" + digest
     try:
-        put = await client.request("PUT", put_url, data=content,
-                                   headers={"Content-Type": "application/octet-stream"})
+        put = await _step(client, "write canary: PUT",
+                          client.request("PUT", put_url, data=content,
+                                         headers={"Content-Type": "application/octet-stream"}))
         if put.status != 201:
             raise _Fail(f"write canary: PUT returned {put.status}", put.status)
-    except (_Fail, aiohttp.ClientError, OSError) as err:
+    except _Fail:
         await _cancel_upload(client, upload_url)
-        if isinstance(err, _Fail):
-            raise
-        raise _Fail(f"write canary: PUT failed: {_describe_error(err, client.check)}") from None
-    delete = await client.request("DELETE", client.url(f"/v2/{repo}/blobs/{digest}"))
+        raise
+    delete = await _step(client, "write canary: DELETE",
+                         client.request("DELETE", client.url(f"/v2/{repo}/blobs/{digest}")))
     if delete.status not in (200, 202, 204, 405):  # 405: deletes disabled; the write itself worked
         raise _Fail(f"write canary: DELETE returned {delete.status}", delete.status)
+
+
+async def _step(client: _Client, label: str, request: Awaitable[_Response]) -> _Response:
+    """A request of a multi-step check: a transport failure is reported with the step's label."""
+    try:
+        return await request
+    except (aiohttp.ClientError, OSError) as err:
+        raise _Fail(f"{label} failed: {_describe_error(err, client.check)}") from None
 
 
 def _rebase(client: _Client, url: str) -> str:
@@ -353,7 +366,7 @@ async def _distribution(check: ProbeCheck, client: _Client) -> tuple[bool, str, 
     if resp.status == 503 and not resp.truncated:
         try:
             doc = json.loads(resp.body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             doc = None
         if isinstance(doc, dict) and doc:
             pairs = "; ".join(f"{name}: {_as_text(doc[name])}" for name in sorted(doc))
@@ -388,7 +401,7 @@ async def _harbor(check: ProbeCheck, client: _Client) -> tuple[bool, str, int | 
         raise _Fail(f"harbor status {_as_text(doc.get('status'))!r}", resp.status)
     if not 200 <= resp.status <= 299:
         raise _bad_status(resp)
-    return True, f"HTTP {resp.status}, {len(wanted)} components healthy", resp.status
+    return True, f"HTTP {resp.status}, {len(wanted)} component{'' if len(wanted) == 1 else 's'} healthy", resp.status
 
 
 async def _tcp(check: ProbeCheck) -> tuple[bool, str, int | None]:

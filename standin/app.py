@@ -430,7 +430,14 @@ _OCI_HANDLERS = {"upload_start": _upload_start, "upload": _upload, "blob": _blob
 class Backend:
     """Every replica of the targets, plus the control listener that switches their modes."""
 
-    def __init__(self, targets: Iterable[Target], ssl_context: ssl.SSLContext | None = None):
+    def __init__(self, targets: Iterable[Target | tuple[str, str, Iterable[tuple[str, int]]]],
+                 ssl_context: ssl.SSLContext | None = None):
+        """`targets`: Target values, or (registry, replica, [(address, port), ...]) tuples (validated
+        by make_targets: ValueError when two replicas claim one address and port)."""
+        items = list(targets)
+        tls = [where for t in items if isinstance(t, Target) for where in t.tls]
+        targets = make_targets([(t.registry, t.replica, t.listeners) if isinstance(t, Target) else t
+                                for t in items], tls)
         self.replicas: dict[tuple[str, str], ReplicaBackend] = {}
         for target in targets:
             self.replicas[(target.registry, target.replica)] = ReplicaBackend(target, ssl_context)

@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--target", action="append", type=_target_arg, metavar="REGISTRY/REPLICA=HOST:PORT[,...]",
                         help="serve this replica here (repeatable), instead of --config")
     serve.add_argument("--control", type=_control_arg, default=DEFAULT_CONTROL, metavar="HOST:PORT", help=control_help)
-    serve.add_argument("--tls-cert", help="certificate (PEM) for listeners dialed by https checks")
+    serve.add_argument("--tls-cert", help="certificate (PEM) for listeners dialed by https checks "
+                                          "(with --target: for every listener)")
     serve.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
     serve.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     serve.add_argument("--log-level", default="info")
@@ -140,8 +141,6 @@ def main(argv: list[str] | None = None) -> int:
 # -- serve ---------------------------------------------------------------------------------------
 
 def serve(args: argparse.Namespace) -> int:
-    from dnsd import logs
-    logs.configure(json={"auto": None, "json": True, "console": False}[args.log_format], level=args.log_level)
     try:
         if args.config:
             from dnsd.config import ConfigError, load_config
@@ -158,8 +157,9 @@ def serve(args: argparse.Namespace) -> int:
                 print(f"geotm-backend: no replica in {args.config} has probe checks: nothing to serve",
                       file=sys.stderr)
                 return 2
-        else:
-            targets = make_targets(args.target)
+        else:  # with --tls-cert, every --target listener serves TLS
+            everywhere = [where for _reg, _rep, listeners in args.target for where in listeners]
+            targets = make_targets(args.target, tls=everywhere if args.tls_cert else ())
     except ValueError as err:
         print(f"geotm-backend: {err}", file=sys.stderr)
         return 2
@@ -174,6 +174,8 @@ def serve(args: argparse.Namespace) -> int:
         except (OSError, ssl.SSLError) as err:
             print(f"geotm-backend: cannot load TLS certificate: {err}", file=sys.stderr)
             return 2
+    from dnsd import logs
+    logs.configure(json={"auto": None, "json": True, "console": False}[args.log_format], level=args.log_level)
     try:
         asyncio.run(_serve(Backend(targets, context), args.control))
     except OSError as err:

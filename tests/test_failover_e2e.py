@@ -1,0 +1,132 @@
+"""End to end with real processes on loopback: stand-in backends, probes and dnsd. Degrade a backend:
+the global name moves after `fall` rounds while its regional name still answers; restore: it comes
+back after `rise`; stop probes: dnsd keeps the verdict, survives its own restart with it, then fails
+open after the health TTL."""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+import urllib.request
+
+import dns.message
+import dns.query
+import pytest
+import yaml
+
+from dnsd.budget import budgets
+from dnsd.config import load_config
+from tests import harness
+from tests.dnstest import ROOT, example_dict
+
+ADDRESSES = {"eastus": "127.0.0.21", "westeurope": "127.0.0.22", "southeastasia": "127.0.0.23"}
+INTERVAL, TIMEOUT, FALL, RISE, POLL, TTL = 0.3, 0.25, 2, 2, 0.2, 3.0
+SLACK = 1.5  # process scheduling on a busy 2-core CI machine
+
+
+def write_config(tmp_path) -> tuple[str, int, int]:
+    data = example_dict()
+    probes_port, control_port = harness.free_port(), harness.free_port()
+    for name, replica in data["registries"]["contoso"]["replicas"].items():
+        address = ADDRESSES[name]
+        replica["addresses"] = [address]
+        replica["probe"] = {"interval": f"{INTERVAL}s", "timeout": f"{TIMEOUT}s", "fall": FALL, "rise": RISE,
+                            "checks": [{"kind": "oci", "scheme": "http", "port": harness.free_port(address),
+                                        "write_canary": "geotm/canary"},
+                                       {"kind": "distribution", "port": harness.free_port(address)}]}
+    data["probes"] = {"listen": f"127.0.0.1:{probes_port}", "state_file": str(tmp_path / "probes-state.json")}
+    data["health"] = {"feeds": [f"http://127.0.0.1:{probes_port}/v1/health"], "poll_interval": f"{POLL}s",
+                      "ttl": f"{TTL}s", "state_file": str(tmp_path / "dnsd-health.json")}
+    path = tmp_path / "e2e.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path), probes_port, control_port
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def all_online(probes_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{probes_port}/v1/health", timeout=0.5) as response:
+            document = json.load(response)
+    except OSError:
+        return False
+    return all(entry["status"] == "online" for entry in document["endpoints"])
+
+
+def address_of(port: int, name: str = "contoso.azurecr.test") -> str:
+    query = dns.message.make_query(name, "A")
+    reply = dns.query.udp(query, "127.0.0.1", port=port, timeout=1)
+    return reply.answer[-1][0].address
+
+
+def wait_for(predicate, limit: float, step: float = 0.05) -> float:
+    """Seconds until predicate() is true; fails the test after `limit`."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(step)
+    pytest.fail(f"condition not reached within {limit:.1f}s")
+
+
+def set_mode(control_port: int, replica: str, mode: str) -> None:
+    request = urllib.request.Request(f"http://127.0.0.1:{control_port}/replicas/contoso/{replica}/mode",
+                                     data=json.dumps({"mode": mode}).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=2) as response:
+        assert response.status == 200
+
+
+def test_failover_recovery_expiry_and_restart(tmp_path):
+    config_path, probes_port, control_port = write_config(tmp_path)
+    budget = {b.replica: b for b in budgets(load_config(config_path))}["eastus"]
+    failover_budget = budget.detect_down + budget.feed   # dig asks dnsd directly: no resolver cache
+    recovery_budget = budget.detect_up + budget.feed
+    env = {"PYTHONPATH": str(ROOT)}
+    backends = harness.ServiceProcess(
+        [sys.executable, "-m", "standin.cli", "serve", "--config", config_path, "--control",
+         f"127.0.0.1:{control_port}"], ready=lambda: http_ok(f"http://127.0.0.1:{control_port}/healthz"),
+        name="geotm-backend", env=env, cwd=ROOT)
+    probes = harness.ServiceProcess(
+        [sys.executable, "-m", "probes", "serve", "--config", config_path],
+        ready=lambda: all_online(probes_port), name="probes", env=env, cwd=ROOT)
+    with backends, probes, harness.dnsd(config_path) as dnsd:
+        wait_for(lambda: address_of(dnsd.port) == ADDRESSES["eastus"], 5)
+
+        # degrade eastus: the global name moves, not before `fall` rounds, within the budget
+        set_mode(control_port, "eastus", "unhealthy")
+        moved = wait_for(lambda: address_of(dnsd.port) != ADDRESSES["eastus"], failover_budget + SLACK)
+        assert moved >= (FALL - 1) * INTERVAL, f"moved after {moved:.2f}s: faster than fall={FALL} allows"
+        assert address_of(dnsd.port) == ADDRESSES["westeurope"]          # next nearest
+        assert address_of(dnsd.port, "contoso.eastus.geo.azurecr.test") == ADDRESSES["eastus"]
+        assert address_of(dnsd.port, "contoso.eastus.data.azurecr.test") == ADDRESSES["eastus"]
+
+        # restore: back after `rise` rounds
+        set_mode(control_port, "eastus", "healthy")
+        back = wait_for(lambda: address_of(dnsd.port) == ADDRESSES["eastus"], recovery_budget + SLACK)
+        assert back >= (RISE - 1) * INTERVAL
+
+        # degrade again, then stop probes: dnsd keeps the last verdict...
+        set_mode(control_port, "eastus", "unhealthy")
+        wait_for(lambda: address_of(dnsd.port) != ADDRESSES["eastus"], failover_budget + SLACK)
+        probes.send_signal(signal.SIGTERM)
+        probes.wait(5)
+        stopped_at = time.monotonic()
+        assert address_of(dnsd.port) == ADDRESSES["westeurope"]
+
+        # ...and a restarted dnsd still applies it from its state file, before any fetch succeeds
+        dnsd.stop()
+        with harness.dnsd(config_path) as restarted:
+            assert address_of(restarted.port) == ADDRESSES["westeurope"]
+            # after the TTL with no probe answer, dnsd fails open: eastus is back, visibly
+            wait_for(lambda: address_of(restarted.port) == ADDRESSES["eastus"], TTL + SLACK + 1)
+            assert time.monotonic() - stopped_at >= TTL - 0.5, "failed open before the TTL"
+            assert restarted.wait_for_log("health_expired", 2), restarted.log_text()[-2000:]
+    assert "status_changed" in probes.log_text()
