@@ -41,8 +41,10 @@ class ProbeService:
         self.session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task] = []
         if settings.state_file:
+            # An old verdict costs little (rise good rounds undo it, and dnsd's TTL guards staleness), but
+            # forgetting a degraded replica on every restart would route clients to it: keep 5 minutes.
             longest = max((t.spec.interval for t in targets), default=5.0)
-            restored = state_file.load_states(settings.state_file, clock(), max_age=10 * longest)
+            restored = state_file.load_states(settings.state_file, clock(), max_age=max(10 * longest, 300.0))
             for key, restored_state in restored.items():
                 if key in self.states:
                     self.states[key] = restored_state

@@ -53,5 +53,5 @@ class Notifier:
                 delay *= 2
         self.failed += 1
         log.warning("webhook_failed", url=self.webhook.url, attempts=self.webhook.retries + 1, error=error,
-                    event=event.get("event"))
+                    notification=event.get("event"))
         return False
