@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", required=True, help="config file (YAML)")
     serve.add_argument("--listen", action="append", type=_listen_arg, metavar="HOST:PORT",
                        help="listen here instead of server.listen (repeatable)")
+    serve.add_argument("--admin-listen", metavar="HOST:PORT|off", help="override admin.listen")
     serve.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     serve.add_argument("--log-level", default="info")
 
@@ -49,8 +50,15 @@ def main(argv: list[str] | None = None) -> int:
         logs.configure(json={"auto": None, "json": True, "console": False}[args.log_format], level=args.log_level)
         try:
             config = load_config(args.config)
+            if args.admin_listen:
+                from dataclasses import replace
+                listen = None if args.admin_listen == "off" else parse_listen(args.admin_listen, 8054)
+                config = replace(config, admin=replace(config.admin, listen=listen))
         except (ConfigError, OSError) as err:
             print(f"dnsd: cannot start: {err}", file=sys.stderr)
+            return 2
+        except ValueError as err:
+            print(f"dnsd: bad --admin-listen {args.admin_listen!r}: {err}", file=sys.stderr)
             return 2
         from dnsd import service, server
         try:

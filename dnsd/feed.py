@@ -46,7 +46,7 @@ class HealthFeed:
         self.expired = False  # running on expired health (every feed silent for longer than the TTL)
         self.generation = 0
         self.current: dict[tuple[str, str], EndpointHealth] | None = None
-        self.fetch_errors = 0
+        self.errors_by_url: dict[str, int] = {}
         self._last_saved = 0.0
         self._reported_unknown: set[tuple[str, str]] = set()
 
@@ -171,7 +171,7 @@ class HealthFeed:
             else:
                 log.info("health_feed_ok", url=feed.url)
         if error:
-            self.fetch_errors += 1
+            self.errors_by_url[feed.url] = self.errors_by_url.get(feed.url, 0) + 1
         feed.error = error
         return changed
 

@@ -220,6 +220,18 @@ class HealthFeedSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminSettings:
+    """dnsd's admin API: status, explain, drains and overrides, reload, metrics, status page."""
+
+    listen: tuple[str, int] | None = ("127.0.0.1", 8054)  # None: no admin API
+    token_file: str | None = None  # bearer token read from this file...
+    token_env: str | None = "GEOTM_ADMIN_TOKEN"  # ...or from this environment variable
+    public_metrics: bool = True  # /metrics without a token (Prometheus scrapes on loopback)
+    public_status_page: bool = True  # the read-only HTML status page without a token
+    state_file: str | None = None  # overrides and the audit log, kept across restarts
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str  # file it was loaded from
     digest: str  # sha256 of the file text: the running config's version
@@ -230,6 +242,7 @@ class Config:
     views: tuple[View, ...] = field(default=())
     probes: ProbesSettings = field(default_factory=ProbesSettings)
     health: HealthFeedSettings = field(default_factory=HealthFeedSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
 
     def registry(self, name: str) -> Registry:
         for registry in self.registries:

@@ -41,17 +41,49 @@ def log_routing(snapshot: Snapshot, previous: Snapshot | None = None) -> None:
 
 
 class Dnsd:
-    """The running server: owns the engine's snapshot swaps."""
+    """The running server: owns the engine's snapshot swaps and what the admin API reports."""
 
     def __init__(self, config: Config):
         self.engine = QueryEngine(new_snapshot(config))
+        self.feed: HealthFeed | None = None
+        self.all_down_activations: dict[str, int] = {}
         log_routing(self.engine.snapshot)
+        self._count_all_down(None, self.engine.snapshot)
 
     def apply_health(self, health: HealthSnapshot) -> None:
         old = self.engine.snapshot
         new = replace(old, health=health, plans=build_plans(old.config, health), generation=old.generation + 1)
         self.engine.swap(new)
         log_routing(new, old)
+        self._count_all_down(old, new)
+
+    def _count_all_down(self, old: Snapshot | None, new: Snapshot) -> None:
+        for index, plan in enumerate(new.plans):
+            was = old is not None and index < len(old.plans) and old.plans[index].all_down
+            if plan.all_down and not was:
+                self.all_down_activations[plan.registry.name] = self.all_down_activations.get(plan.registry.name, 0) + 1
+
+
+async def start_admin(dnsd: Dnsd, config: Config):
+    from aiohttp import web
+
+    from dnsd import admin
+    settings = config.admin
+    try:
+        token = admin.load_token(settings)
+    except (OSError, ValueError) as err:
+        raise OSError(f"admin API: cannot read the token: {err}") from None
+    runner = web.AppRunner(admin.make_app(dnsd, settings, token), access_log=None)
+    await runner.setup()
+    host, port = settings.listen
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as err:
+        await runner.cleanup()
+        raise OSError(err.errno, f"cannot listen on {host}:{port} (admin http): {err.strerror}") from None
+    log.info("admin_listening", address=f"{host}:{port}", token="configured" if token else
+             "none: reads open, changes refused")
+    return runner
 
 
 async def serve(config: Config, listen: list[tuple[str, int]] | None = None) -> None:
@@ -59,10 +91,11 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None) -> 
     feed_task = None
     if config.health.feeds:
         known = {(reg.name, rep.name) for reg in config.registries for rep in reg.replicas}
-        feed = HealthFeed(config.health, known, dnsd.apply_health)
+        dnsd.feed = feed = HealthFeed(config.health, known, dnsd.apply_health)
         feed.load_state()
         feed.refresh()  # apply what was persisted before the first query is answered
         feed_task = asyncio.create_task(feed.run(), name="health feed")
+    admin_runner = await start_admin(dnsd, config) if config.admin.listen else None
     settings = ListenerSettings(tcp_idle_timeout=config.server.tcp_idle_timeout,
                                 tcp_max_connections=config.server.tcp_max_connections)
     server = DnsServer(dnsd.engine.handle, listen or list(config.server.listen), settings)
@@ -71,6 +104,8 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None) -> 
     except BaseException:
         if feed_task:
             feed_task.cancel()
+        if admin_runner:
+            await admin_runner.cleanup()
         raise
     log.info("dnsd_started", config=config.source, version=config.digest[:12], zone=config.zone.name,
              registries=len(config.registries), views=len(config.views), health_feeds=list(config.health.feeds),
@@ -86,4 +121,6 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None) -> 
         if feed_task:
             feed_task.cancel()
             await asyncio.gather(feed_task, return_exceptions=True)
+        if admin_runner:
+            await admin_runner.cleanup()
         await server.stop()

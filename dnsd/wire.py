@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import dnslib
 
-from dnsd.answer import BADVERS, FORMERR, NOTIMP, SERVFAIL, Answer
+from dnsd.answer import FORMERR, NOTIMP, SERVFAIL, Answer
 from dnsd.records import (
     AAAA,
     CNAME,

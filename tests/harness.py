@@ -216,8 +216,9 @@ def dnsd(config_path: str | os.PathLike[str], port: int | None = None, extra_arg
     it answers a UDP query. Use as `with dnsd(cfg) as proc: ... proc.port ...`."""
     if port is None:
         port = free_port()
+    admin_port = free_port()
     argv = [sys.executable, "-m", "dnsd", "serve", "--config", str(config_path),
-            "--listen", f"127.0.0.1:{port}", *extra_args]
+            "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin_port}", *extra_args]
     pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     proc = ServiceProcess(
         argv,
@@ -228,4 +229,5 @@ def dnsd(config_path: str | os.PathLike[str], port: int | None = None, extra_arg
         cwd=REPO_ROOT,
     )
     proc.port = port
+    proc.admin_port = admin_port
     return proc

@@ -129,4 +129,8 @@ def test_failover_recovery_expiry_and_restart(tmp_path):
             wait_for(lambda: address_of(restarted.port) == ADDRESSES["eastus"], TTL + SLACK + 1)
             assert time.monotonic() - stopped_at >= TTL - 0.5, "failed open before the TTL"
             assert restarted.wait_for_log("health_expired", 2), restarted.log_text()[-2000:]
+            with urllib.request.urlopen(f"http://127.0.0.1:{restarted.admin_port}/metrics", timeout=2) as response:
+                exported = response.read().decode()
+            assert "geotm_health_expired 1.0" in exported
+            assert 'geotm_replica_status{registry="contoso",replica="eastus"} 1.0' in exported
     assert "status_changed" in probes.log_text()

@@ -500,5 +500,6 @@ def test_dnsd_helper_builds_the_command_line():
     proc = harness.dnsd("/tmp/some-config.yaml", port=5399, extra_args=["--log-level", "debug"])
     assert proc.port == 5399
     assert proc.argv == [sys.executable, "-m", "dnsd", "serve", "--config", "/tmp/some-config.yaml",
-                         "--listen", "127.0.0.1:5399", "--log-level", "debug"]
+                         "--listen", "127.0.0.1:5399", "--admin-listen", f"127.0.0.1:{proc.admin_port}",
+                         "--log-level", "debug"]
     assert isinstance(harness.dnsd("c.yaml").port, int)

@@ -13,9 +13,7 @@ import dns.name
 import dns.opcode
 import dns.rcode
 import dns.rdata
-import dns.rdataclass
 import dns.rdatatype
-import dns.rrset
 import dns.tsigkeyring
 import pytest
 from hypothesis import HealthCheck, given, settings

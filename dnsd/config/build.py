@@ -10,12 +10,12 @@ from dnsd.config.errors import ConfigError, Mark, Problem, Problems
 from dnsd.config.reader import Reader
 from dnsd.config.yamlnodes import Map, Node, Scalar, parse_yaml
 from dnsd.model import (ALL_DOWN_POLICIES, PROBE_KINDS, ROUTING_METHODS, AllDownPolicy, ClientNetwork,
-                        Config, HealthFeedSettings, NameTTLs, PrivateEndpoints, ProbeCheck, ProbeSpec,
+                        AdminSettings, Config, HealthFeedSettings, NameTTLs, PrivateEndpoints, ProbeCheck, ProbeSpec,
                         ProbesSettings, Registry, Replica, ServerSettings, Soa, StatusRange, Topology,
                         View, Webhook, Zone, frozen_map)
 from dnsd.records import RR, normalize_name
 
-TOP_KEYS = ("server", "zone", "regions", "latency_ms", "clients", "registries", "views", "probes", "health")
+TOP_KEYS = ("server", "zone", "regions", "latency_ms", "clients", "registries", "views", "probes", "health", "admin")
 PROBE_TIMING_KEYS = ("interval", "jitter", "timeout", "fall", "rise")
 CHECK_KEYS = ("kind", "address", "port", "scheme", "host_header", "path", "method", "headers", "expect_status",
               "body_contains", "json_path", "json_equals", "tls_verify", "ca_file", "canary_manifest",
@@ -79,13 +79,14 @@ class _Builder:
         views = self.views(top.get("views"), registries)
         probes = self.probes_settings(top.get("probes"))
         health = self.health_settings(top.get("health"))
+        admin = self.admin_settings(top.get("admin"))
         if zone is not None:
             self.check_collisions(top, zone, registries)
-        if None in (server, zone, topology, probes, health):
+        if None in (server, zone, topology, probes, health, admin):
             return None
         return Config(source=self.filename, digest=digest, server=server, zone=zone, topology=topology,
                       registries=tuple(reg for reg in registries.values() if reg is not None),
-                      views=tuple(views), probes=probes, health=health)
+                      views=tuple(views), probes=probes, health=health, admin=admin)
 
     # -- server ------------------------------------------------------------------------------
 
@@ -533,6 +534,31 @@ class _Builder:
             return None
         return ProbesSettings(listen=listen, max_concurrent=max_concurrent, webhook=webhook,
                               state_file=r.string(m.get("state_file")))
+
+    def admin_settings(self, node: Node | None) -> AdminSettings | None:
+        r = self.r
+        defaults = AdminSettings()
+        if node is None:
+            return defaults
+        m = r.mapping(node, ("listen", "token_file", "token_env", "public_metrics", "public_status_page",
+                             "state_file"))
+        if m is None:
+            return None
+        listen_node = m.get("listen")
+        if isinstance(listen_node, Scalar) and listen_node.value in ("off", False):
+            listen = None
+        else:
+            listen = r.scalar(listen_node, lambda v: parse_listen(str(v), 8054),
+                              "HOST:PORT like 127.0.0.1:8054, or off", defaults.listen)
+            if listen is None:
+                return None
+        values = dict(public_metrics=r.boolean(m.get("public_metrics"), True),
+                      public_status_page=r.boolean(m.get("public_status_page"), True))
+        if None in values.values():
+            return None
+        return AdminSettings(listen=listen, token_file=r.string(m.get("token_file")),
+                             token_env=r.string(m.get("token_env"), defaults.token_env),
+                             state_file=r.string(m.get("state_file")), **values)
 
     def health_settings(self, node: Node | None) -> HealthFeedSettings | None:
         r = self.r

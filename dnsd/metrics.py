@@ -1,0 +1,80 @@
+"""dnsd's Prometheus metrics, collected at scrape time from the running state, so the query path
+only bumps plain counters and never calls into the metrics library."""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from dnsd.health import Status
+
+if TYPE_CHECKING:
+    from dnsd.service import Dnsd
+
+STATUS_VALUE = {Status.ONLINE: 1.0, Status.CHECKING: 0.5, Status.DEGRADED: 0.0}
+
+
+class DnsdCollector(Collector):
+    def __init__(self, dnsd: Dnsd):
+        self.dnsd = dnsd
+
+    def collect(self) -> Iterator[Metric]:
+        dnsd = self.dnsd
+        snapshot = dnsd.engine.snapshot
+        config = snapshot.config
+
+        status = GaugeMetricFamily("geotm_replica_status", "Replica health as dnsd applies it: "
+                                   "1 online, 0.5 checking, 0 degraded", labels=["registry", "replica"])
+        routed = GaugeMetricFamily("geotm_replica_serving", "1 when the global name may route to the replica",
+                                   labels=["registry", "replica"])
+        all_down = GaugeMetricFamily("geotm_all_down_active", "1 while the registry's all-down policy decides "
+                                     "its global answers", labels=["registry", "policy"])
+        for plan in snapshot.plans:
+            reg = plan.registry
+            for index, rep in enumerate(reg.replicas):
+                status.add_metric([reg.name, rep.name], STATUS_VALUE[snapshot.health.of(reg.name, rep.name).status])
+                routed.add_metric([reg.name, rep.name], 1.0 if index in plan.serving else 0.0)
+            all_down.add_metric([reg.name, reg.all_down.mode], 1.0 if plan.all_down else 0.0)
+        yield from (status, routed, all_down)
+
+        activations = CounterMetricFamily("geotm_all_down_activations", "Times a registry's all-down policy "
+                                          "took over", labels=["registry"])
+        for registry, count in sorted(dnsd.all_down_activations.items()):
+            activations.add_metric([registry], count)
+        yield activations
+
+        feed = dnsd.feed
+        expired = GaugeMetricFamily("geotm_health_expired", "1 while every probe verdict is older than the "
+                                    "health TTL and dnsd fails open")
+        expired.add_metric([], 1.0 if feed is not None and feed.expired else 0.0)
+        yield expired
+        if feed is not None:
+            now = time.time()
+            age = GaugeMetricFamily("geotm_health_feed_age_seconds", "Seconds since the feed last answered",
+                                    labels=["feed"])
+            errors = CounterMetricFamily("geotm_health_feed_errors", "Failed polls of the feed", labels=["feed"])
+            for state in feed.feeds:
+                age.add_metric([state.url], now - state.fetched_at if state.fetched_at else float("inf"))
+                errors.add_metric([state.url], feed.errors_by_url.get(state.url, 0))
+            yield age
+            yield errors
+
+        info = GaugeMetricFamily("geotm_config_info", "The running config", labels=["version", "source"])
+        info.add_metric([config.digest[:12], config.source], 1.0)
+        yield info
+        generation = GaugeMetricFamily("geotm_snapshot_generation", "Serving-state swaps since start")
+        generation.add_metric([], snapshot.generation)
+        yield generation
+
+
+def make_registry(dnsd: Dnsd) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(DnsdCollector(dnsd))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
