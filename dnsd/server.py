@@ -20,6 +20,7 @@ costs one buffer and two timers, never a blocked task that others wait on:
 from __future__ import annotations
 
 import asyncio
+import signal
 import errno
 import socket
 import time
@@ -586,3 +587,27 @@ def run(main: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
+
+
+class StopSignals:
+    """SIGTERM/SIGINT handlers installed at once (a signal during start-up is not lost), awaited later.
+    Every geotm service's main task: `stop = StopSignals()`, start things, `await stop.wait()`."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._received: asyncio.Future[int] = self._loop.create_future()
+        for sig in self.SIGNALS:
+            self._loop.add_signal_handler(sig, self._set, sig)
+
+    def _set(self, sig: int) -> None:
+        if not self._received.done():
+            self._received.set_result(sig)
+
+    async def wait(self) -> int:
+        return await self._received
+
+    def close(self) -> None:
+        for sig in self.SIGNALS:
+            self._loop.remove_signal_handler(sig)

@@ -3,7 +3,6 @@ SIGTERM/SIGINT; every health change swaps in a new snapshot and logs what routin
 from __future__ import annotations
 
 import asyncio
-import signal
 from dataclasses import replace
 
 import structlog
@@ -13,7 +12,7 @@ from dnsd.health import HealthSnapshot
 from dnsd.model import Config
 from dnsd.policy import RoutingPlan
 from dnsd.runtime import QueryEngine, Snapshot, build_plans, new_snapshot
-from dnsd.server import DnsServer, ListenerSettings
+from dnsd.server import DnsServer, ListenerSettings, StopSignals
 
 log = structlog.get_logger(__name__)
 
@@ -87,6 +86,7 @@ async def start_admin(dnsd: Dnsd, config: Config):
 
 
 async def serve(config: Config, listen: list[tuple[str, int]] | None = None) -> None:
+    stop = StopSignals()
     dnsd = Dnsd(config)
     feed_task = None
     if config.health.feeds:
@@ -110,13 +110,10 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None) -> 
     log.info("dnsd_started", config=config.source, version=config.digest[:12], zone=config.zone.name,
              registries=len(config.registries), views=len(config.views), health_feeds=list(config.health.feeds),
              listen=[f"{host}:{port}" for host, port in server.addresses])
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:
+        stop.close()
         log.info("dnsd_stopping")
         if feed_task:
             feed_task.cancel()

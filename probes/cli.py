@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 
 import structlog
@@ -63,11 +62,13 @@ def main(argv: list[str] | None = None) -> int:
 async def serve(config, settings) -> None:
     from aiohttp import web
 
+    from dnsd.server import StopSignals
     from probes.api import make_app
     from probes.scheduler import ProbeService, transition_event
     from probes.targets import targets_of
     from probes.webhook import Notifier
 
+    stop = StopSignals()
     service = ProbeService(targets_of(config), settings)
     runner = web.AppRunner(make_app(service), access_log=None)
     await runner.setup()
@@ -88,13 +89,10 @@ async def serve(config, settings) -> None:
         notifier_task = asyncio.create_task(notifier.run())
     log.info("probes_started", config=config.source, targets=len(service.targets), listen=f"{host}:{port}",
              webhook=settings.webhook.url if settings.webhook else None, state_file=settings.state_file)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:
+        stop.close()
         log.info("probes_stopping")
         if notifier_task is not None:
             notifier_task.cancel()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import ssl
 import sys
 import urllib.error
@@ -20,6 +19,9 @@ import urllib.request
 from typing import Any
 
 import structlog
+
+from dnsd.hostport import parse_host_port
+from dnsd.server import StopSignals
 
 from standin.app import MAX_DELAY, MODES, Backend, make_targets, targets_from_config
 
@@ -29,35 +31,9 @@ CONTROL_TIMEOUT = 5.0
 log = structlog.get_logger(__name__)
 
 
-def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
-    """'127.0.0.1:5399', '[::1]:5399', 'localhost:80' -> (host, port). Raises ValueError."""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-        if rest and not rest.startswith(":"):
-            raise ValueError("expected [IPv6]:PORT")
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    elif text.count(":") > 1:
-        raise ValueError("write an IPv6 address as [ADDRESS]:PORT")
-    else:
-        host, port_text = text, ""
-    if not host:
-        raise ValueError("missing host")
-    if not port_text:
-        if default_port is None:
-            raise ValueError("missing :PORT")
-        return host, default_port
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise ValueError("port must be 0-65535")
-    return host, port
-
-
 def _control_arg(text: str) -> tuple[str, int]:
     try:
-        return parse_host_port(text, DEFAULT_CONTROL[1])
+        return parse_host_port(text, DEFAULT_CONTROL[1], require_ip=False)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"bad --control {text!r}: {err}") from None
 
@@ -68,7 +44,7 @@ def _target_arg(text: str) -> tuple[str, str, list[tuple[str, int]]]:
     if not sep or not slash or not registry or not replica:
         raise argparse.ArgumentTypeError(f"bad --target {text!r}: expected REGISTRY/REPLICA=HOST:PORT[,HOST:PORT]")
     try:
-        listeners = [parse_host_port(part) for part in addresses.split(",") if part.strip()]
+        listeners = [parse_host_port(part, require_ip=False) for part in addresses.split(",") if part.strip()]
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"bad --target {text!r}: {err}") from None
     if not listeners:
@@ -187,10 +163,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(backend: Backend, control: tuple[str, int]) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = StopSignals()
     try:
         await backend.start()
         await backend.start_control(*control)
@@ -198,8 +171,7 @@ async def _serve(backend: Backend, control: tuple[str, int]) -> None:
         await stop.wait()
         log.info("stopping")
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+        stop.close()
         await backend.close()
     log.info("stopped")
 

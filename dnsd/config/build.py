@@ -8,6 +8,7 @@ from pathlib import Path
 from dnsd import names, records
 from dnsd.config.errors import ConfigError, Mark, Problem, Problems
 from dnsd.config.reader import Reader
+from dnsd.hostport import parse_host_port
 from dnsd.config.yamlnodes import Map, Node, Scalar, parse_yaml
 from dnsd.model import (ALL_DOWN_POLICIES, PROBE_KINDS, ROUTING_METHODS, AllDownPolicy, ClientNetwork,
                         AdminSettings, Config, HealthFeedSettings, NameTTLs, PrivateEndpoints, ProbeCheck, ProbeSpec,
@@ -43,23 +44,8 @@ def parse_config_text(text: str, filename: str = "<config>") -> Config:
 
 
 def parse_listen(text: str, default_port: int = 5353) -> tuple[str, int]:
-    """'127.0.0.1:5353', '[::1]:53', '127.0.0.1' -> (host, port). Raises ValueError."""
-    import ipaddress
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-        if rest and not rest.startswith(":"):
-            raise ValueError("expected [IPv6]:PORT")
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    else:
-        host, port_text = text, ""
-    ipaddress.ip_address(host)
-    port = int(port_text) if port_text else default_port
-    if not 0 <= port <= 65535:
-        raise ValueError("port must be 0-65535")
-    return host, port
+    """A listen address: an IP (not a name, so we bind what the operator meant) and a port."""
+    return parse_host_port(text, default_port, require_ip=True)
 
 
 class _Builder:
