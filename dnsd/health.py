@@ -13,11 +13,17 @@ class Status(str, enum.Enum):
     CHECKING = "checking"  # not yet decided by probes: routed as online (fail open)
 
 
+SUSPECT, RECOVERING = "suspect", "recovering"
+
+
 @dataclass(frozen=True, slots=True)
 class EndpointHealth:
     status: Status
     reason: str = ""
     since: float = 0.0  # unix time of the last transition
+    # "suspect": online but the last checks failed; "recovering": degraded but the last checks passed.
+    # Either shortens the traffic-manager TTL, so clients re-resolve soon when a change is likely.
+    trend: str = ""
 
     @property
     def serving(self) -> bool:
@@ -60,7 +66,8 @@ class FeedDocument:
         return {"format": FEED_FORMAT, "instance": self.instance, "generation": self.generation,
                 "generated_at": self.generated_at,
                 "endpoints": [{"registry": reg, "replica": rep, "status": h.status.value, "reason": h.reason,
-                               "since": h.since} for (reg, rep), h in sorted(self.endpoints.items())]}
+                               "since": h.since, "trend": h.trend}
+                              for (reg, rep), h in sorted(self.endpoints.items())]}
 
     @classmethod
     def from_json(cls, data: object) -> FeedDocument:
@@ -87,8 +94,11 @@ class FeedDocument:
                                  f"{', '.join(s.value for s in Status)}") from None
             if key in endpoints:
                 raise ValueError(f"{where}: {key[0]}/{key[1]} listed twice")
+            trend = entry.get("trend", "")
+            if trend not in ("", SUSPECT, RECOVERING):
+                raise ValueError(f"{where}.trend {trend!r} is not one of '', {SUSPECT}, {RECOVERING}")
             endpoints[key] = EndpointHealth(status, _field(entry, "reason", str, where),
-                                            float(_field(entry, "since", (int, float), where)))
+                                            float(_field(entry, "since", (int, float), where)), trend)
         return cls(instance, generation, generated_at, MappingProxyType(endpoints))
 
 

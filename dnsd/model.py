@@ -38,6 +38,7 @@ class NameTTLs:
     global_name: int = 300
     privatelink: int = 300
     traffic_manager: int = 30
+    traffic_manager_short: int = 5  # while a serving replica is suspect or recovering (<= traffic_manager)
     regional: int = 300
     data: int = 300
     replica: int = 10

@@ -8,6 +8,7 @@ from functools import lru_cache
 
 from dnsd.health import HealthSnapshot
 from dnsd.model import Registry, Topology
+from dnsd.overrides import DRAIN, FORCE_DOWN, FORCE_UP, NO_OVERRIDES, Overrides
 
 # Weighted routing hashes each client subnet into one of SLOTS slots and each slot to a replica by
 # weighted rendezvous hashing: shares follow the weights (to 1/SLOTS), a client keeps its replica
@@ -62,6 +63,7 @@ class RoutingPlan:
     by_network: tuple[int, ...]  # performance: replica per client network, the last entry for default
     slots: tuple[int, ...]  # weighted: replica per slot
     reason: str
+    short_ttl: bool = False  # a serving replica is suspect or recovering: answer with the short TM TTL
 
     @property
     def depends_on_client(self) -> bool:
@@ -78,13 +80,31 @@ class RoutingPlan:
         return self.slots[slot]
 
 
-def plan(registry: Registry, topology: Topology, health: HealthSnapshot) -> RoutingPlan:
+def plan(registry: Registry, topology: Topology, health: HealthSnapshot,
+         overrides: Overrides = NO_OVERRIDES) -> RoutingPlan:
     replicas = registry.replicas
-    eligible = tuple(i for i, rep in enumerate(replicas) if rep.global_routing)
-    healthy = tuple(i for i in eligible if health.of(registry.name, replicas[i].name).serving)
-    common = dict(registry=registry, eligible=eligible, by_network=(), slots=())
+
+    def override(i: int) -> str | None:
+        found = overrides.get((registry.name, replicas[i].name))
+        return found.kind if found is not None else None
+
+    def healthy_now(i: int) -> bool:
+        kind = override(i)
+        if kind in (FORCE_UP, FORCE_DOWN):
+            return kind == FORCE_UP
+        return health.of(registry.name, replicas[i].name).serving
+
+    eligible = tuple(i for i, rep in enumerate(replicas) if rep.global_routing and override(i) != DRAIN)
+    healthy = tuple(i for i in eligible if healthy_now(i))
+    short_ttl = any(health.of(registry.name, replicas[i].name).trend for i in eligible if override(i) is None)
+    common = dict(registry=registry, eligible=eligible, by_network=(), slots=(), short_ttl=short_ttl)
+    if not eligible:
+        # every replica drained (only possible with --force): fail open over the configured set
+        eligible = tuple(i for i, rep in enumerate(replicas) if rep.global_routing) or tuple(range(len(replicas)))
+        common["eligible"] = eligible
+        healthy = ()
     if healthy:
-        serving, all_down, why = healthy, False, _serving_reason(registry, eligible, healthy, health)
+        serving, all_down, why = healthy, False, _serving_reason(registry, eligible, healthy, health, overrides)
     else:
         policy = registry.all_down
         all_down = True
@@ -133,13 +153,23 @@ def nearest(registry: Registry, topology: Topology, serving: tuple[int, ...], re
 
 
 def _serving_reason(registry: Registry, eligible: tuple[int, ...], healthy: tuple[int, ...],
-                    health: HealthSnapshot) -> str:
-    skipped = [registry.replicas[i].name for i in eligible if i not in healthy]
-    drained = [rep.name for rep in registry.replicas if not rep.global_routing]
+                    health: HealthSnapshot, overrides: Overrides) -> str:
     parts = [f"{len(healthy)} of {len(eligible)} globally routed replicas serving"]
+    skipped = []
+    for i in eligible:
+        if i in healthy:
+            continue
+        name = registry.replicas[i].name
+        forced = overrides.get((registry.name, name))
+        why = forced.describe() if forced else (health.of(registry.name, name).reason or "no reason given")
+        skipped.append(f"{name} ({why})")
     if skipped:
-        parts.append("degraded: " + ", ".join(
-            f"{name} ({health.of(registry.name, name).reason or 'no reason given'})" for name in skipped))
+        parts.append("degraded: " + ", ".join(skipped))
+    off = [rep.name for rep in registry.replicas if not rep.global_routing]
+    if off:
+        parts.append("global routing off in config: " + ", ".join(off))
+    drained = [f"{o.replica} ({o.describe()})" for o in overrides.values()
+               if o.registry == registry.name and o.kind == DRAIN]
     if drained:
-        parts.append("global routing off: " + ", ".join(drained))
+        parts.append("drained: " + ", ".join(sorted(drained)))
     return "; ".join(parts)

@@ -2,7 +2,7 @@
 replica for a traffic-manager hop is passed in."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Container
 
 from dnsd import answer as rc
 from dnsd import names, records
@@ -22,7 +22,9 @@ def negative_soa(zd: ZoneData) -> RR:
     return RR(soa.name, soa.rtype, min(soa.ttl, soa.rdata.minimum), soa.rdata)
 
 
-def resolve(zd: ZoneData, view: int, qname: str, qtype: int, choose: Chooser) -> Answer:
+def resolve(zd: ZoneData, view: int, qname: str, qtype: int, choose: Chooser,
+            short_ttl: Container[int] = ()) -> Answer:
+    """short_ttl: registries whose traffic-manager hop gets the short TTL (a replica suspect or recovering)."""
     trace = [f"view {zd.views[view]}"]
     if not names.is_subdomain(qname, zd.zone):
         return Answer(rc.REFUSED, authoritative=False, trace=tuple(trace + [f"{qname} is not in zone {zd.zone}"]))
@@ -63,7 +65,9 @@ def resolve(zd: ZoneData, view: int, qname: str, qtype: int, choose: Chooser) ->
                 trace.append(f"{name}: traffic manager: {why}")
                 return Answer(rc.SERVFAIL, tuple(chain), authoritative=True, trace=tuple(trace))
             replica = registry.replicas[index]
-            rr = RR(node.owner, records.CNAME, node.ttl, NameRdata(replica.host))
+            ttl = (min(node.ttl, zd.config.zone.ttls.traffic_manager_short)
+                   if node.registry_index in short_ttl else node.ttl)
+            rr = RR(node.owner, records.CNAME, ttl, NameRdata(replica.host))
             trace.append(f"{name}: traffic manager chose {replica.name}: {why}")
         chain.append(rr)
         if qtype in (records.CNAME, records.ANY):

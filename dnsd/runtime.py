@@ -2,7 +2,7 @@
 and the per-query path that answers from it."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -11,6 +11,7 @@ from dnsd import policy, records, wire
 from dnsd.health import HealthSnapshot
 from dnsd.model import Config
 from dnsd.netmatch import address_key
+from dnsd.overrides import NO_OVERRIDES, Overrides
 from dnsd.policy import RoutingPlan
 from dnsd.resolve import resolve
 from dnsd.tables import CompiledZone, compile_config
@@ -28,17 +29,19 @@ class Snapshot:
     health: HealthSnapshot
     plans: tuple[RoutingPlan, ...]  # per registry index
     generation: int
+    overrides: Overrides = field(default_factory=lambda: NO_OVERRIDES)
 
 
-def build_plans(config: Config, health: HealthSnapshot) -> tuple[RoutingPlan, ...]:
-    return tuple(policy.plan(reg, config.topology, health) for reg in config.registries)
+def build_plans(config: Config, health: HealthSnapshot, overrides: Overrides = NO_OVERRIDES
+                ) -> tuple[RoutingPlan, ...]:
+    return tuple(policy.plan(reg, config.topology, health, overrides) for reg in config.registries)
 
 
 def new_snapshot(config: Config, health: HealthSnapshot | None = None, generation: int = 1,
-                 compiled: CompiledZone | None = None) -> Snapshot:
+                 compiled: CompiledZone | None = None, overrides: Overrides = NO_OVERRIDES) -> Snapshot:
     health = health or HealthSnapshot()
     compiled = compiled or compile_config(config)
-    return Snapshot(config, compiled, health, build_plans(config, health), generation)
+    return Snapshot(config, compiled, health, build_plans(config, health, overrides), generation, overrides)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +128,7 @@ class QueryEngine:
                                 policy.weighted_slot(client.bits, client.address, client.source_prefix))
             if index is None:
                 return wire.error_response(query, rc.SERVFAIL)
-            packed = entry.variants[index]
+            packed = (entry.variants_short if plan.short_ttl else entry.variants)[index]
             if plan.depends_on_client:
                 ecs_scope = client.source_prefix
         if edns is not None and edns.ecs is not None:
@@ -136,7 +139,8 @@ class QueryEngine:
     def answer_slowly(self, query: wire.Query, snapshot: Snapshot, client: ClientContext, view: int,
                       max_size: int | None) -> bytes:
         result = resolve(snapshot.compiled.zd, view, query.qname(), query.qtype,
-                         lambda registry_index: choose(snapshot, client, registry_index))
+                         lambda registry_index: choose(snapshot, client, registry_index),
+                         short_ttl={i for i, plan in enumerate(snapshot.plans) if plan.short_ttl})
         if result.rcode == rc.SERVFAIL:
             return wire.error_response(query, rc.SERVFAIL)
         packed = wire.encode_answer(result, len(query.qname_key), query.qname())

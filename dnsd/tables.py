@@ -24,9 +24,11 @@ COMPILED_QTYPES = (records.A, records.AAAA, records.CNAME, records.ANY)
 class Entry:
     packed: PackedAnswer | None  # the answer, when it does not depend on a traffic-manager choice
     variants: tuple[PackedAnswer, ...] | None  # else: one answer per replica of `registry`
+    variants_short: tuple[PackedAnswer, ...] | None  # the same with the short traffic-manager TTL
     registry: int  # index into config.registries (for variants)
     view_dependent: bool  # VNet views get a different answer for this question
     slow: bool = False  # chain passes more than one traffic-manager hop: resolved per query
+    kind: str = ""  # what the name is, for metrics: global, traffic_manager, regional, data, ...
 
 
 def name_key(name: str) -> bytes:
@@ -120,7 +122,8 @@ def compile_zone(zd: ZoneData) -> CompiledZone:
 def _compile_question(zd: ZoneData, name: str, qtype: int) -> list[Entry]:
     """One entry per view for (name, qtype); views that answer alike share equal entries."""
     key_length = len(name_key(name))
-    per_view: list[tuple[int | None, tuple[Answer, ...], bool]] = []
+    per_view: list[tuple[int | None, tuple[Answer, ...], bool, tuple[Answer, ...]]] = []
+    kind = metric_kind(zd, name)
     for view in range(len(zd.views)):
         hit: list[int] = []
 
@@ -130,29 +133,52 @@ def _compile_question(zd: ZoneData, name: str, qtype: int) -> list[Entry]:
 
         first = resolve(zd, view, name, qtype, record_hop)
         if not hit:
-            per_view.append((None, (first,), False))
+            per_view.append((None, (first,), False, ()))
             continue
         registry_index = hit[0]
         if len(set(hit)) > 1:
-            per_view.append((registry_index, (), True))
+            per_view.append((registry_index, (), True, ()))
             continue
         replicas = zd.config.registries[registry_index].replicas
         answers = tuple(resolve(zd, view, name, qtype, lambda _r, i=i: (i, "")) for i in range(len(replicas)))
-        per_view.append((registry_index, answers, False))
+        short = tuple(resolve(zd, view, name, qtype, lambda _r, i=i: (i, ""), short_ttl=(registry_index,))
+                      for i in range(len(replicas)))
+        per_view.append((registry_index, answers, False, short))
 
     view_dependent = any(item != per_view[0] for item in per_view[1:])
+
+    def pack(answers: tuple[Answer, ...]) -> tuple[PackedAnswer, ...]:
+        return tuple(wire.encode_answer(dataclasses.replace(a, client_dependent=view_dependent), key_length, name)
+                     for a in answers)
+
     entries = []
-    for registry_index, answers, slow in per_view:
+    for registry_index, answers, slow, short in per_view:
         if slow:
-            entries.append(Entry(None, None, registry_index, True, slow=True))
-            continue
-        packed = tuple(wire.encode_answer(dataclasses.replace(a, client_dependent=view_dependent),
-                                          key_length, name) for a in answers)
-        if registry_index is None:
-            entries.append(Entry(packed[0], None, -1, view_dependent))
+            entries.append(Entry(None, None, None, registry_index, True, slow=True, kind=kind))
+        elif registry_index is None:
+            entries.append(Entry(pack(answers)[0], None, None, -1, view_dependent, kind=kind))
         else:
-            entries.append(Entry(None, packed, registry_index, view_dependent))
+            packed = pack(answers)
+            packed_short = packed if short == answers else pack(short)
+            entries.append(Entry(None, packed, packed_short, registry_index, view_dependent, kind=kind))
     return entries
+
+
+def metric_kind(zd: ZoneData, name: str) -> str:
+    """A small fixed set of labels for what a name is (bounded metric cardinality)."""
+    node = zd.public.get(name)
+    if node is None:
+        for view in range(1, len(zd.views)):
+            node = zd.node(view, name)
+            if node is not None:
+                break
+    if node is None:
+        return "empty_non_terminal"
+    label = node.kind.split(" (")[0]
+    return {"global name": "global", "traffic-manager name": "traffic_manager", "regional name": "regional",
+            "data name": "data", "replica host": "replica", "privatelink name": "privatelink",
+            "private regional name": "regional", "private data name": "data", "apex": "apex",
+            "record": "static", "private endpoint": "private"}.get(label, "other")
 
 
 def compile_config(config) -> CompiledZone:

@@ -13,7 +13,7 @@ from typing import Awaitable, Callable
 import aiohttp
 import structlog
 
-from dnsd.health import EndpointHealth, FeedDocument
+from dnsd.health import RECOVERING, SUSPECT, EndpointHealth, FeedDocument, Status
 from dnsd.model import ProbesSettings
 from probes import checks, state as state_file
 from probes.checks import ProbeResult
@@ -56,7 +56,7 @@ class ProbeService:
     def document(self) -> FeedDocument:
         return FeedDocument(
             instance=self.instance, generation=self.generation, generated_at=self.clock(),
-            endpoints=MappingProxyType({key: EndpointHealth(s.status, s.reason, s.since)
+            endpoints=MappingProxyType({key: EndpointHealth(s.status, s.reason, s.since, trend_of(s))
                                         for key, s in self.states.items()}))
 
     def stale_targets(self) -> list[str]:
@@ -126,9 +126,11 @@ class ProbeService:
 
     def apply(self, target: Target, result: ProbeResult) -> Transition | None:
         spec = target.spec
-        new_state, transition = observe(self.states[target.key], result.ok, result.reason, self.clock(),
-                                        spec.fall, spec.rise)
+        old_state = self.states[target.key]
+        new_state, transition = observe(old_state, result.ok, result.reason, self.clock(), spec.fall, spec.rise)
         self.states[target.key] = new_state
+        if transition is None and trend_of(new_state) != trend_of(old_state):
+            self.generation += 1  # dnsd shortens the traffic-manager TTL while a change is likely
         self.metrics.observe_round(target, result, new_state)
         if transition is not None:
             self.generation += 1
@@ -142,6 +144,15 @@ class ProbeService:
             for callback in self.on_transition:
                 callback(target, transition, new_state)
         return transition
+
+
+def trend_of(state: TrackerState) -> str:
+    """suspect: online with failures in a row; recovering: degraded with successes in a row."""
+    if state.status is Status.ONLINE and state.failures:
+        return SUSPECT
+    if state.status is Status.DEGRADED and state.successes:
+        return RECOVERING
+    return ""
 
 
 def transition_event(target: Target, transition: Transition, instance: str) -> dict:

@@ -163,3 +163,77 @@ def test_replica_host_outside_the_zone_ends_the_chain_with_its_cname():
     assert [r.to_text() for r in reply.answer] == [
         "contoso.eastus.geo.azurecr.test. 300 IN CNAME contoso-eastus.example.net."]
     assert rcode_text(reply) == "NOERROR" and not reply.authority
+
+
+# -- operator overrides and health-aware TTLs -------------------------------------------------
+
+from types import MappingProxyType  # noqa: E402
+
+from dnsd.overrides import DRAIN, FORCE_DOWN, FORCE_UP, Override  # noqa: E402
+from dnsd.runtime import QueryEngine, new_snapshot  # noqa: E402
+from tests.dnstest import config_from, example_dict  # noqa: E402
+
+
+def engine_with(overrides: dict, health_snapshot=None) -> QueryEngine:
+    table = MappingProxyType({("contoso", rep): Override("contoso", rep, kind, "drill", "ops", 0.0, None)
+                              for rep, kind in overrides.items()})
+    return QueryEngine(new_snapshot(config_from(example_dict()), health_snapshot, overrides=table))
+
+
+OVERRIDE_TABLE = [
+    # (overrides, degraded by probes, client ECS, expected replica)
+    ({"eastus": DRAIN}, (), "127.0.0.0/24", "westeurope"),
+    ({"eastus": FORCE_DOWN}, (), "127.0.0.0/24", "westeurope"),
+    ({"eastus": FORCE_UP}, ("eastus",), "127.0.0.0/24", "eastus"),          # operator beats probes
+    ({"westeurope": FORCE_UP}, ("eastus", "westeurope", "southeastasia"), "127.0.0.0/24", "westeurope"),
+    ({"eastus": DRAIN, "westeurope": DRAIN}, (), "198.51.100.0/24", "southeastasia"),
+    ({"eastus": DRAIN, "westeurope": DRAIN, "southeastasia": DRAIN}, (), "127.0.0.0/24", "eastus"),  # all: fail open
+]
+
+
+@pytest.mark.parametrize("overrides,degraded,ecs,expected", OVERRIDE_TABLE,
+                         ids=[f"{o}-down:{','.join(d) or 'none'}" for o, d, _, _ in OVERRIDE_TABLE])
+def test_overrides(overrides, degraded, ecs, expected):
+    assert chosen(engine_with(overrides, health(*degraded)), ecs=ecs) == expected
+
+
+def test_drained_replica_keeps_regional_and_data_names():
+    engine = engine_with({"eastus": DRAIN})
+    for kind in ("geo", "data"):
+        assert ask(engine, f"contoso.eastus.{kind}.azurecr.test").answer[-1][0].address == "127.0.0.11"
+
+
+def test_drain_shows_in_the_plan_reason():
+    engine = engine_with({"westeurope": DRAIN})
+    assert "drained: westeurope (drain by ops (drill))" in engine.snapshot.plans[0].reason
+
+
+def tm_ttl(engine) -> int:
+    reply = ask(engine, "contoso.azurecr.test")
+    return next(r.ttl for r in reply.answer if r.name.to_text() == "contoso.tm.azurecr.test.")
+
+
+@pytest.mark.parametrize("trend,replica,expected", [
+    ("", "eastus", 30),
+    ("suspect", "eastus", 5),           # online, but its last checks failed: clients re-resolve soon
+    ("recovering", "westeurope", 5),    # degraded, but passing again: it may come back any moment
+])
+def test_health_aware_traffic_manager_ttl(trend, replica, expected):
+    status = Status.DEGRADED if trend == "recovering" else Status.ONLINE
+    snapshot = HealthSnapshot().with_status("contoso", replica, EndpointHealth(status, "x", 0.0, trend))
+    engine = engine_from(health=snapshot)
+    assert tm_ttl(engine) == expected
+    # regional answers never change TTL
+    assert ask(engine, "contoso.eastus.geo.azurecr.test").answer[0].ttl == 300
+
+
+def test_short_ttl_is_ignored_for_an_overridden_replica():
+    snapshot = HealthSnapshot().with_status("contoso", "eastus", EndpointHealth(Status.ONLINE, "x", 0.0, "suspect"))
+    assert tm_ttl(engine_with({"eastus": DRAIN}, snapshot)) == 30
+
+
+def test_short_ttl_bound_is_validated():
+    data = variant(**{"zone.ttl.traffic_manager_short": 60})
+    with pytest.raises(Exception) as caught:
+        config_from(data)
+    assert "traffic_manager_short 60 is longer than traffic_manager 30" in str(caught.value)

@@ -160,6 +160,7 @@ class _Builder:
     def name_ttls(self, node: Node | None) -> NameTTLs | None:
         r = self.r
         keys = {"global": "global_name", "privatelink": "privatelink", "traffic_manager": "traffic_manager",
+                "traffic_manager_short": "traffic_manager_short",
                 "regional": "regional", "data": "data", "replica": "replica", "private": "private"}
         defaults = NameTTLs()
         if node is None:
@@ -170,6 +171,13 @@ class _Builder:
         values = {field: r.ttl(m.get(key), getattr(defaults, field)) for key, field in keys.items()}
         if None in values.values():
             return None
+        if values["traffic_manager_short"] > values["traffic_manager"]:
+            if m.get("traffic_manager_short") is None:
+                values["traffic_manager_short"] = values["traffic_manager"]  # a short tm TTL below the default
+            else:
+                r.fail(m.get("traffic_manager_short"), f"traffic_manager_short {values['traffic_manager_short']} "
+                                                       f"is longer than traffic_manager {values['traffic_manager']}")
+                return None
         return NameTTLs(**values)
 
     def static_records(self, node: Node | None, zone_name: str | None) -> list[RR]:
