@@ -1,4 +1,5 @@
-"""dnsd's admin API (aiohttp): bearer-token auth, status, metrics. Mutations come with issue-4 work."""
+"""dnsd's admin API (aiohttp): bearer-token auth; status, explain, config, audit, overrides, reload,
+metrics and the HTML status page."""
 from __future__ import annotations
 
 import hmac
@@ -13,6 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from dnsd import metrics
 from dnsd.model import AdminSettings
+
+from dnsd.service import AdminError
 
 if TYPE_CHECKING:
     from dnsd.service import Dnsd
@@ -62,7 +65,14 @@ def make_app(dnsd: Dnsd, settings: AdminSettings, token: str | None) -> web.Appl
                                      headers={"WWW-Authenticate": 'Bearer realm="geotm"'})
         return await handler(request)
 
-    app = web.Application(middlewares=[authenticate])
+    @web.middleware
+    async def admin_errors(request: web.Request, handler):
+        try:
+            return await handler(request)
+        except AdminError as err:
+            return web.json_response({"error": str(err)}, status=err.status)
+
+    app = web.Application(middlewares=[authenticate, admin_errors])
 
     def route(method: str, path: str, kind: str, handler, name: str) -> None:
         app.router.add_route(method, path, handler, name=name)
@@ -74,28 +84,143 @@ def make_app(dnsd: Dnsd, settings: AdminSettings, token: str | None) -> web.Appl
     async def get_status(request: web.Request) -> web.Response:
         return web.json_response(status_document(dnsd))
 
+    async def get_config(request: web.Request) -> web.Response:
+        config = dnsd.snapshot.config
+        return web.json_response({"version": config.digest[:12], "digest": config.digest, "source": config.source,
+                                  "generation": dnsd.snapshot.generation, "reloads": dnsd.reloads})
+
+    async def get_explain(request: web.Request) -> web.Response:
+        from dnsd import records
+        from dnsd.explain import RCODE_NAMES, client_context, explain
+        query = request.query
+        name = query.get("name")
+        if not name:
+            raise AdminError(400, "give ?name= (and optionally client=, ecs=, type=)")
+        try:
+            qtype = records.type_number(query.get("type", "A"))
+            client = client_context(query.get("client", request.remote or "127.0.0.1"), query.get("ecs"))
+        except ValueError as err:
+            raise AdminError(400, str(err)) from None
+        answer, text = explain(dnsd.snapshot, name, qtype, client)
+        return web.json_response({"rcode": RCODE_NAMES.get(answer.rcode, answer.rcode),
+                                  "answer": [rr.to_text() for rr in answer.answer], "explanation": text})
+
+    async def get_audit(request: web.Request) -> web.Response:
+        limit = _int_query(request, "limit", 100)
+        return web.json_response({"entries": dnsd.overrides.audit_entries(limit)})
+
+    async def get_overrides(request: web.Request) -> web.Response:
+        return web.json_response({"overrides": [override_json(o) for o in dnsd.snapshot.overrides.values()]})
+
+    async def post_override(request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        duration = body.get("duration")
+        if isinstance(duration, str):
+            duration = parse_duration(duration)
+        elif duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))):
+            raise AdminError(400, f"duration must be seconds or text like 30m, got {duration!r}")
+        override = dnsd.set_override(_text(body, "registry"), _text(body, "replica"), _text(body, "kind"),
+                                     duration, str(body.get("reason", "")), actor_of(request),
+                                     force=bool(body.get("force", False)))
+        return web.json_response(override_json(override), status=201)
+
+    async def delete_override(request: web.Request) -> web.Response:
+        removed = dnsd.remove_override(request.match_info["registry"], request.match_info["replica"],
+                                       actor_of(request), request.query.get("reason", ""),
+                                       request.query.get("kind"))
+        return web.json_response({"removed": override_json(removed)})
+
+    async def post_reload(request: web.Request) -> web.Response:
+        result = await dnsd.reload(actor=actor_of(request))
+        body = {"ok": result.ok, "version": result.version, "problems": list(result.problems),
+                "changes": list(result.changes), "needs_restart": list(result.needs_restart)}
+        return web.json_response(body, status=200 if result.ok else 422)
+
+    async def status_page(request: web.Request) -> web.Response:
+        from dnsd.statuspage import render_status_page
+        return web.Response(text=render_status_page(dnsd), content_type="text/html")
+
     route("GET", "/metrics", PUBLIC_METRICS, get_metrics, "metrics")
+    route("GET", "/", PUBLIC_STATUS_PAGE, status_page, "status_page")
+    route("GET", "/status", PUBLIC_STATUS_PAGE, status_page, "status_page_alias")
     route("GET", "/v1/status", READ, get_status, "status")
+    route("GET", "/v1/config", READ, get_config, "config")
+    route("GET", "/v1/explain", READ, get_explain, "explain")
+    route("GET", "/v1/audit", READ, get_audit, "audit")
+    route("GET", "/v1/overrides", READ, get_overrides, "overrides")
+    route("POST", "/v1/overrides", MUTATE, post_override, "override_set")
+    route("DELETE", "/v1/overrides/{registry}/{replica}", MUTATE, delete_override, "override_remove")
+    route("POST", "/v1/reload", MUTATE, post_reload, "reload")
     return app
+
+
+def actor_of(request: web.Request) -> str:
+    """Who did it, for the audit log: the caller's word (X-Geotm-Actor) and where it came from."""
+    actor = request.headers.get("X-Geotm-Actor", "").strip()[:100] or "admin-api"
+    return f"{actor}@{request.remote}"
+
+
+def override_json(override) -> dict:
+    return {"registry": override.registry, "replica": override.replica, "kind": override.kind,
+            "reason": override.reason, "actor": override.actor, "created_at": override.created_at,
+            "expires_at": override.expires_at}
+
+
+def parse_duration(text: str) -> float:
+    from dnsd.config.reader import _DURATION, _DURATION_UNITS
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise AdminError(400, f"duration {text!r}: expected something like 90s, 30m, 2h")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+async def _json_body(request: web.Request) -> dict:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise AdminError(400, "the request body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise AdminError(400, "the request body must be a JSON object")
+    return body
+
+
+def _text(body: dict, key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise AdminError(400, f"missing {key!r} (a string)")
+    return value
+
+
+def _int_query(request: web.Request, key: str, default: int) -> int:
+    try:
+        return max(1, min(10_000, int(request.query.get(key, default))))
+    except ValueError:
+        raise AdminError(400, f"?{key}= must be a number") from None
 
 
 def status_document(dnsd: Dnsd) -> dict:
     snapshot = dnsd.engine.snapshot
     now = time.time()
     registries = []
+    shares = dnsd.engine.stats.recent_shares(snapshot)
     for plan in snapshot.plans:
         reg = plan.registry
         replicas = []
         for index, rep in enumerate(reg.replicas):
             health = snapshot.health.of(reg.name, rep.name)
+            override = snapshot.overrides.get((reg.name, rep.name))
             replicas.append({"name": rep.name, "location": rep.location, "status": health.status.value,
-                             "reason": health.reason, "age_seconds": round(now - health.since, 1) if health.since else None,
-                             "global_routing": rep.global_routing, "serving": index in plan.serving})
+                             "reason": health.reason, "trend": health.trend,
+                             "age_seconds": round(now - health.since, 1) if health.since else None,
+                             "global_routing": rep.global_routing, "serving": index in plan.serving,
+                             "override": override_json(override) if override else None,
+                             "recent_share": shares.get((reg.name, rep.name), 0.0)})
         registries.append({"name": reg.name, "routing": reg.routing, "all_down_policy": reg.all_down.mode,
-                           "all_down_active": plan.all_down, "reason": plan.reason, "replicas": replicas})
+                           "all_down_active": plan.all_down, "short_ttl": plan.short_ttl, "reason": plan.reason,
+                           "replicas": replicas})
     feed = dnsd.feed
     return {"config": {"version": snapshot.config.digest[:12], "source": snapshot.config.source},
-            "generation": snapshot.generation,
+            "generation": snapshot.generation, "timeline": list(dnsd.timeline)[-50:],
             "health": {"feeds": [{"url": f.url, "error": f.error,
                                   "age_seconds": round(now - f.fetched_at, 1) if f.fetched_at else None}
                                  for f in feed.feeds] if feed else [],

@@ -37,6 +37,34 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--client", default="127.0.0.1", help="client source address")
     explain.add_argument("--ecs", metavar="SUBNET", help="EDNS client subnet, e.g. 198.51.100.0/24")
     explain.add_argument("--type", default="A", help="query type (default A)")
+    explain.add_argument("--live", action="store_true",
+                         help="ask the running dnsd (its health and overrides) instead of the config alone")
+
+    def admin_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("--config", required=True, help="config file: where the admin API is, its token")
+        command.add_argument("--actor", help="who you are, for the audit log (default: user@host)")
+        command.add_argument("--json", action="store_true", help="print the API's JSON answer")
+        return command
+
+    admin_command("status", "registries and replicas as the running dnsd sees them")
+    for name, help_text in (("drain", "take a replica out of the global name (regional/data names keep answering)"),
+                            ("force-down", "treat a replica as degraded whatever probes say"),
+                            ("force-up", "treat a replica as online whatever probes say")):
+        command = admin_command(name, help_text)
+        command.add_argument("registry")
+        command.add_argument("replica")
+        command.add_argument("--for", dest="duration", metavar="DURATION", help="expire after e.g. 30m, 2h")
+        command.add_argument("--reason", default="", help="why, for the audit log and the status page")
+        command.add_argument("--force", action="store_true", help="even if it is the last serving replica")
+    for name, help_text in (("undrain", "undo a drain"), ("release", "undo any override of the replica")):
+        command = admin_command(name, help_text)
+        command.add_argument("registry")
+        command.add_argument("replica")
+        command.add_argument("--reason", default="")
+    admin_command("reload", "re-read the config file; on any problem the old config keeps serving")
+    audit = admin_command("audit", "the audit log: who changed what, when and why")
+    audit.add_argument("--limit", type=int, default=50)
     return parser
 
 
@@ -46,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         return check_config(args.config)
     if args.command == "explain":
         return run_explain(args)
+    if args.command in ADMIN_COMMANDS:
+        return run_admin(args)
     if args.command == "serve":
         logs.configure(json={"auto": None, "json": True, "console": False}[args.log_format], level=args.log_level)
         try:
@@ -87,6 +117,84 @@ def check_config(path: str) -> int:
     return 0
 
 
+ADMIN_COMMANDS = ("status", "drain", "force-down", "force-up", "undrain", "release", "reload", "audit")
+OVERRIDE_KINDS = {"drain": "drain", "force-down": "force_down", "force-up": "force_up"}
+
+
+def run_admin(args: argparse.Namespace) -> int:
+    import json
+    import urllib.parse
+
+    from dnsd.adminclient import AdminClient, AdminClientError
+    try:
+        client = AdminClient(load_config(args.config), args.actor)
+        if args.command == "status":
+            status, body = client.call("GET", "/v1/status")
+        elif args.command in OVERRIDE_KINDS:
+            request = {"registry": args.registry, "replica": args.replica, "kind": OVERRIDE_KINDS[args.command],
+                       "reason": args.reason, "force": args.force}
+            if args.duration:
+                request["duration"] = args.duration
+            status, body = client.call("POST", "/v1/overrides", request)
+        elif args.command in ("undrain", "release"):
+            query = {"reason": args.reason}
+            if args.command == "undrain":
+                query["kind"] = "drain"
+            path = (f"/v1/overrides/{urllib.parse.quote(args.registry)}/{urllib.parse.quote(args.replica)}?"
+                    + urllib.parse.urlencode(query))
+            status, body = client.call("DELETE", path)
+        elif args.command == "reload":
+            status, body = client.call("POST", "/v1/reload", {})
+        else:
+            status, body = client.call("GET", f"/v1/audit?limit={args.limit}")
+    except (ConfigError, OSError) as err:
+        print(f"dnsd {args.command}: {err}", file=sys.stderr)
+        return 2
+    except AdminClientError as err:
+        print(f"dnsd {args.command}: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(body, indent=2, sort_keys=True))
+    elif status >= 300:
+        print(f"dnsd {args.command}: refused (HTTP {status}): {body.get('error', body)}", file=sys.stderr)
+        for problem in body.get("problems", []):
+            print(f"  {problem}", file=sys.stderr)
+    else:
+        print(render_admin_answer(args.command, body))
+    return 0 if status < 300 else 1
+
+
+def render_admin_answer(command: str, body: dict) -> str:
+    import time
+    if command == "status":
+        lines = [f"config {body['config']['version']} ({body['config']['source']}), generation {body['generation']}"]
+        if body["health"]["expired"]:
+            lines.append("HEALTH EXPIRED: failing open, every replica counts as online")
+        for registry in body["registries"]:
+            lines.append(f"{registry['name']}: {registry['routing']} routing, all-down policy "
+                         f"{registry['all_down_policy']}{' (ACTIVE)' if registry['all_down_active'] else ''}")
+            for rep in registry["replicas"]:
+                override = rep["override"]
+                extra = f"  [{override['kind']} by {override['actor']}: {override['reason']}]" if override else ""
+                serving = "serving" if rep["serving"] else "not serving"
+                lines.append(f"  {rep['name']:<16} {rep['status']:<9} {serving:<12} {rep['reason']}{extra}")
+        return "\n".join(lines)
+    if command in OVERRIDE_KINDS:
+        until = (f" until {time.strftime('%H:%M:%S', time.localtime(body['expires_at']))}"
+                 if body.get("expires_at") else " until undone")
+        return f"{body['kind']} {body['registry']}/{body['replica']}{until}"
+    if command in ("undrain", "release"):
+        removed = body["removed"]
+        return f"removed {removed['kind']} of {removed['registry']}/{removed['replica']}"
+    if command == "reload":
+        lines = [f"reloaded: version {body['version']}"] + [f"  {change}" for change in body["changes"]]
+        lines += [f"  needs a restart to take effect: {item}" for item in body["needs_restart"]]
+        return "\n".join(lines)
+    return "\n".join(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['at']))} {e['actor']}: "
+                     f"{e['action']} {e.get('kind', '')} {e.get('registry', '')}/{e.get('replica', '')} "
+                     f"{e.get('reason', '')}".rstrip() for e in body["entries"])
+
+
 def run_explain(args: argparse.Namespace) -> int:
     from dnsd.explain import client_context, explain
     from dnsd.runtime import new_snapshot
@@ -101,6 +209,20 @@ def run_explain(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"dnsd explain: {err}", file=sys.stderr)
         return 2
+    if args.live:
+        import urllib.parse
+
+        from dnsd.adminclient import AdminClient, AdminClientError
+        query = {"name": args.name, "client": args.client, "type": args.type}
+        if args.ecs:
+            query["ecs"] = args.ecs
+        try:
+            status, body = AdminClient(config).call("GET", "/v1/explain?" + urllib.parse.urlencode(query))
+        except AdminClientError as err:
+            print(f"dnsd explain: {err}", file=sys.stderr)
+            return 1
+        print(body.get("explanation") or body.get("error"))
+        return 0 if status < 300 else 1
     _, text = explain(new_snapshot(config), args.name, qtype, client)
     print(text)
     return 0

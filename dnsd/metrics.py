@@ -6,10 +6,12 @@ import time
 from typing import TYPE_CHECKING, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from dnsd.health import Status
+from dnsd.stats import LATENCY_BOUNDS, qtype_label
+from dnsd.explain import RCODE_NAMES
 
 if TYPE_CHECKING:
     from dnsd.service import Dnsd
@@ -61,6 +63,41 @@ class DnsdCollector(Collector):
                 errors.add_metric([state.url], feed.errors_by_url.get(state.url, 0))
             yield age
             yield errors
+
+        stats = dnsd.engine.stats
+        queries = CounterMetricFamily("geotm_queries", "DNS queries answered, by name kind, qtype, rcode, view "
+                                      "and the replica the global name chose", labels=["kind", "qtype", "rcode",
+                                                                                       "view", "registry", "replica"])
+        for (view, kind, qtype, rcode, registry, replica), count in sorted(list(stats.counts.items())):
+            queries.add_metric([kind, qtype_label(qtype), RCODE_NAMES.get(rcode, str(rcode)), view or "-",
+                                registry, replica], count)
+        yield queries
+        dropped = CounterMetricFamily("geotm_queries_dropped", "Packets not answered (responses, runts)")
+        dropped.add_metric([], stats.dropped)
+        yield dropped
+        buckets, cumulative = [], 0
+        for bound, count in zip(LATENCY_BOUNDS + (float("inf"),), stats.latency_counts):
+            cumulative += count
+            buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+        latency = HistogramMetricFamily("geotm_answer_seconds", "Time from receiving a query to its reply "
+                                        "being ready (inside dnsd, socket time excluded)")
+        latency.add_metric([], buckets, stats.latency_sum)
+        yield latency
+
+        overrides = GaugeMetricFamily("geotm_overrides_active", "Operator overrides in force",
+                                      labels=["registry", "replica", "kind"])
+        for override in snapshot.overrides.values():
+            overrides.add_metric([override.registry, override.replica, override.kind], 1.0)
+        yield overrides
+        short = GaugeMetricFamily("geotm_short_ttl_active", "1 while the traffic-manager TTL is shortened "
+                                  "because a replica is suspect or recovering", labels=["registry"])
+        for plan in snapshot.plans:
+            short.add_metric([plan.registry.name], 1.0 if plan.short_ttl else 0.0)
+        yield short
+        reloads = CounterMetricFamily("geotm_config_reloads", "Config reloads, by result", labels=["result"])
+        for result, count in sorted(dnsd.reloads.items()):
+            reloads.add_metric([result], count)
+        yield reloads
 
         info = GaugeMetricFamily("geotm_config_info", "The running config", labels=["version", "source"])
         info.add_metric([config.digest[:12], config.source], 1.0)

@@ -3,6 +3,7 @@ and the per-query path that answers from it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from time import perf_counter
 
 import structlog
 
@@ -14,6 +15,7 @@ from dnsd.netmatch import address_key
 from dnsd.overrides import NO_OVERRIDES, Overrides
 from dnsd.policy import RoutingPlan
 from dnsd.resolve import resolve
+from dnsd.stats import QueryStats
 from dnsd.tables import CompiledZone, compile_config
 from dnsd.wire import WireError
 
@@ -85,26 +87,38 @@ class QueryEngine:
 
     def __init__(self, snapshot: Snapshot):
         self.snapshot = snapshot
+        self.stats = QueryStats()
 
     def swap(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot  # one assignment: queries see the old or the new, never a mix
 
     def handle(self, data: bytes, client_ip: str, over_tcp: bool) -> bytes | None:
+        started = perf_counter()
         try:
             query = wire.parse_query(data)
         except WireError as err:
+            if err.reply is None:
+                self.stats.dropped += 1
+            else:
+                self.stats.count("", "malformed", 0, err.rcode)
             return err.reply
         try:
-            return self.answer(query, client_ip, over_tcp)
+            reply = self.answer(query, client_ip, over_tcp)
         except Exception:  # a bug must cost one answer, not the server
             log.exception("query_failed", client=client_ip, qtype=query.qtype)
-            return wire.error_response(query, rc.SERVFAIL)
+            self.stats.count("", "error", query.qtype, rc.SERVFAIL)
+            reply = wire.error_response(query, rc.SERVFAIL)
+        self.stats.observe_latency(perf_counter() - started)
+        return reply
 
     def answer(self, query: wire.Query, client_ip: str, over_tcp: bool) -> bytes:
         edns = query.edns
+        count = self.stats.count
         if edns is not None and edns.version > 0:
+            count("", "badvers", query.qtype, rc.BADVERS)
             return wire.error_response(query, rc.BADVERS)  # RFC 6891 §6.1.3
         if query.qclass != records.CLASS_IN or query.qtype in ZONE_TRANSFER_QTYPES:
+            count("", "refused", query.qtype, rc.REFUSED)
             return wire.error_response(query, rc.REFUSED)
         snapshot = self.snapshot  # read once: the whole answer comes from one snapshot
         compiled = snapshot.compiled
@@ -114,21 +128,29 @@ class QueryEngine:
         entry = compiled.exact[view].get((key, query.qtype)) or compiled.other[view].get(key)
         max_size = None if over_tcp else wire.udp_limit(query)
         ecs_scope = None
+        view_name = compiled.zd.views[view]
         if entry is None:
             if not compiled.in_zone(key):
+                count(view_name, "refused", query.qtype, rc.REFUSED)
                 return wire.error_response(query, rc.REFUSED)
             packed = compiled.nxdomain(len(key))
+            count(view_name, "nxdomain", query.qtype, rc.NXDOMAIN)
         elif entry.packed is not None:
             packed = entry.packed
+            count(view_name, entry.kind, query.qtype, packed.rcode)
         else:
             plan = snapshot.plans[entry.registry]
             if entry.slow:
+                count(view_name, entry.kind, query.qtype, 0, plan.registry.name, "")
                 return self.answer_slowly(query, snapshot, client, view, max_size)
             index = plan.choice(network_of(compiled, client),
                                 policy.weighted_slot(client.bits, client.address, client.source_prefix))
             if index is None:
+                count(view_name, entry.kind, query.qtype, rc.SERVFAIL, plan.registry.name, "")
                 return wire.error_response(query, rc.SERVFAIL)
             packed = (entry.variants_short if plan.short_ttl else entry.variants)[index]
+            count(view_name, entry.kind, query.qtype, packed.rcode, plan.registry.name,
+                  plan.registry.replicas[index].name)
             if plan.depends_on_client:
                 ecs_scope = client.source_prefix
         if edns is not None and edns.ecs is not None:

@@ -1,66 +1,261 @@
-"""`dnsd serve`: load the config, build the first snapshot, run listeners and the health feed until
-SIGTERM/SIGINT; every health change swaps in a new snapshot and logs what routing changed and why."""
+"""The running dnsd: owns the serving snapshot and every change to it (health, overrides, reload),
+logging what routing changed and why; `serve` wires listeners, health feed and admin API around it."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
+import collections
+import time
+from dataclasses import dataclass, replace
+from types import MappingProxyType
 
 import structlog
 
+from dnsd.config import ConfigError, load_config
 from dnsd.feed import HealthFeed
 from dnsd.health import HealthSnapshot
 from dnsd.model import Config
-from dnsd.policy import RoutingPlan
+from dnsd.overrides import DRAIN, FORCE_DOWN, KINDS, Override, OverrideStore
+from dnsd.policy import RoutingPlan, plan as make_plan
 from dnsd.runtime import QueryEngine, Snapshot, build_plans, new_snapshot
 from dnsd.server import DnsServer, ListenerSettings, StopSignals
 
 log = structlog.get_logger(__name__)
+
+TIMELINE_LENGTH = 200
+
+
+class AdminError(Exception):
+    """A refused admin request: `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    ok: bool
+    version: str  # the config version serving after the attempt
+    problems: tuple[str, ...] = ()
+    changes: tuple[str, ...] = ()
+    needs_restart: tuple[str, ...] = ()
 
 
 def serving_names(plan: RoutingPlan) -> list[str]:
     return [plan.registry.replicas[i].name for i in plan.serving]
 
 
-def log_routing(snapshot: Snapshot, previous: Snapshot | None = None) -> None:
-    """One event per registry whose global routing changed (all of them at start): what and why."""
-    for index, plan in enumerate(snapshot.plans):
-        before = previous.plans[index] if previous is not None and index < len(previous.plans) else None
-        if before is not None and (before.serving, before.all_down, before.servfail) == \
-                (plan.serving, plan.all_down, plan.servfail):
-            continue
-        event = "routing" if before is None else "routing_changed"
-        fields = dict(registry=plan.registry.name, method=plan.registry.routing, serving=serving_names(plan),
-                      all_down=plan.all_down, reason=plan.reason)
-        if before is not None:
-            fields["serving_before"] = serving_names(before)
-        if plan.all_down:
-            log.warning(event, all_down_policy=plan.registry.all_down.mode, **fields)
-        else:
-            log.info(event, **fields)
-
-
 class Dnsd:
-    """The running server: owns the engine's snapshot swaps and what the admin API reports."""
+    """The running server's state and its changes. Every change builds a new Snapshot and swaps it in
+    with one assignment; the query path never sees a half-applied change."""
 
-    def __init__(self, config: Config):
-        self.engine = QueryEngine(new_snapshot(config))
+    def __init__(self, config: Config, overrides: OverrideStore | None = None, clock=time.time):
+        self.clock = clock
+        self.overrides = overrides or OverrideStore(config.admin.state_file,
+                                                    _audit_path(config.admin.state_file), clock)
+        self.overrides.load()
+        self.overrides.prune(_replica_keys(config))
+        self.engine = QueryEngine(new_snapshot(config, overrides=self.overrides.current()))
         self.feed: HealthFeed | None = None
         self.all_down_activations: dict[str, int] = {}
-        log_routing(self.engine.snapshot)
-        self._count_all_down(None, self.engine.snapshot)
+        self.reloads = {"ok": 0, "failed": 0}
+        self.timeline: collections.deque[dict] = collections.deque(maxlen=TIMELINE_LENGTH)
+        self._lock = asyncio.Lock()
+        self.log_routing(self.engine.snapshot, None)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self.engine.snapshot
+
+    # -- swapping --------------------------------------------------------------------------------
+
+    def _swap(self, new: Snapshot, why: str) -> None:
+        old = self.engine.snapshot
+        self.engine.swap(new)
+        self.log_routing(new, old, why)
+
+    def log_routing(self, new: Snapshot, old: Snapshot | None, why: str = "start") -> None:
+        """One event per registry whose global routing changed (all of them at start): what and why."""
+        old_plans = {p.registry.name: p for p in old.plans} if old is not None else {}
+        for plan in new.plans:
+            name = plan.registry.name
+            before = old_plans.get(name)
+            if before is not None and (before.serving, before.all_down, before.servfail) == \
+                    (plan.serving, plan.all_down, plan.servfail):
+                continue
+            if plan.all_down and not (before is not None and before.all_down):
+                self.all_down_activations[name] = self.all_down_activations.get(name, 0) + 1
+            event = "routing" if before is None else "routing_changed"
+            fields = dict(registry=name, method=plan.registry.routing, serving=serving_names(plan),
+                          all_down=plan.all_down, trigger=why, reason=plan.reason)
+            if before is not None:
+                fields["serving_before"] = serving_names(before)
+            if plan.all_down:
+                log.warning(event, all_down_policy=plan.registry.all_down.mode, **fields)
+            else:
+                log.info(event, **fields)
+            self.timeline.append({"at": self.clock(), "event": event, **fields})
+
+    def note(self, event: str, **fields) -> None:
+        """Something the status page's timeline should show (overrides, reloads, health expiry)."""
+        self.timeline.append({"at": self.clock(), "event": event, **fields})
+
+    # -- health ----------------------------------------------------------------------------------
 
     def apply_health(self, health: HealthSnapshot) -> None:
         old = self.engine.snapshot
-        new = replace(old, health=health, plans=build_plans(old.config, health), generation=old.generation + 1)
-        self.engine.swap(new)
-        log_routing(new, old)
-        self._count_all_down(old, new)
+        changed = [f"{reg}/{rep}: {h.status.value}" for (reg, rep), h in health.endpoints.items()
+                   if old.health.of(reg, rep).status is not h.status]
+        for (reg, rep), h in health.endpoints.items():
+            if old.health.of(reg, rep).status is not h.status:
+                self.note("health_changed", registry=reg, replica=rep, status=h.status.value, reason=h.reason)
+        new = replace(old, health=health, plans=build_plans(old.config, health, old.overrides),
+                      generation=old.generation + 1)
+        self._swap(new, "health: " + ("; ".join(changed) if changed else "probe details changed"))
 
-    def _count_all_down(self, old: Snapshot | None, new: Snapshot) -> None:
-        for index, plan in enumerate(new.plans):
-            was = old is not None and index < len(old.plans) and old.plans[index].all_down
-            if plan.all_down and not was:
-                self.all_down_activations[plan.registry.name] = self.all_down_activations.get(plan.registry.name, 0) + 1
+    # -- overrides -------------------------------------------------------------------------------
+
+    def set_override(self, registry: str, replica: str, kind: str, duration: float | None, reason: str,
+                     actor: str, force: bool = False) -> Override:
+        snapshot = self.engine.snapshot
+        self._check_replica(snapshot, registry, replica)
+        if kind not in KINDS:
+            raise AdminError(400, f"unknown override {kind!r} (one of {', '.join(KINDS)})")
+        if duration is not None and duration <= 0:
+            raise AdminError(400, f"duration must be positive, got {duration:g}s")
+        now = self.clock()
+        override = Override(registry, replica, kind, reason, actor, now, None if duration is None else now + duration)
+        if kind in (DRAIN, FORCE_DOWN) and not force:
+            trial = dict(snapshot.overrides)
+            trial[(registry, replica)] = override
+            index = [r.name for r in snapshot.config.registries].index(registry)
+            before = snapshot.plans[index]
+            after = make_plan(snapshot.config.registries[index], snapshot.config.topology, snapshot.health,
+                              MappingProxyType(trial))
+            if after.all_down and not before.all_down:
+                raise AdminError(409, f"{replica} is the last serving replica of {registry}: {kind} would leave "
+                                      f"the global name with none (all-down policy {before.registry.all_down.mode} "
+                                      "would decide); repeat with force to do it anyway")
+        self.overrides.put(override)
+        self._apply_overrides(f"{kind} {registry}/{replica} by {actor}: {reason or 'no reason given'}")
+        self.note("override_set", registry=registry, replica=replica, kind=kind, actor=actor, reason=reason,
+                  expires_at=override.expires_at)
+        return override
+
+    def remove_override(self, registry: str, replica: str, actor: str, reason: str = "",
+                        kind: str | None = None) -> Override:
+        self._check_replica(self.engine.snapshot, registry, replica)
+        current = self.engine.snapshot.overrides.get((registry, replica))
+        if current is None or (kind is not None and current.kind != kind):
+            what = f"a {kind} override" if kind else "an override"
+            raise AdminError(404, f"{registry}/{replica} has no {what}"
+                                  + (f" (it has {current.kind})" if current else ""))
+        self.overrides.remove(registry, replica, actor, reason)
+        self._apply_overrides(f"undo {current.kind} {registry}/{replica} by {actor}")
+        self.note("override_removed", registry=registry, replica=replica, kind=current.kind, actor=actor)
+        return current
+
+    def expire_overrides(self) -> list[Override]:
+        gone = self.overrides.expire()
+        if gone:
+            for override in gone:
+                log.info("override_expired", registry=override.registry, replica=override.replica,
+                         kind=override.kind, reason=override.reason)
+                self.note("override_expired", registry=override.registry, replica=override.replica,
+                          kind=override.kind)
+            self._apply_overrides("expired: " + ", ".join(f"{o.kind} {o.registry}/{o.replica}" for o in gone))
+        return gone
+
+    def _apply_overrides(self, why: str) -> None:
+        old = self.engine.snapshot
+        overrides = self.overrides.current()
+        new = replace(old, overrides=overrides, plans=build_plans(old.config, old.health, overrides),
+                      generation=old.generation + 1)
+        self._swap(new, why)
+
+    @staticmethod
+    def _check_replica(snapshot: Snapshot, registry: str, replica: str) -> None:
+        try:
+            snapshot.config.registry(registry).replica(replica)
+        except KeyError:
+            raise AdminError(404, f"no replica {registry}/{replica} in the running config") from None
+
+    # -- reload ----------------------------------------------------------------------------------
+
+    async def reload(self, path: str | None = None, actor: str = "geotm") -> ReloadResult:
+        """Parse and validate fully, compile off the event loop, then swap; on any error keep serving
+        the old config and report every problem."""
+        async with self._lock:
+            old = self.engine.snapshot
+            source = path or old.config.source
+            loop = asyncio.get_running_loop()
+            try:
+                config = await loop.run_in_executor(None, load_config, source)
+            except (ConfigError, OSError) as err:
+                problems = tuple(str(p) for p in err.problems) if isinstance(err, ConfigError) else (str(err),)
+                self.reloads["failed"] += 1
+                log.error("config_reload_failed", source=source, actor=actor, problems=list(problems),
+                          keeping=old.config.digest[:12])
+                self.note("config_reload_failed", source=source, problems=len(problems))
+                self.overrides.audit("reload_failed", actor, {"source": source, "problems": len(problems)})
+                return ReloadResult(False, old.config.digest[:12], problems)
+            known = _replica_keys(config)
+            self.overrides.prune(known)
+            overrides = self.overrides.current()
+            health = HealthSnapshot(old.health.generation, MappingProxyType(
+                {key: h for key, h in old.health.endpoints.items() if key in known}))
+            new = await loop.run_in_executor(None, lambda: new_snapshot(config, health, old.generation + 1,
+                                                                        overrides=overrides))
+            self._swap(new, f"config reload by {actor}")
+            self.reloads["ok"] += 1
+            changes = tuple(_describe_changes(old.config, config))
+            restart = tuple(_needs_restart(old.config, config))
+            log.info("config_reloaded", source=source, actor=actor, version_before=old.config.digest[:12],
+                     version=config.digest[:12], changes=list(changes), needs_restart=list(restart))
+            self.note("config_reloaded", version=config.digest[:12], changes=list(changes))
+            self.overrides.audit("reload", actor, {"source": source, "version": config.digest[:12]})
+            return ReloadResult(True, config.digest[:12], (), changes, restart)
+
+
+def _audit_path(state_file: str | None) -> str | None:
+    return f"{state_file}.audit.jsonl" if state_file else None
+
+
+def _replica_keys(config: Config) -> set[tuple[str, str]]:
+    return {(reg.name, rep.name) for reg in config.registries for rep in reg.replicas}
+
+
+def _describe_changes(old: Config, new: Config) -> list[str]:
+    changes = []
+    old_regs, new_regs = {r.name: r for r in old.registries}, {r.name: r for r in new.registries}
+    changes += [f"registry {name} added" for name in new_regs.keys() - old_regs.keys()]
+    changes += [f"registry {name} removed" for name in old_regs.keys() - new_regs.keys()]
+    for name in sorted(old_regs.keys() & new_regs.keys()):
+        a, b = old_regs[name], new_regs[name]
+        reps_a, reps_b = {r.name for r in a.replicas}, {r.name for r in b.replicas}
+        changes += [f"{name}: replica {r} added" for r in sorted(reps_b - reps_a)]
+        changes += [f"{name}: replica {r} removed" for r in sorted(reps_a - reps_b)]
+        for field in ("routing", "all_down", "regional_endpoints", "data_endpoints"):
+            if getattr(a, field) != getattr(b, field):
+                changes.append(f"{name}: {field} {getattr(a, field)} -> {getattr(b, field)}")
+    old_views, new_views = {v.name for v in old.views}, {v.name for v in new.views}
+    changes += [f"view {v} added" for v in sorted(new_views - old_views)]
+    changes += [f"view {v} removed" for v in sorted(old_views - new_views)]
+    if old.zone != new.zone and not changes:
+        changes.append("zone settings or records changed")
+    return changes or (["no routing-relevant change"] if old.digest != new.digest else ["identical"])
+
+
+def _needs_restart(old: Config, new: Config) -> list[str]:
+    """Settings a running process cannot change in place (it keeps the old ones until restarted)."""
+    result = []
+    if old.server.listen != new.server.listen:
+        result.append("server.listen")
+    if old.admin.listen != new.admin.listen or old.admin.token_file != new.admin.token_file:
+        result.append("admin.listen/token_file")
+    if old.health != new.health:
+        result.append("health")
+    return result
 
 
 async def start_admin(dnsd: Dnsd, config: Config):
@@ -80,44 +275,54 @@ async def start_admin(dnsd: Dnsd, config: Config):
     except OSError as err:
         await runner.cleanup()
         raise OSError(err.errno, f"cannot listen on {host}:{port} (admin http): {err.strerror}") from None
-    log.info("admin_listening", address=f"{host}:{port}", token="configured" if token else
-             "none: reads open, changes refused")
+    log.info("admin_listening", address=f"{host}:{port}",
+             token="configured" if token else "none: reads open, changes refused")
     return runner
 
 
+async def housekeeping(dnsd: Dnsd, period: float = 1.0) -> None:
+    """Expire overrides (each second) and sample answer counts for the recent shares (every 10 s)."""
+    from dnsd.stats import SHARE_SAMPLE
+    last_sample = 0.0
+    while True:
+        dnsd.expire_overrides()
+        now = time.monotonic()
+        if now - last_sample >= SHARE_SAMPLE:
+            dnsd.engine.stats.sample(now)
+            last_sample = now
+        await asyncio.sleep(period)
+
+
 async def serve(config: Config, listen: list[tuple[str, int]] | None = None) -> None:
+    import signal
     stop = StopSignals()
     dnsd = Dnsd(config)
-    feed_task = None
+    tasks = [asyncio.create_task(housekeeping(dnsd), name="housekeeping")]
     if config.health.feeds:
-        known = {(reg.name, rep.name) for reg in config.registries for rep in reg.replicas}
-        dnsd.feed = feed = HealthFeed(config.health, known, dnsd.apply_health)
+        dnsd.feed = feed = HealthFeed(config.health, _replica_keys(config), dnsd.apply_health)
         feed.load_state()
         feed.refresh()  # apply what was persisted before the first query is answered
-        feed_task = asyncio.create_task(feed.run(), name="health feed")
-    admin_runner = await start_admin(dnsd, config) if config.admin.listen else None
+        tasks.append(asyncio.create_task(feed.run(), name="health feed"))
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(dnsd.reload(actor="SIGHUP")))
+    admin_runner = None
     settings = ListenerSettings(tcp_idle_timeout=config.server.tcp_idle_timeout,
                                 tcp_max_connections=config.server.tcp_max_connections)
     server = DnsServer(dnsd.engine.handle, listen or list(config.server.listen), settings)
     try:
+        admin_runner = await start_admin(dnsd, config) if config.admin.listen else None
         await server.start()
-    except BaseException:
-        if feed_task:
-            feed_task.cancel()
-        if admin_runner:
-            await admin_runner.cleanup()
-        raise
-    log.info("dnsd_started", config=config.source, version=config.digest[:12], zone=config.zone.name,
-             registries=len(config.registries), views=len(config.views), health_feeds=list(config.health.feeds),
-             listen=[f"{host}:{port}" for host, port in server.addresses])
-    try:
+        log.info("dnsd_started", config=config.source, version=config.digest[:12], zone=config.zone.name,
+                 registries=len(config.registries), views=len(config.views),
+                 health_feeds=list(config.health.feeds), listen=[f"{h}:{p}" for h, p in server.addresses])
         await stop.wait()
     finally:
         stop.close()
+        loop.remove_signal_handler(signal.SIGHUP)
         log.info("dnsd_stopping")
-        if feed_task:
-            feed_task.cancel()
-            await asyncio.gather(feed_task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if admin_runner:
             await admin_runner.cleanup()
         await server.stop()

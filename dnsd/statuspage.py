@@ -1,0 +1,114 @@
+"""The read-only HTML status page: per registry a row per replica (status, reason, age, override,
+recent share of global answers) and a timeline of recent changes. Rendered from status_document."""
+from __future__ import annotations
+
+import datetime
+from html import escape
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dnsd.service import Dnsd
+
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#1d2330;background:#f6f7f9}
+h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:24px 0 6px}
+.meta{color:#5b6475;margin-bottom:12px} .banner{padding:8px 12px;border-radius:6px;margin:8px 0;font-weight:600}
+.warn{background:#fff3cd;color:#7a5600} .bad{background:#fde2e1;color:#8a1c17}
+table{border-collapse:collapse;width:100%;background:#fff;box-shadow:0 1px 2px #0001}
+th,td{text-align:left;padding:6px 10px;border-bottom:1px solid #e5e7eb;vertical-align:top}
+th{background:#eef0f4;font-weight:600}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-weight:600;font-size:12px}
+.online{background:#d7f5dd;color:#146c2e} .degraded{background:#fde2e1;color:#8a1c17}
+.checking{background:#e5e7eb;color:#374151} .drain,.force_down{background:#fff3cd;color:#7a5600}
+.force_up{background:#dbeafe;color:#1e40af}
+.bar{background:#e5e7eb;border-radius:3px;height:10px;width:120px;display:inline-block;vertical-align:middle}
+.bar span{display:block;height:10px;border-radius:3px;background:#3b82f6}
+.reason{color:#5b6475;font-size:12px;max-width:480px} ol{background:#fff;padding:10px 10px 10px 36px;margin:0}
+li{margin:2px 0} time{color:#5b6475;font-variant-numeric:tabular-nums}
+"""
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
+
+
+def _clock(at: float) -> str:
+    return datetime.datetime.fromtimestamp(at, datetime.timezone.utc).strftime("%H:%M:%S")
+
+
+def _timeline_text(event: dict) -> str:
+    kind = event.get("event", "")
+    if kind in ("routing", "routing_changed"):
+        return (f"{event.get('registry')}: global name serves {', '.join(event.get('serving', []))}"
+                f"{' (ALL-DOWN POLICY)' if event.get('all_down') else ''} — {event.get('trigger', '')}")
+    if kind == "health_changed":
+        return f"{event.get('registry')}/{event.get('replica')} {event.get('status')}: {event.get('reason', '')}"
+    if kind.startswith("override"):
+        return (f"{kind.replace('_', ' ')}: {event.get('kind')} {event.get('registry')}/{event.get('replica')}"
+                f"{' by ' + event['actor'] if event.get('actor') else ''}"
+                f"{' — ' + event['reason'] if event.get('reason') else ''}")
+    if kind == "config_reloaded":
+        return f"config reloaded: version {event.get('version')} ({'; '.join(event.get('changes', []))})"
+    if kind == "config_reload_failed":
+        return f"config reload FAILED ({event.get('problems')} problems), old config kept"
+    return kind
+
+
+def render_status_page(dnsd: Dnsd) -> str:
+    from dnsd.admin import status_document
+    doc = status_document(dnsd)
+    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+             "<meta http-equiv='refresh' content='5'><title>geotm status</title>",
+             f"<style>{STYLE}</style></head><body>",
+             "<h1>geotm status</h1>",
+             f"<div class='meta'>config {escape(doc['config']['version'])} from {escape(doc['config']['source'])}"
+             f" · generation {doc['generation']}</div>"]
+    health = doc["health"]
+    if health["expired"]:
+        parts.append("<div class='banner bad'>Health expired: no probe verdict within the TTL — "
+                     "every replica counts as online (fail open).</div>")
+    for feed in health["feeds"]:
+        if feed["error"]:
+            parts.append(f"<div class='banner warn'>Health feed {escape(feed['url'])}: {escape(feed['error'])} "
+                         f"(last good answer {_age(feed['age_seconds'])} ago)</div>")
+    for registry in doc["registries"]:
+        parts.append(f"<h2 id='{escape(registry['name'])}'>{escape(registry['name'])} "
+                     f"<span class='meta'>· {escape(registry['routing'])} routing · all-down policy "
+                     f"{escape(registry['all_down_policy'])}</span></h2>")
+        if registry["all_down_active"]:
+            parts.append(f"<div class='banner bad'>All replicas degraded: the all-down policy "
+                         f"({escape(registry['all_down_policy'])}) decides the global answers.</div>")
+        parts.append("<table><tr><th>replica</th><th>location</th><th>status</th><th>since</th>"
+                     "<th>override</th><th>global</th><th>recent share of global answers</th></tr>")
+        for rep in registry["replicas"]:
+            override = rep["override"]
+            override_html = "-"
+            if override:
+                override_html = (f"<span class='badge {escape(override['kind'])}'>{escape(override['kind'])}</span>"
+                                 f"<div class='reason'>{escape(override['reason'] or '')} — {escape(override['actor'])}"
+                                 "</div>")
+            share = rep["recent_share"] * 100
+            trend = f" ({escape(rep['trend'])})" if rep["trend"] else ""
+            serving = "serving" if rep["serving"] else ("routing off" if not rep["global_routing"] else "skipped")
+            parts.append(
+                f"<tr><td><b>{escape(rep['name'])}</b></td><td>{escape(rep['location'])}</td>"
+                f"<td><span class='badge {escape(rep['status'])}'>{escape(rep['status'])}</span>{trend}"
+                f"<div class='reason'>{escape(rep['reason'])}</div></td>"
+                f"<td>{_age(rep['age_seconds'])}</td><td>{override_html}</td><td>{serving}</td>"
+                f"<td><span class='bar'><span style='width:{share:.0f}%'></span></span> {share:.0f}%</td></tr>")
+        parts.append("</table>")
+    parts.append("<h2>Recent changes</h2><ol reversed>")
+    events = doc["timeline"][::-1][:40]
+    if not events:
+        parts.append("<li>nothing yet</li>")
+    for event in events:
+        parts.append(f"<li><time>{_clock(event['at'])}</time> {escape(_timeline_text(event))}</li>")
+    parts.append("</ol></body></html>")
+    return "".join(parts)
