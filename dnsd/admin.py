@@ -25,6 +25,13 @@ log = structlog.get_logger(__name__)
 PUBLIC_METRICS, PUBLIC_STATUS_PAGE, READ, MUTATE = "metrics", "status_page", "read", "mutate"
 
 
+class UnusableToken:
+    """A token is configured but cannot be read: DNS keeps serving, every non-public call is refused."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+
 def load_token(settings: AdminSettings) -> str | None:
     """The bearer token: from token_file if set (must exist), else the environment variable, else None."""
     if settings.token_file:
@@ -38,7 +45,7 @@ def load_token(settings: AdminSettings) -> str | None:
     return None
 
 
-def make_app(dnsd: Dnsd, settings: AdminSettings, token: str | None) -> web.Application:
+def make_app(dnsd: Dnsd, settings: AdminSettings, token: str | UnusableToken | None) -> web.Application:
     access: dict[str, str] = {}  # route name -> PUBLIC_METRICS / PUBLIC_STATUS_PAGE / READ / MUTATE
     registry = metrics.make_registry(dnsd)
 
@@ -50,6 +57,9 @@ def make_app(dnsd: Dnsd, settings: AdminSettings, token: str | None) -> web.Appl
             return await handler(request)
         if kind == PUBLIC_STATUS_PAGE and settings.public_status_page:
             return await handler(request)
+        if isinstance(token, UnusableToken):
+            return web.json_response({"error": f"the admin token cannot be read ({token.why}); "
+                                               "fix it and restart dnsd"}, status=503)
         if token is None:
             if kind == MUTATE:
                 log.warning("admin_refused", path=request.path, why="no admin token configured",

@@ -7,7 +7,7 @@ import socket
 import urllib.error
 import urllib.request
 
-from dnsd.model import Config
+from dnsd.model import AdminSettings
 
 
 class AdminClientError(Exception):
@@ -15,16 +15,16 @@ class AdminClientError(Exception):
 
 
 class AdminClient:
-    def __init__(self, config: Config, actor: str | None = None, timeout: float = 10.0):
+    def __init__(self, settings: AdminSettings, actor: str | None = None, timeout: float = 10.0):
         from dnsd.admin import load_token
-        if config.admin.listen is None:
+        if settings.listen is None:
             raise AdminClientError("admin.listen is off in the config: there is no admin API to talk to")
-        host, port = config.admin.listen
+        host, port = settings.listen
         if host in ("0.0.0.0", "::"):
             host = "127.0.0.1" if host == "0.0.0.0" else "::1"
         self.base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         try:
-            self.token = load_token(config.admin)
+            self.token = load_token(settings)
         except (OSError, ValueError) as err:
             raise AdminClientError(f"cannot read the admin token: {err}") from None
         self.actor = actor or f"{getpass.getuser()}@{socket.gethostname()}"

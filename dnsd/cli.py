@@ -6,7 +6,7 @@ import sys
 
 from dnsd import logs, records
 from dnsd.config import ConfigError, load_config
-from dnsd.config.build import parse_listen
+from dnsd.config.build import load_admin_settings, parse_listen
 
 
 def _listen_arg(text: str) -> tuple[str, int]:
@@ -127,7 +127,7 @@ def run_admin(args: argparse.Namespace) -> int:
 
     from dnsd.adminclient import AdminClient, AdminClientError
     try:
-        client = AdminClient(load_config(args.config), args.actor)
+        client = AdminClient(load_admin_settings(args.config), args.actor)
         if args.command == "status":
             status, body = client.call("GET", "/v1/status")
         elif args.command in OVERRIDE_KINDS:
@@ -199,33 +199,42 @@ def run_explain(args: argparse.Namespace) -> int:
     from dnsd.explain import client_context, explain
     from dnsd.runtime import new_snapshot
     try:
-        config = load_config(args.config)
-    except (ConfigError, OSError) as err:
-        print(f"dnsd: {err}", file=sys.stderr)
-        return 2
-    try:
         qtype = records.type_number(args.type)
         client = client_context(args.client, args.ecs)
     except ValueError as err:
         print(f"dnsd explain: {err}", file=sys.stderr)
         return 2
     if args.live:
-        import urllib.parse
-
-        from dnsd.adminclient import AdminClient, AdminClientError
-        query = {"name": args.name, "client": args.client, "type": args.type}
-        if args.ecs:
-            query["ecs"] = args.ecs
-        try:
-            status, body = AdminClient(config).call("GET", "/v1/explain?" + urllib.parse.urlencode(query))
-        except AdminClientError as err:
-            print(f"dnsd explain: {err}", file=sys.stderr)
-            return 1
-        print(body.get("explanation") or body.get("error"))
-        return 0 if status < 300 else 1
+        return explain_live(args)
+    try:
+        config = load_config(args.config)
+    except (ConfigError, OSError) as err:
+        print(f"dnsd: {err}", file=sys.stderr)
+        return 2
     _, text = explain(new_snapshot(config), args.name, qtype, client)
     print(text)
     return 0
+
+
+def explain_live(args: argparse.Namespace) -> int:
+    """Ask the running dnsd: its health, overrides and config, which may differ from the file's."""
+    import urllib.parse
+
+    from dnsd.adminclient import AdminClient, AdminClientError
+    query = {"name": args.name, "client": args.client, "type": args.type}
+    if args.ecs:
+        query["ecs"] = args.ecs
+    try:
+        client = AdminClient(load_admin_settings(args.config))
+        status, body = client.call("GET", "/v1/explain?" + urllib.parse.urlencode(query))
+    except (ConfigError, OSError) as err:
+        print(f"dnsd explain: {err}", file=sys.stderr)
+        return 2
+    except AdminClientError as err:
+        print(f"dnsd explain: {err}", file=sys.stderr)
+        return 1
+    print(body.get("explanation") or body.get("error"))
+    return 0 if status < 300 else 1
 
 
 if __name__ == "__main__":

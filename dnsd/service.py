@@ -266,7 +266,9 @@ async def start_admin(dnsd: Dnsd, config: Config):
     try:
         token = admin.load_token(settings)
     except (OSError, ValueError) as err:
-        raise OSError(f"admin API: cannot read the token: {err}") from None
+        # never take DNS down over an admin file: serve DNS, refuse every non-public admin call
+        log.error("admin_token_unreadable", error=str(err), effect="admin API refuses all but public calls")
+        token = admin.UnusableToken(str(err))
     runner = web.AppRunner(admin.make_app(dnsd, settings, token), access_log=None)
     await runner.setup()
     host, port = settings.listen
@@ -276,7 +278,8 @@ async def start_admin(dnsd: Dnsd, config: Config):
         await runner.cleanup()
         raise OSError(err.errno, f"cannot listen on {host}:{port} (admin http): {err.strerror}") from None
     log.info("admin_listening", address=f"{host}:{port}",
-             token="configured" if token else "none: reads open, changes refused")
+             token="unusable" if isinstance(token, admin.UnusableToken) else
+             "configured" if token else "none: reads open, changes refused")
     return runner
 
 

@@ -25,6 +25,21 @@ def example_dict() -> dict:
     return yaml.safe_load(EXAMPLE.read_text())
 
 
+def isolated_example(tmp_path, **sections) -> Path:
+    """The example config written under tmp_path with every state file there too (never the
+    developer's var/), no probes feed unless given, and an admin token of the test's own."""
+    data = example_dict()
+    data["probes"]["state_file"] = str(tmp_path / "probes-state.json")
+    data["health"] = {"state_file": str(tmp_path / "dnsd-health.json")}
+    token = tmp_path / "admin-token"
+    token.write_text("test-admin-token\n")
+    data["admin"] = {**data["admin"], "token_file": str(token), "state_file": str(tmp_path / "overrides.json")}
+    data.update(sections)
+    path = tmp_path / "geotm.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def config_from(data: dict | str, filename: str = "test.yaml"):
     text = data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False)
     return parse_config_text(text, filename)

@@ -211,12 +211,12 @@ class ServiceProcess:
 
 
 def dnsd(config_path: str | os.PathLike[str], port: int | None = None, extra_args: Sequence[str] = (),
-         env: dict[str, str] | None = None, timeout: float = 15.0) -> ServiceProcess:
+         env: dict[str, str] | None = None, timeout: float = 15.0, admin_port: int | None = None) -> ServiceProcess:
     """The real server, `python -m dnsd serve --config FILE --listen 127.0.0.1:PORT`, ready when
     it answers a UDP query. Use as `with dnsd(cfg) as proc: ... proc.port ...`."""
     if port is None:
         port = free_port()
-    admin_port = free_port()
+    admin_port = admin_port or free_port()
     argv = [sys.executable, "-m", "dnsd", "serve", "--config", str(config_path),
             "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin_port}", *extra_args]
     pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)

@@ -36,6 +36,7 @@ def write_config(tmp_path) -> tuple[str, int, int]:
                                         "write_canary": "geotm/canary"},
                                        {"kind": "distribution", "port": harness.free_port(address)}]}
     data["probes"] = {"listen": f"127.0.0.1:{probes_port}", "state_file": str(tmp_path / "probes-state.json")}
+    data["admin"] = {"state_file": str(tmp_path / "overrides.json")}
     data["health"] = {"feeds": [f"http://127.0.0.1:{probes_port}/v1/health"], "poll_interval": f"{POLL}s",
                       "ttl": f"{TTL}s", "state_file": str(tmp_path / "dnsd-health.json")}
     path = tmp_path / "e2e.yaml"

@@ -15,7 +15,7 @@ import dns.rcode
 import pytest
 
 from tests import harness
-from tests.dnstest import EXAMPLE, ROOT, make_query
+from tests.dnstest import EXAMPLE, ROOT, isolated_example, make_query
 
 REQUIRE_TOOLS = os.environ.get("GEOTM_REQUIRE_TOOLS") == "1"  # CI: a missing tool fails, never skips
 
@@ -30,8 +30,13 @@ def need(tool: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def server():
-    with harness.dnsd(EXAMPLE) as process:
+def example_config(tmp_path_factory):
+    return isolated_example(tmp_path_factory.mktemp("integration"))
+
+
+@pytest.fixture(scope="module")
+def server(example_config):
+    with harness.dnsd(example_config) as process:
         yield process
 
 
@@ -155,11 +160,12 @@ def test_serve_refuses_a_broken_config_with_every_problem():
     assert "4 problems in config" in result.stderr
 
 
-def test_serve_reports_an_address_in_use():
+def test_serve_reports_an_address_in_use(example_config):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
-        result = run_cli("serve", "--config", str(EXAMPLE), "--listen", f"127.0.0.1:{port}")
+        result = run_cli("serve", "--config", str(example_config), "--listen", f"127.0.0.1:{port}",
+                         "--admin-listen", "off")
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
 
@@ -173,8 +179,8 @@ def test_explain_prints_chain_and_why():
     assert "contoso.tm.azurecr.test. 30 IN CNAME contoso.westeurope.reg.azurecr.test." in out
 
 
-def test_sigterm_stops_cleanly():
-    with harness.dnsd(EXAMPLE) as process:
+def test_sigterm_stops_cleanly(example_config):
+    with harness.dnsd(example_config) as process:
         process.send_signal(signal.SIGTERM)
         assert process.wait(5) == 0
         assert "dnsd_stopping" in process.log_text()

@@ -43,6 +43,19 @@ def parse_config_text(text: str, filename: str = "<config>") -> Config:
     return config
 
 
+def load_admin_settings(path: str | Path) -> AdminSettings:
+    """Only the admin section: how CLI commands reach a running dnsd, even when the rest of the file
+    is broken (`dnsd reload` must still be able to ask the server, which reports every problem)."""
+    path = Path(path)
+    root = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    problems = Problems()
+    node = root.get("admin") if isinstance(root, Map) else None
+    settings = _Builder(Reader(problems), str(path)).admin_settings(node)
+    problems.raise_if_any()
+    assert settings is not None
+    return settings
+
+
 def parse_listen(text: str, default_port: int = 5353) -> tuple[str, int]:
     """A listen address: an IP (not a name, so we bind what the operator meant) and a port."""
     return parse_host_port(text, default_port, require_ip=True)
