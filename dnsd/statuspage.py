@@ -61,6 +61,20 @@ def _timeline_text(event: dict) -> str:
     return kind
 
 
+def global_role(rep: dict) -> str:
+    """Why a replica is or is not in the global answers, in one or two words."""
+    if rep["serving"]:
+        return "serving"
+    if not rep["global_routing"]:
+        return "routing off"
+    override = rep["override"]
+    if override and override["kind"] == "drain":
+        return "drained"
+    if override and override["kind"] == "force_down":
+        return "forced down"
+    return "degraded" if rep["status"] == "degraded" else "not serving"
+
+
 def render_status_page(dnsd: Dnsd) -> str:
     from dnsd.admin import status_document
     doc = status_document(dnsd)
@@ -96,7 +110,7 @@ def render_status_page(dnsd: Dnsd) -> str:
                                  "</div>")
             share = rep["recent_share"] * 100
             trend = f" ({escape(rep['trend'])})" if rep["trend"] else ""
-            serving = "serving" if rep["serving"] else ("routing off" if not rep["global_routing"] else "skipped")
+            serving = global_role(rep)
             parts.append(
                 f"<tr><td><b>{escape(rep['name'])}</b></td><td>{escape(rep['location'])}</td>"
                 f"<td><span class='badge {escape(rep['status'])}'>{escape(rep['status'])}</span>{trend}"

@@ -1,0 +1,74 @@
+"""The status page rendered by a real headless browser (Debian's chromium) from a real dnsd; the
+screenshot is kept in test-artifacts/ (or $GEOTM_ARTIFACTS) for people to look at."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import urllib.request
+
+import pytest
+
+from tests import harness
+from tests.dnstest import ROOT, isolated_example
+
+ARTIFACTS = os.environ.get("GEOTM_ARTIFACTS", str(ROOT / "test-artifacts"))
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    if os.environ.get("GEOTM_REQUIRE_TOOLS") == "1":
+        pytest.fail("chromium is not installed (CI installs it in .ci/run)")
+    pytest.skip("chromium not installed")
+
+
+def browse(tmp_path, url: str, *extra: str) -> subprocess.CompletedProcess:
+    # flags: headless as root, and nothing that phones home (this machine has no outside network)
+    argv = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}", *extra, url]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=90)
+
+
+def png_size(path: str) -> tuple[int, int]:
+    with open(path, "rb") as handle:
+        header = handle.read(24)
+    assert header[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return struct.unpack(">II", header[16:24])
+
+
+def test_status_page_renders_in_chromium(tmp_path):
+    chromium()
+    config = isolated_example(tmp_path)
+    with harness.dnsd(config) as dnsd:
+        admin = f"http://127.0.0.1:{dnsd.admin_port}"
+        request = urllib.request.Request(
+            f"{admin}/v1/overrides", method="POST",
+            data=json.dumps({"registry": "contoso", "replica": "westeurope", "kind": "drain",
+                             "duration": "5m", "reason": "storage migration"}).encode(),
+            headers={"Authorization": "Bearer test-admin-token", "Content-Type": "application/json",
+                     "X-Geotm-Actor": "browser-test"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 201
+
+        dom = browse(tmp_path, f"{admin}/", "--dump-dom")
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        html = dom.stdout
+        assert "<title>geotm status</title>" in html
+        for replica in ("eastus", "westeurope", "southeastasia"):
+            assert f"<b>{replica}</b>" in html
+        assert "storage migration" in html and "override set: drain contoso/westeurope" in html
+        assert "<td>drained</td>" in html
+
+        os.makedirs(ARTIFACTS, exist_ok=True)
+        screenshot = os.path.join(ARTIFACTS, "status-page.png")
+        shot = browse(tmp_path, f"{admin}/", f"--screenshot={screenshot}", "--window-size=1280,900",
+                      "--hide-scrollbars")
+        assert shot.returncode == 0, shot.stderr[-2000:]
+        assert png_size(screenshot) == (1280, 900)
+        assert os.path.getsize(screenshot) > 20_000   # a rendered page, not a blank one
