@@ -282,3 +282,35 @@ async def test_status_page_shows_replicas_overrides_and_timeline(admin):
     assert "<h2 id='contoso'>" in html and "southeastasia" in html
     assert "&lt;b&gt;disk swap&lt;/b&gt;" in html and "<b>disk swap</b>" not in html   # escaped
     assert "override set: drain contoso/eastus" in html
+
+
+async def test_reload_can_turn_regional_endpoints_off_and_on(admin):
+    dnsd, client, _, path = admin
+    original = path.read_text()
+    data = yaml.safe_load(original)
+    data["registries"]["contoso"]["regional_endpoints"] = False
+    del data["views"]["corp-vnet"]["private_endpoints"]["contoso"]["regional"]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert (await (await client.post("/v1/reload", headers=AUTH, json={})).json())["ok"]
+    assert ask(dnsd.engine, "contoso.eastus.geo.azurecr.test").rcode() == 3   # NXDOMAIN
+    path.write_text(original)
+    assert (await (await client.post("/v1/reload", headers=AUTH, json={})).json())["ok"]
+    assert ask(dnsd.engine, "contoso.eastus.geo.azurecr.test").answer[-1][0].address == "127.0.0.11"
+
+
+def test_recent_share_of_global_answers_counts_only_the_window(tmp_path):
+    from dnsd.stats import SHARE_WINDOW
+    dnsd = make_dnsd(write_config(tmp_path), Clock())
+    stats = dnsd.engine.stats
+    for _ in range(10):                      # old traffic, all to eastus
+        ask(dnsd.engine, "contoso.azurecr.test", ecs="127.0.0.0/24")
+    stats.sample(now=0.0)
+    for _ in range(3):
+        ask(dnsd.engine, "contoso.azurecr.test", ecs="127.0.0.0/24")
+    for _ in range(1):
+        ask(dnsd.engine, "contoso.azurecr.test", ecs="198.51.100.0/24")
+    stats.sample(now=SHARE_WINDOW / 2)
+    shares = stats.recent_shares(dnsd.snapshot)
+    assert shares == {("contoso", "eastus"): 0.75, ("contoso", "westeurope"): 0.25}
+    stats.sample(now=SHARE_WINDOW * 2)       # the first sample falls out of the window
+    assert stats.recent_shares(dnsd.snapshot) == {}
