@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", action="append", type=_listen_arg, metavar="HOST:PORT",
                        help="listen here instead of server.listen (repeatable)")
     serve.add_argument("--admin-listen", metavar="HOST:PORT|off", help="override admin.listen")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="N processes on the same addresses (SO_REUSEPORT); worker 0 serves the admin API")
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-state-dir", help=argparse.SUPPRESS)
     serve.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     serve.add_argument("--log-level", default="info")
 
@@ -78,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         return run_admin(args)
     if args.command == "serve":
         logs.configure(json={"auto": None, "json": True, "console": False}[args.log_format], level=args.log_level)
+        if args.workers > 1 and args.worker_index is None:
+            if load_or_report(args.config) is None:
+                return 2
+            from dnsd.workers import supervise
+            return supervise(list(argv if argv is not None else sys.argv[1:]), args.workers)
         try:
             config = load_config(args.config)
             if args.admin_listen:
@@ -91,8 +100,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dnsd: bad --admin-listen {args.admin_listen!r}: {err}", file=sys.stderr)
             return 2
         from dnsd import service, server
+        if args.worker_index is not None:
+            worker = service.WorkerRole(args.worker_index, args.worker_state_dir)
+            if config.admin.state_file is None and args.worker_state_dir:
+                from dataclasses import replace
+                # workers share overrides through a file: worker 0 writes it, the others follow it
+                shared = f"{args.worker_state_dir}/overrides.json"
+                config = replace(config, admin=replace(config.admin, state_file=shared))
+        else:
+            worker = None
         try:
-            server.run(service.serve(config, args.listen))
+            server.run(service.serve(config, args.listen, worker))
         except OSError as err:
             print(f"dnsd: {err}", file=sys.stderr)
             return 1
@@ -100,6 +118,14 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return 0
     return 2
+
+
+def load_or_report(path: str):
+    try:
+        return load_config(path)
+    except (ConfigError, OSError) as err:
+        print(f"dnsd: cannot start: {err}", file=sys.stderr)
+        return None
 
 
 def check_config(path: str) -> int:

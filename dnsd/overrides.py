@@ -55,14 +55,31 @@ class OverrideStore:
         self.audit_file = audit_file
         self.clock = clock
         self._overrides: dict[tuple[str, str], Override] = {}
+        self._loaded_mtime: float | None = None
 
     def current(self) -> Overrides:
         return MappingProxyType(dict(self._overrides))
+
+    def reload_if_changed(self) -> bool:
+        """For worker processes that do not own the admin API: follow the file worker 0 writes."""
+        if not self.state_file:
+            return False
+        try:
+            mtime = Path(self.state_file).stat().st_mtime
+        except FileNotFoundError:
+            mtime = None
+        if mtime == self._loaded_mtime:
+            return False
+        self._overrides.clear()
+        self.load()
+        self._loaded_mtime = mtime
+        return True
 
     def load(self) -> None:
         if not self.state_file:
             return
         try:
+            self._loaded_mtime = Path(self.state_file).stat().st_mtime
             data = json.loads(Path(self.state_file).read_text())
             if data.get("format") != STATE_FORMAT:
                 raise ValueError(f"unknown format {data.get('format')!r}")

@@ -61,6 +61,7 @@ class Dnsd:
         self.reloads = {"ok": 0, "failed": 0}
         self.timeline: collections.deque[dict] = collections.deque(maxlen=TIMELINE_LENGTH)
         self._lock = asyncio.Lock()
+        self.after_reload = None  # worker 0: tell the supervisor to reload the other workers
         self.log_routing(self.engine.snapshot, None)
 
     @property
@@ -182,7 +183,7 @@ class Dnsd:
 
     # -- reload ----------------------------------------------------------------------------------
 
-    async def reload(self, path: str | None = None, actor: str = "geotm") -> ReloadResult:
+    async def reload(self, path: str | None = None, actor: str = "geotm", by_signal: bool = False) -> ReloadResult:
         """Parse and validate fully, compile off the event loop, then swap; on any error keep serving
         the old config and report every problem."""
         async with self._lock:
@@ -214,6 +215,8 @@ class Dnsd:
                      version=config.digest[:12], changes=list(changes), needs_restart=list(restart))
             self.note("config_reloaded", version=config.digest[:12], changes=list(changes))
             self.overrides.audit("reload", actor, {"source": source, "version": config.digest[:12]})
+            if self.after_reload is not None and not by_signal:
+                self.after_reload()
             return ReloadResult(True, config.digest[:12], (), changes, restart)
 
 
@@ -283,12 +286,29 @@ async def start_admin(dnsd: Dnsd, config: Config):
     return runner
 
 
-async def housekeeping(dnsd: Dnsd, period: float = 1.0) -> None:
-    """Expire overrides (each second) and sample answer counts for the recent shares (every 10 s)."""
+@dataclass(frozen=True, slots=True)
+class WorkerRole:
+    """This process is one of `dnsd serve --workers N`."""
+
+    index: int
+    state_dir: str | None
+
+    @property
+    def follower(self) -> bool:
+        return self.index > 0
+
+
+async def housekeeping(dnsd: Dnsd, worker: WorkerRole | None = None, period: float = 1.0) -> None:
+    """Expire overrides (each second), follow worker 0's override file (followers), and sample answer
+    counts for the recent shares (every 10 s)."""
     from dnsd.stats import SHARE_SAMPLE
     last_sample = 0.0
     while True:
-        dnsd.expire_overrides()
+        if worker is not None and worker.follower:
+            if dnsd.overrides.reload_if_changed():
+                dnsd._apply_overrides("overrides changed by worker 0")
+        else:
+            dnsd.expire_overrides()
         now = time.monotonic()
         if now - last_sample >= SHARE_SAMPLE:
             dnsd.engine.stats.sample(now)
@@ -296,21 +316,28 @@ async def housekeeping(dnsd: Dnsd, period: float = 1.0) -> None:
         await asyncio.sleep(period)
 
 
-async def serve(config: Config, listen: list[tuple[str, int]] | None = None) -> None:
+async def serve(config: Config, listen: list[tuple[str, int]] | None = None, worker: WorkerRole | None = None) -> None:
+    import os
     import signal
     stop = StopSignals()
     dnsd = Dnsd(config)
-    tasks = [asyncio.create_task(housekeeping(dnsd), name="housekeeping")]
+    if worker is not None:
+        structlog.contextvars.bind_contextvars(worker=worker.index)
+        if worker.index == 0:
+            # a reload through the admin API reaches the other workers through the supervisor
+            dnsd.after_reload = lambda: os.kill(os.getppid(), signal.SIGUSR1)
+    tasks = [asyncio.create_task(housekeeping(dnsd, worker), name="housekeeping")]
     if config.health.feeds:
         dnsd.feed = feed = HealthFeed(config.health, _replica_keys(config), dnsd.apply_health)
         feed.load_state()
         feed.refresh()  # apply what was persisted before the first query is answered
         tasks.append(asyncio.create_task(feed.run(), name="health feed"))
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(dnsd.reload(actor="SIGHUP")))
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(dnsd.reload(actor="SIGHUP", by_signal=True)))
     admin_runner = None
     settings = ListenerSettings(tcp_idle_timeout=config.server.tcp_idle_timeout,
-                                tcp_max_connections=config.server.tcp_max_connections)
+                                tcp_max_connections=config.server.tcp_max_connections,
+                                reuse_port=worker is not None)
     server = DnsServer(dnsd.engine.handle, listen or list(config.server.listen), settings)
     try:
         admin_runner = await start_admin(dnsd, config) if config.admin.listen else None

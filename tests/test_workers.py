@@ -1,0 +1,73 @@
+"""`dnsd serve --workers 2`: both workers answer on one address, a drain set through worker 0's admin
+API reaches the other, SIGHUP reaches every worker, a killed worker is restarted, SIGTERM stops all."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import time
+import urllib.request
+
+import dns.message
+import yaml
+
+from tests import harness
+from tests.dnstest import isolated_example, make_query
+
+
+def global_answers(port: int, count: int) -> set[str]:
+    """Ask from `count` different source ports: SO_REUSEPORT spreads them over the workers."""
+    seen = set()
+    for i in range(count):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(2)
+            sock.sendto(make_query("contoso.azurecr.test", ecs="198.51.100.0/24", qid=i).to_wire(),
+                        ("127.0.0.1", port))
+            seen.add(dns.message.from_wire(sock.recv(4096)).answer[-1][0].address)
+    return seen
+
+
+def worker_pids(log: str) -> dict[int, int]:
+    pids = {}
+    for line in log.splitlines():
+        if '"worker_started"' in line:
+            event = json.loads(line[line.index("{"):])
+            pids[event["worker"]] = event["pid"]
+    return pids
+
+
+def test_two_workers(tmp_path):
+    config = isolated_example(tmp_path)
+    with harness.dnsd(config, extra_args=["--workers", "2", "--log-format", "json"]) as supervisor:
+        assert supervisor.wait_for_log('"worker_started"', 5)
+        time.sleep(1.0)   # let the second worker bind
+        pids = worker_pids(supervisor.log_text())
+        assert set(pids) == {0, 1}
+        assert global_answers(supervisor.port, 40) == {"127.0.0.12"}
+
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{supervisor.admin_port}/v1/overrides", method="POST",
+            data=json.dumps({"registry": "contoso", "replica": "westeurope", "kind": "drain"}).encode(),
+            headers={"Authorization": "Bearer test-admin-token", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 201
+        time.sleep(2.5)   # followers re-read the override file each second
+        assert global_answers(supervisor.port, 40) == {"127.0.0.11"}   # every worker drained it
+
+        supervisor.send_signal(signal.SIGHUP)
+        time.sleep(2.0)
+        assert supervisor.log_text().count('"config_reloaded"') == 2
+
+        os.kill(pids[1], signal.SIGKILL)
+        assert supervisor.wait_for_log('"worker_exited"', 5)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(re.findall('"worker_started"', supervisor.log_text())) < 3:
+            time.sleep(0.2)
+        assert len(re.findall('"worker_started"', supervisor.log_text())) == 3
+        time.sleep(1.0)
+        assert global_answers(supervisor.port, 20) == {"127.0.0.11"}   # the new worker read the overrides
+
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(10) == 0
