@@ -36,10 +36,15 @@ def _hash_unit(*parts: object) -> float:
 
 
 @lru_cache(maxsize=4096)
+def _name_costs(name: str) -> tuple[float, ...]:
+    """-ln(u) for each slot of one replica name: its fixed rendezvous draw, computed once per name."""
+    return tuple(-math.log(_hash_unit("slot", slot, name)) for slot in range(SLOTS))
+
+
+@lru_cache(maxsize=4096)
 def _slot_costs(replica_names: tuple[str, ...]) -> tuple[tuple[float, ...], ...]:
     """-ln(u) per (slot, replica): fixed per replica set, so health changes only redo the argmax."""
-    return tuple(tuple(-math.log(_hash_unit("slot", slot, name)) for name in replica_names)
-                 for slot in range(SLOTS))
+    return tuple(zip(*(_name_costs(name) for name in replica_names)))
 
 
 @lru_cache(maxsize=4096)

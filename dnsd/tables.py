@@ -5,7 +5,6 @@ decided per query by the registry's RoutingPlan (dnsd.policy). So a health chang
 never the tables, and the query path builds no records."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from dnsd import records, wire
@@ -13,11 +12,10 @@ from dnsd.answer import Answer
 from dnsd.netmatch import PrefixMatcher
 from dnsd.resolve import negative_soa, resolve
 from dnsd.wire import PackedAnswer
-from dnsd.zonedata import StaticNode, ZoneData, build_zone_data
+from dnsd.zonedata import AliasNode, StaticNode, TrafficManagerNode, ZoneData, build_zone_data
 
 # Any qtype not compiled for a name is answered like this one: a type no zone holds (private use).
 OTHER_QTYPE = 65280
-COMPILED_QTYPES = (records.A, records.AAAA, records.CNAME, records.ANY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,29 +85,34 @@ def compile_zone(zd: ZoneData) -> CompiledZone:
     views = range(len(zd.views))
     exact: list[dict[tuple[bytes, int], Entry]] = [{} for _ in views]
     other: list[dict[bytes, Entry]] = [{} for _ in views]
-    static_types = set()
-    for name in zd.all_names():
-        for view in views:
-            node = zd.node(view, name)
-            if isinstance(node, StaticNode):
-                static_types.update(node.rrsets)
-    extra_types = tuple(sorted(static_types - set(COMPILED_QTYPES)))
+    overridden = set().union(*zd.overrides)
+    tm_owners = {node.owner for node in zd.public.values() if isinstance(node, TrafficManagerNode)}
 
     for name in zd.all_names():
         key = name_key(name)
-        generic = _compile_question(zd, name, OTHER_QTYPE)
-        for view in views:
-            other[view][key] = generic[view]
-        for qtype in COMPILED_QTYPES + extra_types:
-            entries = _compile_question(zd, name, qtype)
+        # a name no view overrides, and whose chain meets no overridden name, answers alike in every
+        # view: compile it once and share the entries (most names of most registries)
+        chain, final_types = _chain(zd, name)
+        compiled_views = list(views) if chain & overridden else [0]
+        compiler = _QuestionCompiler(zd, name, compiled_views, tm_owners)
+        generic = compiler.entries(OTHER_QTYPE)
+        # A type the chain can never end at answers exactly like OTHER (chain + NODATA): the `other`
+        # table serves it. So only the types held where the chain ends, plus CNAME and ANY, which stop
+        # at the first alias, need entries of their own.
+        qtypes = sorted(final_types | {records.CNAME, records.ANY})
+        for qtype in qtypes:
+            entries = compiler.entries(qtype)
             for view in views:
-                if qtype in extra_types and entries[view] == generic[view]:
-                    continue  # the same as any other type: the `other` table answers it
-                exact[view][(key, qtype)] = entries[view]
-    for name in zd.empty_non_terminals:
-        entries = _compile_question(zd, name, OTHER_QTYPE)
+                entry = entries[view if len(compiled_views) > 1 else 0]
+                if entry == generic[view if len(compiled_views) > 1 else 0]:
+                    continue
+                exact[view][(key, qtype)] = entry
         for view in views:
-            other[view][name_key(name)] = entries[view]
+            other[view][key] = generic[view if len(compiled_views) > 1 else 0]
+    for name in zd.empty_non_terminals:
+        entries = _QuestionCompiler(zd, name, [0], tm_owners).entries(OTHER_QTYPE)
+        for view in views:
+            other[view][name_key(name)] = entries[0]
 
     view_matcher = PrefixMatcher((net, index + 1) for index, view in enumerate(config.views) for net in view.sources)
     networks = config.topology.client_networks
@@ -119,49 +122,99 @@ def compile_zone(zd: ZoneData) -> CompiledZone:
                         exact=tuple(exact), other=tuple(other), negative_cache={})
 
 
-def _compile_question(zd: ZoneData, name: str, qtype: int) -> list[Entry]:
-    """One entry per view for (name, qtype); views that answer alike share equal entries."""
-    key_length = len(name_key(name))
-    per_view: list[tuple[int | None, tuple[Answer, ...], bool, tuple[Answer, ...]]] = []
-    kind = metric_kind(zd, name)
-    for view in range(len(zd.views)):
-        hit: list[int] = []
-
-        def record_hop(registry_index: int) -> tuple[int, str]:
-            hit.append(registry_index)
-            return 0, ""
-
-        first = resolve(zd, view, name, qtype, record_hop)
-        if not hit:
-            per_view.append((None, (first,), False, ()))
+def _chain(zd: ZoneData, name: str) -> tuple[set[str], set[int]]:
+    """Every name the public chain from `name` may visit (all replica hosts behind a traffic-manager
+    hop), and the record types held at the static names where it may end."""
+    seen: set[str] = set()
+    types: set[int] = set()
+    todo = [name]
+    while todo:
+        current = todo.pop()
+        if current in seen or len(seen) > 64:
             continue
-        registry_index = hit[0]
-        if len(set(hit)) > 1:
-            per_view.append((registry_index, (), True, ()))
-            continue
-        replicas = zd.config.registries[registry_index].replicas
-        answers = tuple(resolve(zd, view, name, qtype, lambda _r, i=i: (i, "")) for i in range(len(replicas)))
-        short = tuple(resolve(zd, view, name, qtype, lambda _r, i=i: (i, ""), short_ttl=(registry_index,))
-                      for i in range(len(replicas)))
-        per_view.append((registry_index, answers, False, short))
+        seen.add(current)
+        node = zd.public.get(current)
+        if isinstance(node, AliasNode):
+            todo.append(node.rr.rdata.target)
+        elif isinstance(node, TrafficManagerNode):
+            todo.extend(rep.host for rep in zd.config.registries[node.registry_index].replicas)
+        elif isinstance(node, StaticNode):
+            types.update(node.rrsets)
+    for view in range(1, len(zd.views)):  # a view's own static names (private endpoints) count too
+        for visited in list(seen):
+            node = zd.overrides[view].get(visited)
+            if isinstance(node, StaticNode):
+                types.update(node.rrsets)
+            elif isinstance(node, AliasNode):
+                target = zd.overrides[view].get(node.rr.rdata.target) or zd.public.get(node.rr.rdata.target)
+                if isinstance(target, StaticNode):
+                    types.update(target.rrsets)
+    return seen, types
 
-    view_dependent = any(item != per_view[0] for item in per_view[1:])
 
-    def pack(answers: tuple[Answer, ...]) -> tuple[PackedAnswer, ...]:
-        return tuple(wire.encode_answer(dataclasses.replace(a, client_dependent=view_dependent), key_length, name)
-                     for a in answers)
+class _QuestionCompiler:
+    """Entries for one name, per compiled view; views that answer alike share equal entries."""
 
-    entries = []
-    for registry_index, answers, slow, short in per_view:
-        if slow:
-            entries.append(Entry(None, None, None, registry_index, True, slow=True, kind=kind))
-        elif registry_index is None:
-            entries.append(Entry(pack(answers)[0], None, None, -1, view_dependent, kind=kind))
-        else:
-            packed = pack(answers)
-            packed_short = packed if short == answers else pack(short)
-            entries.append(Entry(None, packed, packed_short, registry_index, view_dependent, kind=kind))
-    return entries
+    def __init__(self, zd: ZoneData, name: str, views: list[int], tm_owners: set[str]):
+        self.zd = zd
+        self.name = name
+        self.views = views
+        self.tm_owners = tm_owners
+        self.key_length = len(name_key(name))
+        self.kind = metric_kind(zd, name)
+        self._alias_answer: list[Entry] | None = None
+        # an alias in every view it is compiled for (a privatelink name is an alias publicly, an A in a VNet)
+        self.is_alias = all(isinstance(zd.node(view, name), (AliasNode, TrafficManagerNode)) for view in views)
+
+    def entries(self, qtype: int) -> list[Entry]:
+        if qtype == records.ANY and self.is_alias and self._alias_answer is not None:
+            return self._alias_answer  # RFC 8482 at an alias: the CNAME, the same as a CNAME query
+        result = self._compile(qtype)
+        if qtype == records.CNAME and self.is_alias:
+            self._alias_answer = result
+        return result
+
+    def _compile(self, qtype: int) -> list[Entry]:
+        zd, name = self.zd, self.name
+        per_view: list[tuple[int | None, tuple[Answer, ...], bool]] = []
+        for view in self.views:
+            hit: list[int] = []
+
+            def record_hop(registry_index: int) -> tuple[int, str]:
+                hit.append(registry_index)
+                return 0, ""
+
+            first = resolve(zd, view, name, qtype, record_hop)
+            if not hit:
+                per_view.append((None, (first,), False))
+            elif len(set(hit)) > 1:
+                per_view.append((hit[0], (), True))
+            else:
+                replicas = zd.config.registries[hit[0]].replicas
+                answers = (first,) + tuple(resolve(zd, view, name, qtype, lambda _r, i=i: (i, ""))
+                                           for i in range(1, len(replicas)))
+                per_view.append((hit[0], answers, False))
+        view_dependent = len(self.views) > 1 and any(item != per_view[0] for item in per_view[1:])
+        short_ttl = zd.config.zone.ttls.traffic_manager_short
+        entries = []
+        for registry_index, answers, slow in per_view:
+            if slow:
+                entries.append(Entry(None, None, None, registry_index, True, slow=True, kind=self.kind))
+                continue
+            packed, short = [], []
+            for answer in answers:
+                offsets: list[int] = []
+                encoded = wire.encode_answer(answer, self.key_length, name, offsets, client_dependent=view_dependent)
+                packed.append(encoded)
+                patches = [(offset, min(rr.ttl, short_ttl)) for offset, rr in zip(offsets, answer.answer)
+                           if rr.rtype == records.CNAME and rr.name in self.tm_owners]
+                short.append(wire.with_ttls(encoded, patches) if patches else encoded)
+            if registry_index is None:
+                entries.append(Entry(packed[0], None, None, -1, view_dependent, kind=self.kind))
+            else:
+                entries.append(Entry(None, tuple(packed), tuple(short), registry_index, view_dependent,
+                                     kind=self.kind))
+        return entries
 
 
 def metric_kind(zd: ZoneData, name: str) -> str:

@@ -468,12 +468,14 @@ def _put_name(buf: bytearray, name: str, table: dict[bytes, int] | None, base: i
     buf += wire
 
 
-def _put_rr(buf: bytearray, rr, table: dict[bytes, int], base: int) -> None:
+def _put_rr(buf: bytearray, rr, table: dict[bytes, int], base: int) -> int:
+    """Append one RR; returns the offset of its TTL field in buf."""
     if not 0 <= rr.rtype <= 0xFFFF:
         raise ValueError(f"bad record type {rr.rtype}")
     if not 0 <= rr.ttl <= 0x7FFFFFFF:
         raise ValueError(f"bad TTL {rr.ttl} for {rr.name!r}")
     _put_name(buf, rr.name, table, base)
+    ttl_offset = len(buf) + 4
     buf += _U16.pack(rr.rtype) + b"\x00\x01" + _U32.pack(rr.ttl) + b"\x00\x00"
     start = len(buf)
     rdata = rr.rdata
@@ -507,14 +509,18 @@ def _put_rr(buf: bytearray, rr, table: dict[bytes, int], base: int) -> None:
     if rdlen > 0xFFFF:
         raise ValueError(f"rdata of {rr.name!r} longer than 65535 bytes")
     buf[start - 2:start] = _U16.pack(rdlen)
+    return ttl_offset
 
 
-def encode_answer(answer: Answer, qname_wire_len: int, qname: str) -> PackedAnswer:
+def encode_answer(answer: Answer, qname_wire_len: int, qname: str,
+                  ttl_offsets: list[int] | None = None, client_dependent: bool | None = None) -> PackedAnswer:
     """Encode an Answer's sections for a reply laid out as header + question + body.
 
     qname is the question name (canonical text), qname_wire_len its wire length (root = 1).
     Owner names and names inside CNAME/NS/PTR/MX/SOA rdata are compressed, also against the
-    question's qname at offset 12. Raises ValueError for names or values that can't be encoded."""
+    question's qname at offset 12. Raises ValueError for names or values that can't be encoded.
+    ttl_offsets, when given, receives the body offset of every RR's TTL field, in section order
+    (so a variant with other TTLs can be made by patching bytes, see with_ttls)."""
     if not 0 <= answer.rcode <= 0xFFF:
         raise ValueError(f"bad rcode {answer.rcode}")
     qwire, offsets = _name_wire(qname)
@@ -526,11 +532,23 @@ def encode_answer(answer: Answer, qname_wire_len: int, qname: str) -> PackedAnsw
     buf = bytearray()
     for section in (answer.answer, answer.authority, answer.additional):
         for rr in section:
-            _put_rr(buf, rr, table, base)
+            offset = _put_rr(buf, rr, table, base)
+            if ttl_offsets is not None:
+                ttl_offsets.append(offset)
     if base + len(buf) > 0xFFFF:
         raise ValueError(f"answer for {qname!r} is larger than 65535 bytes")
+    dependent = answer.client_dependent if client_dependent is None else client_dependent
     return PackedAnswer(answer.rcode, answer.authoritative, bytes(buf), len(answer.answer),
-                        len(answer.authority), len(answer.additional), answer.client_dependent)
+                        len(answer.authority), len(answer.additional), dependent)
+
+
+def with_ttls(packed: PackedAnswer, patches: list[tuple[int, int]]) -> PackedAnswer:
+    """The same answer with the TTLs at the given body offsets replaced: (offset, ttl) pairs."""
+    body = bytearray(packed.body)
+    for offset, ttl in patches:
+        _U32.pack_into(body, offset, ttl)
+    return PackedAnswer(packed.rcode, packed.authoritative, bytes(body), packed.ancount, packed.nscount,
+                        packed.arcount, packed.client_dependent)
 
 
 # --------------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def child_path(parent: str, key: str | int) -> str:
 def parse_yaml(text: str, filename: str) -> Node | None:
     """Parse one YAML document. Raises ConfigError for syntax errors and duplicate keys (all of them)."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_COMPOSER)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = Mark(filename, mark.line + 1, mark.column + 1) if mark else Mark(filename, 1, 1)
@@ -67,6 +67,9 @@ def parse_yaml(text: str, filename: str) -> Node | None:
     problems.raise_if_any()
     return node
 
+
+# libyaml's parser when PyYAML has it (about 5x faster on big configs); its nodes keep the same marks
+_COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _constructor = yaml.SafeLoader(  # used only to resolve scalar values (ints, bools, nulls) per YAML rules
     "")

@@ -1,0 +1,68 @@
+"""The drill CA and the replicas' server certificates, made with the openssl command line.
+
+Each replica's certificate carries every name a client may reach it by: the registry's global name
+(the traffic manager may send any client to any replica), its regional (`.geo.`), data (`.data.`)
+and replica host (`.reg.`) names, and its address. Keys are P-256; everything lives in the drill's
+work directory and is valid for two days.
+"""
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+OPENSSL_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCert:
+    cert: Path
+    key: Path
+    names: tuple[str, ...]
+
+
+def replica_names(registry: str, zone: str, replica: str) -> tuple[str, ...]:
+    """The DNS names a replica answers TLS for (see dnsd/names.py for the generated names)."""
+    return (f"{registry}.{zone}", f"{registry}.{replica}.geo.{zone}", f"{registry}.{replica}.data.{zone}",
+            f"{registry}.{replica}.reg.{zone}")
+
+
+def san_extension(names: tuple[str, ...], addresses: tuple[str, ...]) -> str:
+    entries = [f"DNS:{n}" for n in names] + [f"IP:{ipaddress.ip_address(a)}" for a in addresses]
+    return "subjectAltName=" + ",".join(entries)
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=OPENSSL_TIMEOUT)
+    if result.returncode != 0:
+        raise RuntimeError(f"openssl {args[0]} failed: {result.stderr.strip()[-500:]}")
+
+
+def make_ca(directory: Path) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / "ca.crt", directory / "ca.key"
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=geotm drill CA",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+             cwd=directory)
+    key.chmod(0o600)
+    return cert, key
+
+
+def make_server_cert(directory: Path, name: str, ca: tuple[Path, Path], names: tuple[str, ...],
+                     addresses: tuple[str, ...]) -> ServerCert:
+    ca_cert, ca_key = ca
+    cert, key, csr, ext = (directory / f"{name}.crt", directory / f"{name}.key", directory / f"{name}.csr",
+                           directory / f"{name}.ext")
+    ext.write_text("\n".join([
+        "basicConstraints=critical,CA:FALSE",
+        "keyUsage=critical,digitalSignature,keyEncipherment",
+        "extendedKeyUsage=serverAuth",
+        san_extension(names, addresses),
+    ]) + "\n")
+    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={names[0]}", cwd=directory)
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial",
+             "-days", "2", "-sha256", "-extfile", str(ext), "-out", str(cert), cwd=directory)
+    return ServerCert(cert, key, names)

@@ -1,0 +1,395 @@
+"""The drill scenarios. Each one starts from normal (all replicas online, the global name on eastus,
+pulls served by eastus), injects one fault into a real replica, and returns a Timeline: what
+happened when, the measured failover/recovery times against the budget from the config, and every
+pull that failed when it should not have.
+
+Which pulls may fail: only those in flight between the fault and the moment dnsd's answer moved
+(the detection window: the global name still points at the broken replica, and no DNS-based
+traffic manager can do better). Every other pull of the global name must succeed, and the drill
+fails if one does not.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from drills.lab import REPLICA, Event, Lab, Pull, wait_for
+from drills.labconfig import GLOBAL_NAME
+from drills.timeline import Timeline
+
+VICTIM = "eastus"        # the replica nearest the drill's client
+NEXT = "westeurope"      # where performance routing sends eastus clients when eastus is out
+SETTLE = 15.0            # seconds given, beyond a budget, before "not seen" is declared
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    label: str
+    inject: Callable[[Lab], str]
+    restore: Callable[[Lab], str]
+    reads_keep_working: bool = False  # every pull must succeed, even in the detection window
+
+
+def _is(source: str, kind: str, **fields) -> Callable[[Event], bool]:
+    def match(event: Event) -> bool:
+        return event.source == source and event.kind == kind and all(event.fields.get(k) == v
+                                                                      for k, v in fields.items())
+    return match
+
+
+def _verdict(replica: str, *, status: str | None = None, trend: str | None = None) -> Callable[[Event], bool]:
+    def match(event: Event) -> bool:
+        return (event.source == "probes-view" and event.fields.get("replica") == replica
+                and (status is None or event.fields.get("status") == status)
+                and (trend is None or event.fields.get("trend") == trend))
+    return match
+
+
+def _add_observed(tl: Timeline, lab: Lab, start: float, end: float) -> None:
+    """Every status change, routing change, health expiry and DNS answer change in [start, end]."""
+    for event in lab.events.select(start, end):
+        f = event.fields
+        if event.source == "probes" and event.kind == "status_changed":
+            tl.mark(event.at, f"probes: {f.get('replica')} {f.get('before')} -> {f.get('after')}",
+                    str(f.get("reason", ""))[:110])
+        elif event.source == "dnsd" and event.kind == "routing_changed":
+            tl.mark(event.at, f"dnsd: routing changed, serving {','.join(f.get('serving') or [])}",
+                    str(f.get("trigger", ""))[:90])
+        elif event.source == "dnsd" and event.kind == "health_expired":
+            tl.mark(event.at, "dnsd: health_expired (verdicts too old: fail open)")
+        elif event.source == "dnsd" and event.kind == "audit":
+            tl.mark(event.at, f"dnsd audit: {f.get('action')} {f.get('kind')} {f.get('replica')} by {f.get('actor')}",
+                    str(f.get("reason", ""))[:80])
+        elif event.source == "dns":
+            tl.mark(event.at, f"DNS: {GLOBAL_NAME} -> {f.get('address')} ({f.get('replica')})")
+
+
+def _first_failed_round(lab: Lab, replica: str, after: float) -> float | None:
+    event = lab.events.first(after, lambda e: _verdict(replica, trend="suspect")(e)
+                             or _verdict(replica, status="degraded")(e))
+    return event.at if event else None
+
+
+def _first_good_round(lab: Lab, replica: str, after: float) -> float | None:
+    event = lab.events.first(after, lambda e: _verdict(replica, trend="recovering")(e)
+                             or _verdict(replica, status="online")(e))
+    return event.at if event else None
+
+
+def _dns_moved(lab: Lab, after: float, *, away_from: str | None = None, to: str | None = None) -> float | None:
+    def match(event: Event) -> bool:
+        if event.source != "dns" or event.kind != "answer":
+            return False
+        replica = event.fields.get("replica")
+        return (away_from is None or replica != away_from) and (to is None or replica == to) and replica is not None
+    event = lab.events.first(after, match)
+    return event.at if event else None
+
+
+def _wait_dns(lab: Lab, after: float, limit: float, **kwargs) -> float | None:
+    found: list[float] = []
+
+    def seen() -> bool:
+        at = _dns_moved(lab, after, **kwargs)
+        if at is not None:
+            found.append(at)
+        return at is not None
+    wait_for(seen, limit)
+    return found[0] if found else None
+
+
+def _wait_pull(lab: Lab, replica: str, after: float, limit: float) -> Pull | None:
+    wait_for(lambda: lab.first_pull_from(replica, after) is not None, limit)
+    return lab.first_pull_from(replica, after)
+
+
+def _judge_pulls(tl: Timeline, lab: Lab, start: float, end: float,
+                 windows: list[tuple[float, float]], strict: bool = False) -> None:
+    """Every pull started in [start, end] must succeed, except (unless strict) those overlapping a
+    detection window (fault -> DNS answer moved)."""
+    lab.settle_pulls()
+    pulls = [p for p in lab.pulls_between(start, end) if p.ended is not None]
+    ok = [p for p in pulls if p.ok]
+    excused, bad = [], []
+    for p in pulls:
+        if p.ok:
+            continue
+        in_window = any(p.started < w_end and p.ended > w_start for w_start, w_end in windows)
+        (excused if in_window and not strict else bad).append(p)
+    served = {}
+    for p in ok:
+        served[p.replica] = served.get(p.replica, 0) + 1
+    by = ", ".join(f"{k} {v}" for k, v in sorted(served.items()))
+    tl.notes.append(f"pulls of {GLOBAL_NAME}: {len(pulls)}, {len(ok)} ok ({by or 'none'}), "
+                    f"{len(excused)} failed inside the detection window (expected), {len(bad)} failed outside it")
+    for p in bad[:5]:
+        tl.problem(f"pull started at +{p.started - tl.origin:.2f}s failed: {p.error[:160]}")
+    if not pulls:
+        tl.problem("no pull ran during the scenario")
+
+
+def failover(lab: Lab, title: str, fault: Fault, extra: Callable[[Lab, Timeline], None] | None = None) -> Timeline:
+    """Inject `fault` into eastus: the global name must move to westeurope within the failover budget,
+    pulls must keep succeeding from westeurope; restore: back to eastus within the recovery budget."""
+    problem = lab.baseline()
+    tl = Timeline(title, origin=time.time())
+    if problem:
+        tl.problem(f"no clean start: {problem}")
+        return tl
+    budget = lab.budget[VICTIM]
+    lab.pulling(True)
+    time.sleep(1.0)
+    t_fault = time.time()
+    tl.origin = t_fault
+    tl.mark(t_fault, f"fault injected: {fault.label} on {VICTIM}", fault.inject(lab))
+
+    t_dns = _wait_dns(lab, t_fault, budget.failover + SETTLE, away_from=VICTIM)
+    new = lab.dns_replica() if t_dns else None
+    pull_new = _wait_pull(lab, new, t_fault, SETTLE) if new else None
+    tl.mark(_first_failed_round(lab, VICTIM, t_fault), "first failed probe round (probes: trend suspect)")
+    tl.mark(t_dns, "first DNS answer changed")
+    tl.mark(pull_new.ended if pull_new else None, f"first successful pull from the new replica ({new})")
+    if new is not None and new != NEXT:
+        tl.problem(f"the global name moved to {new}, expected the next nearest, {NEXT}")
+    if extra is not None:
+        extra(lab, tl)
+
+    t_restore = time.time()
+    tl.mark(t_restore, f"fault cleared: {fault.restore(lab)}")
+    t_back = _wait_dns(lab, t_restore, budget.recovery + SETTLE, to=VICTIM)
+    pull_back = _wait_pull(lab, VICTIM, t_back, SETTLE) if t_back else None
+    tl.mark(_first_good_round(lab, VICTIM, t_restore), "first good probe round (probes: trend recovering)")
+    tl.mark(t_back, "DNS answer back on eastus")
+    tl.mark(pull_back.ended if pull_back else None, "first successful pull from eastus again")
+    end = time.time() + 1.0
+    time.sleep(1.0)
+    lab.pulling(False)
+    _add_observed(tl, lab, t_fault, end)
+
+    tl.measure("failover: DNS answer moved", t_fault, t_dns, budget.detect_down + budget.feed,
+               "detect down + feed")
+    tl.measure("failover: first pull from new", t_fault, pull_new.ended if pull_new else None, budget.failover,
+               "detect down + feed + tm TTL")
+    tl.measure("recovery: DNS answer back", t_restore, t_back, budget.detect_up + budget.feed, "detect up + feed")
+    tl.measure("recovery: first pull from eastus", t_restore, pull_back.ended if pull_back else None,
+               budget.recovery, "detect up + feed + tm TTL")
+    _judge_pulls(tl, lab, t_fault - 1.0, end, [(t_fault, t_dns or end)], strict=fault.reads_keep_working)
+    return tl
+
+
+# -- the scenarios --------------------------------------------------------------------------------
+
+def _regional_still_broken(lab: Lab, tl: Timeline) -> None:
+    """By design: the failed replica's regional name keeps pointing at it, and a pull through it fails."""
+    regional = REPLICA[VICTIM].regional
+    address = lab.resolve(regional)
+    tl.mark(time.time(), f"{regional} -> {address}", "regional names never fail over")
+    if address != REPLICA[VICTIM].address:
+        tl.problem(f"{regional} answered {address}, expected {REPLICA[VICTIM].address}")
+    pull = lab.pull(regional, record=False)
+    tl.mark(pull.ended, f"pull through {regional}: {'succeeded' if pull.ok else 'failed, as designed'}",
+            pull.error[-100:] if pull.error else "")
+    if pull.ok:
+        tl.problem(f"a pull through {regional} succeeded while its storage is broken")
+
+
+def storage_failure(lab: Lab) -> Timeline:
+    fault = Fault("storage unreadable", lambda l: l.storage_unreadable(VICTIM), lambda l: l.storage_readable(VICTIM))
+    return failover(lab, "storage-failure: eastus storage unreadable", fault, _regional_still_broken)
+
+
+def _writes_fail_reads_work(lab: Lab, tl: Timeline) -> None:
+    regional = REPLICA[VICTIM].regional
+    pull = lab.pull(regional, record=False)
+    tl.mark(pull.ended, f"pull through {regional} (disk full): {'ok, reads still work' if pull.ok else 'FAILED'}",
+            pull.error[-100:])
+    if not pull.ok:
+        tl.problem(f"a pull from the full replica failed: {pull.error[:160]}")
+    layout = lab.paths.root / "images" / NEXT  # any image; the point is the write
+    push = lab.push(layout, regional)
+    tl.mark(time.time(), f"push to {regional} (disk full): {'succeeded?!' if push.returncode == 0 else 'failed'}",
+            (push.stderr.strip().splitlines() or [""])[-1][-100:])
+    if push.returncode == 0:
+        tl.problem("a push to the full replica succeeded: the disk was not full")
+
+
+def disk_full(lab: Lab) -> Timeline:
+    fault = Fault("disk full", lambda l: l.fill_disk(VICTIM), lambda l: l.free_disk(VICTIM), reads_keep_working=True)
+    return failover(lab, "disk-full: eastus storage full (reads work, pushes fail; the write canary)", fault,
+                    _writes_fail_reads_work)
+
+
+def process_killed(lab: Lab) -> Timeline:
+    fault = Fault("registry process killed", lambda l: l.kill_registry(VICTIM), lambda l: l.restart_registry(VICTIM))
+    return failover(lab, "process-killed: eastus registry SIGKILL, then restarted", fault)
+
+
+def process_frozen(lab: Lab) -> Timeline:
+    fault = Fault("registry process frozen", lambda l: l.freeze(VICTIM), lambda l: l.thaw(VICTIM))
+    return failover(lab, "process-frozen: eastus registry SIGSTOP (hangs), then SIGCONT", fault)
+
+
+def blip_length(interval: float, timeout: float, fall: int, jitter: float) -> float:
+    """A freeze that fails at least one probe round but fewer than `fall` in a row: a round started at
+    s in the freeze fails only if still frozen at s + timeout, so the window that fails rounds is
+    (length - timeout); it must hold at least one round start (>= interval x (1 + jitter)) and fewer
+    than fall - 1 gaps (< (fall - 1) x interval). The middle of that range."""
+    low, high = interval * (1 + jitter), (fall - 1) * interval
+    if high <= low:  # fall <= 2: no length is sure to both fail a round and stay under fall
+        return timeout + 0.5 * interval
+    return timeout + (low + high) / 2
+
+
+def blip(lab: Lab) -> Timeline:
+    """A freeze shorter than `fall` rounds: probes see it (a failed round), nothing fails over."""
+    timing = lab.timing
+    length = blip_length(timing.interval, timing.timeout, timing.fall, timing.jitter)
+    problem = lab.baseline()
+    tl = Timeline(f"blip: eastus frozen {length:.1f}s (< fall {timing.fall} x {timing.interval:g}s)",
+                  origin=time.time())
+    if problem:
+        tl.problem(f"no clean start: {problem}")
+        return tl
+    budget = lab.budget[VICTIM]
+    lab.pulling(True)
+    time.sleep(1.0)
+    t0 = time.time()
+    tl.origin = t0
+    tl.mark(t0, "fault injected: eastus frozen", lab.freeze(VICTIM))
+    time.sleep(length)
+    t1 = time.time()
+    tl.mark(t1, f"fault cleared: {lab.thaw(VICTIM)}")
+    watch = budget.detect_down + budget.feed + 2.0  # long enough for a failover to show if one were coming
+    time.sleep(watch)
+    end = time.time()
+    lab.pulling(False)
+    tl.mark(_first_failed_round(lab, VICTIM, t0), "first failed probe round (probes: trend suspect)")
+    clean = lab.events.first(t1, _verdict(VICTIM, status="online", trend=""))
+    tl.mark(clean.at if clean else None, "probes: eastus clean again (no failures in a row)")
+    tl.mark(end, f"watched {watch:.1f}s after the blip: no change")
+    _add_observed(tl, lab, t0, end)
+    if lab.events.first(t0, _is("probes", "status_changed", replica=VICTIM), end):
+        tl.problem("probes changed eastus's status for a blip shorter than fall")
+    if _dns_moved(lab, t0, away_from=VICTIM) is not None and (_dns_moved(lab, t0, away_from=VICTIM) or 0) <= end:
+        tl.problem("the global name moved during a blip")
+    if _first_failed_round(lab, VICTIM, t0) is None:
+        tl.notes.append("no probe round failed: the blip was too short to be seen at all")
+    tl.notes.append(f"blip {length:.2f}s = timeout {timing.timeout:g}s + between 1 round "
+                    f"({timing.interval * (1 + timing.jitter):.1f}s) and fall-1 rounds "
+                    f"({(timing.fall - 1) * timing.interval:.1f}s)")
+    _judge_pulls(tl, lab, t0 - 1.0, end, [], strict=True)
+    return tl
+
+
+def probes_stopped(lab: Lab) -> Timeline:
+    """eastus fails -> failover; probes stop (eastus repaired meanwhile): dnsd keeps the last verdict
+    until health.ttl, then fails open (eastus back); probes restart."""
+    problem = lab.baseline()
+    tl = Timeline("probes-stopped: dnsd keeps the last verdicts, then fails open after the TTL", origin=time.time())
+    if problem:
+        tl.problem(f"no clean start: {problem}")
+        return tl
+    budget, timing = lab.budget[VICTIM], lab.timing
+    lab.pulling(True)
+    time.sleep(1.0)
+    t_fault = time.time()
+    tl.origin = t_fault
+    tl.mark(t_fault, "fault injected: eastus storage unreadable", lab.storage_unreadable(VICTIM))
+    t_dns = _wait_dns(lab, t_fault, budget.failover + SETTLE, away_from=VICTIM)
+    tl.mark(t_dns, "first DNS answer changed")
+    tl.measure("failover: DNS answer moved", t_fault, t_dns, budget.detect_down + budget.feed, "detect down + feed")
+    if t_dns is None:
+        lab.pulling(False)
+        return tl
+    lab.stop_probes()
+    t_stop = time.time()
+    tl.mark(t_stop, "probes stopped (SIGTERM)")
+    tl.mark(time.time(), f"eastus repaired while probes are down: {lab.storage_readable(VICTIM)}")
+    t_open = _wait_dns(lab, t_stop, lab.fail_open_after + SETTLE, to=VICTIM)
+    tl.mark(t_open, "DNS answer back on eastus (fail open)")
+    expired = lab.events.first(t_stop, _is("dnsd", "health_expired"))
+    if expired is None:
+        tl.problem("dnsd logged no health_expired")
+    tl.measure("fail open after probes stopped", t_stop, t_open, lab.fail_open_after,
+               "health ttl + poll + tm TTL", at_least=timing.health_ttl - timing.poll_interval)
+    t_start = time.time()
+    lab.start_probes()
+    tl.mark(t_start, "probes restarted (verdicts from its state file)")
+    settled = wait_for(lambda: set(lab.probe_statuses().values()) == {"online"} and lab.dns_replica() == VICTIM,
+                       budget.recovery + SETTLE, 0.2)
+    tl.mark(settled, "probes: all online again, global name on eastus")
+    end = time.time() + 1.0
+    time.sleep(1.0)
+    lab.pulling(False)
+    _add_observed(tl, lab, t_fault, end)
+    tl.measure("probes restart: settled", t_start, settled, budget.recovery + 2 * budget.feed,
+               "detect up + feed + tm TTL (+ startup)")
+    _judge_pulls(tl, lab, t_fault - 1.0, end, [(t_fault, t_dns)])
+    return tl
+
+
+def drain_during_outage(lab: Lab) -> Timeline:
+    """eastus fails -> failover; the operator drains eastus during the outage; eastus is repaired and
+    probes say online, yet the drain keeps it out of the global name; undrain -> back at once."""
+    problem = lab.baseline()
+    tl = Timeline("drain-during-outage: drain eastus while it is down, repair, undrain", origin=time.time())
+    if problem:
+        tl.problem(f"no clean start: {problem}")
+        return tl
+    budget = lab.budget[VICTIM]
+    lab.pulling(True)
+    time.sleep(1.0)
+    t_fault = time.time()
+    tl.origin = t_fault
+    tl.mark(t_fault, "fault injected: eastus storage unreadable", lab.storage_unreadable(VICTIM))
+    t_dns = _wait_dns(lab, t_fault, budget.failover + SETTLE, away_from=VICTIM)
+    tl.mark(t_dns, "first DNS answer changed")
+    tl.measure("failover: DNS answer moved", t_fault, t_dns, budget.detect_down + budget.feed, "detect down + feed")
+    result = lab.admin("drain", "contoso", VICTIM, "--reason", "geotm drill: eastus storage outage",
+                       "--actor", "geotm-drill")
+    tl.mark(time.time(), "operator: dnsd drain contoso eastus", f"exit {result.returncode}")
+    if result.returncode != 0:
+        tl.problem(f"dnsd drain failed: {(result.stderr or result.stdout).strip()[-200:]}")
+    t_repair = time.time()
+    tl.mark(t_repair, f"eastus repaired: {lab.storage_readable(VICTIM)}")
+    online = wait_for(lambda: lab.probe_statuses().get(VICTIM) == "online", budget.detect_up + SETTLE, 0.1)
+    tl.mark(online, "probes: eastus online again")
+    hold = budget.feed + budget.client_cache + 1.0
+    time.sleep(hold)
+    moved_back = _dns_moved(lab, t_repair, to=VICTIM)
+    if moved_back is not None:
+        tl.problem("the global name went back to eastus while it was drained")
+    else:
+        tl.mark(time.time(), f"drain held: global name still on {lab.dns_replica()} {hold:.1f}s after eastus "
+                             f"was online")
+    t_undrain = time.time()
+    result = lab.admin("undrain", "contoso", VICTIM, "--reason", "geotm drill: storage repaired",
+                       "--actor", "geotm-drill")
+    tl.mark(t_undrain, "operator: dnsd undrain contoso eastus", f"exit {result.returncode}")
+    if result.returncode != 0:
+        tl.problem(f"dnsd undrain failed: {(result.stderr or result.stdout).strip()[-200:]}")
+    t_back = _wait_dns(lab, t_undrain, budget.client_cache + SETTLE, to=VICTIM)
+    pull_back = _wait_pull(lab, VICTIM, t_back, SETTLE) if t_back else None
+    tl.mark(t_back, "DNS answer back on eastus")
+    tl.mark(pull_back.ended if pull_back else None, "first successful pull from eastus again")
+    end = time.time() + 1.0
+    time.sleep(1.0)
+    lab.pulling(False)
+    _add_observed(tl, lab, t_fault, end)
+    tl.measure("undrain: first pull from eastus", t_undrain, pull_back.ended if pull_back else None,
+               budget.client_cache, "tm TTL (an operator change applies at once)")
+    _judge_pulls(tl, lab, t_fault - 1.0, end, [(t_fault, t_dns or end)])
+    return tl
+
+
+SCENARIOS: dict[str, Callable[[Lab], Timeline]] = {
+    "storage-failure": storage_failure,
+    "blip": blip,
+    "disk-full": disk_full,
+    "process-killed": process_killed,
+    "process-frozen": process_frozen,
+    "probes-stopped": probes_stopped,
+    "drain-during-outage": drain_during_outage,
+}
+SHORT = ("storage-failure", "blip")
