@@ -445,6 +445,8 @@ def parse_dnsperf(text: str) -> dict:
     grab("min_latency_s", r"Average Latency \(s\):\s+[0-9.]+\s+\(min\s+" + _NUM)
     grab("max_latency_s", r"Average Latency \(s\):.*max\s+" + _NUM)
     grab("stddev_latency_s", r"Latency StdDev \(s\):\s+" + _NUM)
+    grab("avg_request_bytes", r"Average packet size:\s+request\s+(\d+)", int)
+    grab("avg_response_bytes", r"Average packet size:.*response\s+(\d+)", int)
     mm = re.search(r"Response codes:\s+(.*)", text)
     if mm:
         codes = {}

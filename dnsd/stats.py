@@ -28,10 +28,12 @@ class QueryStats:
         self.latency_sum = 0.0
         self.dropped = 0  # queries we did not answer (malformed beyond reply, or responses)
         self._history: collections.deque[tuple[float, dict[tuple[str, str], int]]] = collections.deque()
+        self.last_key: tuple = ("", "", 0, 0, "", "")  # labels of the last counted query (packet cache)
 
     def count(self, view: str, kind: str, qtype: int, rcode: int, registry: str = "", replica: str = "") -> None:
         key = (view, kind, qtype if qtype in COUNTED_QTYPES else 0, rcode, registry, replica)
         self.counts[key] = self.counts.get(key, 0) + 1
+        self.last_key = key
 
     def observe_latency(self, seconds: float) -> None:
         self.latency_counts[bisect.bisect_left(LATENCY_BOUNDS, seconds)] += 1

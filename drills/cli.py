@@ -56,6 +56,16 @@ def preflight() -> list[str]:
     return reasons
 
 
+def compose_preflight() -> list[str]:
+    reasons = []
+    if shutil.which("skopeo") is None:
+        reasons.append("skopeo missing (the geotm client image installs it)")
+    if not os.path.exists("/var/run/docker.sock"):
+        reasons.append("/var/run/docker.sock is not mounted: the compose drill breaks replicas through the "
+                       "Docker engine (see the client service in docker-compose.yml)")
+    return reasons
+
+
 def build_parser() -> argparse.ArgumentParser:
     from drills.scenarios import SCENARIOS, SHORT
     parser = argparse.ArgumentParser(prog="geotm", description="geotm tools")
@@ -73,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     drill.add_argument("--workdir", type=Path, help="where to put configs, certificates and logs (default: a "
                                                     "new directory under /tmp)")
     drill.add_argument("--check", action="store_true", help="only say whether the drill can run here")
+    drill.add_argument("--compose", action="store_true",
+                       help="run from the client container of docker-compose.yml against that stack "
+                            "(faults through /var/run/docker.sock) instead of building a local lab")
     return parser
 
 
@@ -82,7 +95,7 @@ def _terminate(signum, _frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    reasons = preflight()
+    reasons = compose_preflight() if args.compose else preflight()
     if reasons:
         print("geotm drill cannot run here:", file=sys.stderr)
         for reason in reasons:
@@ -97,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_drill(args) -> int:
     from dnsd.budget import render
     from dnsd.config import load_config
+    from drills.dockerapi import DockerError
     from drills.lab import Lab, LabError
     from drills.labconfig import AGGRESSIVE, DEFAULT
     from drills.scenarios import SCENARIOS, SHORT
@@ -109,21 +123,31 @@ def run_drill(args) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     say = lambda text: print(text, flush=True)  # noqa: E731
     started = time.monotonic()
-    lab = Lab(timing, workdir, say)
+    if args.compose:
+        from drills.compose import ComposeLab
+        lab = ComposeLab(timing, workdir, say)
+        if args.aggressive:
+            say("note: --aggressive changes nothing in compose mode: timings come from the stack's config")
+    else:
+        lab = Lab(timing, workdir, say)
     timelines = []
     code = EXIT_FAIL
     try:
-        say(f"geotm drill: {timing.name} timings (interval {timing.interval:g}s, timeout {timing.timeout:g}s, "
-            f"fall {timing.fall}, rise {timing.rise}, traffic-manager TTL {timing.tm_ttl}s, "
-            f"dnsd poll {timing.poll_interval:g}s, health ttl {timing.health_ttl:g}s); scenarios: {', '.join(names)}")
+        if args.compose:
+            say(f"geotm drill --compose: timings from {lab.config_path}; scenarios: {', '.join(names)}")
+        else:
+            say(f"geotm drill: {timing.name} timings (interval {timing.interval:g}s, timeout {timing.timeout:g}s, "
+                f"fall {timing.fall}, rise {timing.rise}, traffic-manager TTL {timing.tm_ttl}s, "
+                f"dnsd poll {timing.poll_interval:g}s, health ttl {timing.health_ttl:g}s); "
+                f"scenarios: {', '.join(names)}")
         say(f"work directory {workdir}")
         try:
             lab.setup()
-        except (LabError, OSError, RuntimeError, subprocess.SubprocessError) as err:
+        except (LabError, DockerError, OSError, RuntimeError, subprocess.SubprocessError) as err:
             say(f"lab setup failed: {err}")
             return EXIT_FAIL
-        say(f"lab ready in {time.monotonic() - started:.1f}s; budget from {lab.paths.geotm_config}:")
-        say(render(load_config(str(lab.paths.geotm_config))))
+        say(f"lab ready in {time.monotonic() - started:.1f}s; budget from {lab.config_path}:")
+        say(render(load_config(str(lab.config_path))))
         say("")
         for name in names:
             began = time.monotonic()

@@ -66,3 +66,47 @@ def make_server_cert(directory: Path, name: str, ca: tuple[Path, Path], names: t
     _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial",
              "-days", "2", "-sha256", "-extfile", str(ext), "-out", str(cert), cwd=directory)
     return ServerCert(cert, key, names)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m drills.pki --out DIR [--owner UID]`: the compose stack's init step. Writes the drill CA,
+    a certificate per replica (names and addresses of drills.labconfig, the same plan as
+    config/compose.yaml), the client's trust directory (DIR/client/ca.crt only: skopeo treats a .key
+    without a .cert in a cert dir as an error) and a random admin token. Does nothing if DIR/ca.crt
+    exists, so restarting the stack keeps its certificates."""
+    import argparse
+    import os
+    import secrets
+    import shutil
+
+    from drills.labconfig import REGISTRY, REPLICAS, ZONE
+    parser = argparse.ArgumentParser(prog="python -m drills.pki")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--owner", type=int, help="uid (and gid) that must read the keys and token")
+    args = parser.parse_args(argv)
+    out: Path = args.out
+    if (out / "ca.crt").exists():
+        print(f"{out}/ca.crt exists: keeping the drill PKI")
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    ca = make_ca(out)
+    for replica in REPLICAS:
+        made = make_server_cert(out, replica.name, ca, replica_names(REGISTRY, ZONE, replica.name), (replica.address,))
+        made.key.chmod(0o640)
+        if args.owner is not None:
+            os.chown(made.key, 0, args.owner)
+    (out / "client").mkdir(exist_ok=True)
+    shutil.copy(ca[0], out / "client" / "ca.crt")
+    token = out / "admin-token"
+    token.write_text(secrets.token_urlsafe(24) + "\n")
+    token.chmod(0o640)
+    if args.owner is not None:
+        os.chown(token, 0, args.owner)
+    for leftover in out.glob("*.csr"):
+        leftover.unlink()
+    print(f"drill PKI written to {out}: ca.crt, " + ", ".join(f"{r.name}.crt" for r in REPLICAS))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -153,6 +153,7 @@ def test_parse_dnsperf_captured_summary():
     assert out["stddev_latency_s"] == pytest.approx(0.001320)
     assert out["run_time_s"] == pytest.approx(2.000752)
     assert out["rcodes"] == {"NOERROR": 395378, "NXDOMAIN": 20810}
+    assert (out["avg_request_bytes"], out["avg_response_bytes"]) == (41, 136)
 
 
 def test_parse_dnsperf_verbose_latencies():

@@ -114,3 +114,23 @@ def test_the_reference_really_differs_from_a_wrong_answer():
     west = engine.handle(make_query("contoso.azurecr.test", ecs="198.51.100.0/24", qid=1).to_wire(), "192.0.2.1", False)
     assert comparable(east) != comparable(west)
     assert type_number("HTTPS") == 65
+
+
+def test_packet_cache_hits_are_counted_and_a_swap_empties_it():
+    import dataclasses
+
+    from dnsd.runtime import build_plans
+    engine = engine_from()
+    query = make_query("contoso.azurecr.test", ecs="127.0.0.0/24", qid=7).to_wire()
+    first = engine.handle(query, "192.0.2.1", False)
+    again = engine.handle(b"\x00\x08" + query[2:], "192.0.2.1", False)
+    assert again[:2] == b"\x00\x08" and again[2:] == first[2:]            # same reply, the new ID
+    assert sum(engine.stats.counts.values()) == 2                         # hits are counted too
+    other_client = engine.handle(query, "203.0.113.9", False)             # the key includes the client
+    assert len(engine.cache) == 2 and other_client[2:] == first[2:]       # (same answer: ECS decides)
+    old = engine.snapshot
+    health = degraded("eastus")
+    engine.swap(dataclasses.replace(old, health=health, plans=build_plans(old.config, health)))
+    assert engine.cache == {}
+    after = dns.message.from_wire(engine.handle(query, "192.0.2.1", False))
+    assert after.answer[-1][0].address == "127.0.0.12"                    # not the cached eastus answer
