@@ -99,8 +99,14 @@ class ComposeLab(Lab):
         return f"docker kill {name}"
 
     def restart_registry(self, name: str) -> str:
+        """docker start; the replica's storage is a tmpfs that does not survive its container, so the
+        drill's image is pushed again at once (in the local lab the storage survives a restart)."""
         self.docker.start(self.containers[name])
-        return f"docker start {name}"
+        replica = next(r for r in REPLICAS if r.name == name)
+        if wait_for(lambda: self.registry_up(replica), 15, 0.2) is None:
+            return f"docker start {name} (not answering after 15s)"
+        pushed = self.push(self.paths.root / "images" / name, replica.regional)
+        return f"docker start {name}, image pushed again ({'ok' if pushed.returncode == 0 else 'failed'})"
 
     def freeze(self, name: str) -> str:
         self.docker.pause(self.containers[name])

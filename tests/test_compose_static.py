@@ -1,0 +1,177 @@
+"""docker-compose.yml, validated without a Docker engine (none runs here): the services and their
+network, the dnsd address the client uses as its resolver, and the config every geotm container
+mounts (config/compose.yaml) agreeing with the compose file and with the local drill's plan. When a
+compose CLI is installed, its own `config` validation runs too."""
+from __future__ import annotations
+
+import ipaddress
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from dnsd.config import load_config
+from drills import labconfig, pki
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+CONFIG = ROOT / "config" / "compose.yaml"
+REPLICAS = ("eastus", "westeurope", "southeastasia")
+MOUNTED_CONFIG = "/etc/geotm/geotm.yaml"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())   # resolves the x- anchors and << merges like compose does
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config(str(CONFIG))             # what `dnsd check-config` validates
+
+
+def _address(service: dict, network: str = "drill") -> str:
+    return service["networks"][network]["ipv4_address"]
+
+
+def _host(listen) -> str:
+    text = str(listen)
+    return re.search(r"\d+\.\d+\.\d+\.\d+", text).group(0)
+
+
+def _mounts(service: dict) -> dict[str, str]:
+    """container path -> source, for short-syntax volumes."""
+    result = {}
+    for item in service.get("volumes", []):
+        parts = item.split(":")
+        result[parts[1]] = parts[0]
+    return result
+
+
+def test_services_and_private_network(compose):
+    services = compose["services"]
+    assert {"dnsd", "probes", "client", "pki", *REPLICAS} <= set(services)
+    network = compose["networks"]["drill"]
+    subnet = ipaddress.ip_network(network["ipam"]["config"][0]["subnet"])
+    for name in ("dnsd", "probes", *REPLICAS):
+        assert ipaddress.ip_address(_address(services[name])) in subnet, name
+    assert "drill" in services["client"]["networks"]
+    published = [name for name, s in services.items() if s.get("ports")]
+    assert published == [], f"the drill network is private, yet {published} publish ports"
+    addresses = [_address(services[n]) for n in ("dnsd", "probes", *REPLICAS)]
+    assert len(set(addresses)) == len(addresses)
+
+
+def test_replicas_are_registry2_with_storage_health_checks(compose, config):
+    services = compose["services"]
+    by_name = {r.name: r for r in config.registries[0].replicas}
+    for name in REPLICAS:
+        service = services[name]
+        env = service["environment"]
+        assert service["image"].startswith("registry:2")
+        assert env["REGISTRY_HEALTH_STORAGEDRIVER_ENABLED"] == "true"
+        assert env["REGISTRY_HTTP_ADDR"].endswith(":443") and env["REGISTRY_HTTP_DEBUG_ADDR"].endswith(":5001")
+        assert env["REGISTRY_HTTP_TLS_CERTIFICATE"] == f"/pki/{name}.crt"
+        assert env["REGISTRY_HTTP_TLS_KEY"] == f"/pki/{name}.key"
+        assert env["REGISTRY_STORAGE_DELETE_ENABLED"] == "true"        # the write canary deletes its blob
+        assert any("/debug/health" in part for part in service["healthcheck"]["test"])
+        assert _mounts(service)["/pki"] == "pki"
+        storage = env["REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY"]
+        assert any(t.split(":")[0] == str(Path(storage).parent) for t in service["tmpfs"])   # chmod-able mount
+        assert service["user"] != "0:0"                                 # unreadable storage really fails
+        # the config probes this replica at its compose address, on the ports it serves
+        replica = by_name[name]
+        assert [str(a) for a in replica.addresses] == [_address(service)]
+        kinds = {c.kind: c for c in replica.probe.checks}
+        assert kinds["oci"].port == 443 and kinds["oci"].scheme == "https" and kinds["oci"].write_canary
+        assert kinds["oci"].ca_file == "/pki/ca.crt"
+        assert kinds["oci"].host_header in pki.replica_names("contoso", config.zone.name, name)
+        assert kinds["distribution"].port == 5001
+
+
+def test_client_resolver_is_dnsd(compose, config):
+    services = compose["services"]
+    dnsd_address = _address(services["dnsd"])
+    assert services["client"]["dns"] == [dnsd_address]
+    listen = [str(x) for x in config.server.listen]
+    assert any(dnsd_address in item and "53" in item for item in listen), listen
+    assert _host(config.server.listen) == dnsd_address
+    # a client on the drill network is in a configured client network (eastus first)
+    subnet = compose["networks"]["drill"]["ipam"]["config"][0]["subnet"]
+    assert any(str(net.network) == subnet for net in config_networks(config))
+
+
+def config_networks(config):
+    raw = yaml.safe_load(CONFIG.read_text())["clients"]["networks"]
+    return [type("N", (), {"network": ipaddress.ip_network(k)}) for k in raw]
+
+
+def test_every_geotm_container_mounts_config_compose_yaml(compose):
+    services = compose["services"]
+    for name in ("dnsd", "probes", "client"):
+        mounts = _mounts(services[name])
+        assert mounts.get(MOUNTED_CONFIG) == "./config/compose.yaml", name
+        assert mounts.get("/pki") == "pki", name
+    for name in ("dnsd", "probes"):
+        command = services[name]["command"]
+        assert command[command.index("--config") + 1] == MOUNTED_CONFIG
+    assert services["client"]["environment"]["GEOTM_CONFIG"] == MOUNTED_CONFIG
+    assert "/var/run/docker.sock" in _mounts(services["client"])
+    assert services["client"].get("profiles") == ["drill"]     # never started by a plain `up`
+
+
+def test_probes_and_admin_addresses_match(compose, config):
+    services = compose["services"]
+    probes_address = _address(services["probes"])
+    assert _host(config.probes.listen) == probes_address
+    assert [urlsplit(u).hostname for u in config.health.feeds] == [probes_address]
+    assert _host(config.admin.listen) == _address(services["dnsd"])
+    assert config.admin.token_file == "/pki/admin-token"
+
+
+def test_compose_config_is_the_local_drill_plan(config):
+    """Same names and addresses as `geotm drill`, so the shared scenarios apply to both."""
+    plan = {r.name: r.address for r in labconfig.REPLICAS}
+    replicas = {r.name: [str(a) for a in r.addresses] for r in config.registries[0].replicas}
+    assert replicas == {name: [address] for name, address in plan.items()}
+    assert _host(config.server.listen) == labconfig.DNS_ADDRESS
+    assert _host(config.probes.listen) == labconfig.PROBES_ADDRESS
+    assert config.zone.name == labconfig.ZONE and config.registries[0].name == labconfig.REGISTRY
+    assert config.zone.ttls.traffic_manager <= 10
+
+
+def test_dockerfile_targets_and_ignore():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", dockerfile, flags=re.M | re.I)
+    assert stages == ["geotm", "client"]
+    compose = yaml.safe_load(COMPOSE.read_text())
+    targets = {s["build"]["target"] for s in compose["services"].values() if "build" in s}
+    assert targets <= set(stages)
+    client_stage = dockerfile.split("AS client", 1)[1]
+    assert "skopeo" in client_stage
+    for package in ("dnsd", "probes", "drills"):
+        assert f"COPY {package} " in dockerfile
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".git" in ignored
+
+
+def test_compose_cli_validates_when_installed(tmp_path):
+    """`docker compose config` (v2) or Debian's `docker-compose config` (v1.29, which predates the
+    top-level `name:` key, so that line is dropped for it) check the file against the compose spec."""
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True,
+                                                 timeout=30).returncode == 0:
+        argv, path = ["docker", "compose"], COMPOSE
+    elif shutil.which("docker-compose"):
+        path = tmp_path / "docker-compose.yml"
+        path.write_text("\n".join(line for line in COMPOSE.read_text().splitlines()
+                                  if not line.startswith("name:")) + "\n")
+        argv = ["docker-compose"]
+    else:
+        pytest.skip("no compose CLI installed (docker compose or docker-compose); the static checks above ran")
+    result = subprocess.run([*argv, "-f", str(path), "--project-directory", str(ROOT), "config", "-q"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
