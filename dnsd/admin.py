@@ -101,7 +101,8 @@ def make_app(dnsd: Dnsd, settings: AdminSettings, token: str | UnusableToken | N
 
     async def get_explain(request: web.Request) -> web.Response:
         from dnsd import records
-        from dnsd.explain import RCODE_NAMES, client_context, explain
+        from dnsd.answer import RCODE_NAMES
+        from dnsd.explain import client_context, explain
         query = request.query
         name = query.get("name")
         if not name:

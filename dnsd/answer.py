@@ -7,6 +7,8 @@ from dnsd.records import RR
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 BADVERS = 16  # extended rcode, only expressible with EDNS
+RCODE_NAMES = {NOERROR: "NOERROR", FORMERR: "FORMERR", SERVFAIL: "SERVFAIL", NXDOMAIN: "NXDOMAIN",
+               NOTIMP: "NOTIMP", REFUSED: "REFUSED", BADVERS: "BADVERS"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,12 +4,11 @@ from __future__ import annotations
 import ipaddress
 
 from dnsd import records
-from dnsd.answer import Answer
+from dnsd.answer import RCODE_NAMES, Answer
 from dnsd.records import normalize_name
 from dnsd.resolve import resolve
 from dnsd.runtime import ClientContext, Snapshot, choose, network_of, view_of
 
-RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 
 
 def client_context(client: str, ecs: str | None) -> ClientContext:

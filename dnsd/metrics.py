@@ -11,7 +11,7 @@ from prometheus_client.registry import Collector
 
 from dnsd.health import Status
 from dnsd.stats import LATENCY_BOUNDS, qtype_label
-from dnsd.explain import RCODE_NAMES
+from dnsd.answer import RCODE_NAMES
 
 if TYPE_CHECKING:
     from dnsd.service import Dnsd

@@ -105,10 +105,10 @@ class Dnsd:
 
     def apply_health(self, health: HealthSnapshot) -> None:
         old = self.engine.snapshot
-        changed = [f"{reg}/{rep}: {h.status.value}" for (reg, rep), h in health.endpoints.items()
-                   if old.health.of(reg, rep).status is not h.status]
+        changed = []
         for (reg, rep), h in health.endpoints.items():
             if old.health.of(reg, rep).status is not h.status:
+                changed.append(f"{reg}/{rep}: {h.status.value}")
                 self.note("health_changed", registry=reg, replica=rep, status=h.status.value, reason=h.reason)
         new = replace(old, health=health, plans=build_plans(old.config, health, old.overrides),
                       generation=old.generation + 1)

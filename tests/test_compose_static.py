@@ -102,12 +102,7 @@ def test_client_resolver_is_dnsd(compose, config):
     assert _host(config.server.listen) == dnsd_address
     # a client on the drill network is in a configured client network (eastus first)
     subnet = compose["networks"]["drill"]["ipam"]["config"][0]["subnet"]
-    assert any(str(net.network) == subnet for net in config_networks(config))
-
-
-def config_networks(config):
-    raw = yaml.safe_load(CONFIG.read_text())["clients"]["networks"]
-    return [type("N", (), {"network": ipaddress.ip_network(k)}) for k in raw]
+    assert subnet in yaml.safe_load(CONFIG.read_text())["clients"]["networks"]
 
 
 def test_every_geotm_container_mounts_config_compose_yaml(compose):
