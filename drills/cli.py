@@ -20,6 +20,7 @@ EXIT_PASS, EXIT_FAIL, EXIT_CANNOT_RUN = 0, 1, 3
 TOOLS = {"docker-registry": "docker-registry", "skopeo": "skopeo", "openssl": "openssl", "ip": "iproute2",
          "unshare": "util-linux", "nsenter": "util-linux", "setpriv": "util-linux"}
 E2E_LIMIT = 10.0  # the aggressive settings must fail over end to end within this
+RUN_LIMIT = 30 * 60  # a whole drill is stopped (and cleaned up) after this, whatever happens
 
 
 def preflight() -> list[str]:
@@ -121,6 +122,8 @@ def run_drill(args) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gtdrill-"))
     workdir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGALRM, _terminate)
+    signal.alarm(RUN_LIMIT)
     say = lambda text: print(text, flush=True)  # noqa: E731
     started = time.monotonic()
     if args.compose:
@@ -169,6 +172,7 @@ def run_drill(args) -> int:
         say("interrupted")
         return 130
     finally:
+        signal.alarm(0)
         lab.teardown()
         if args.keep or code != EXIT_PASS:
             say(f"kept {workdir} (configs, certificates, logs)")

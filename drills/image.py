@@ -3,7 +3,12 @@
 Layout (OCI image-layout spec 1.0): `oci-layout`, `index.json`, `blobs/sha256/<hex>`. The image
 has one gzip layer (a couple of small files), a config whose `rootfs.diff_ids` is the sha256 of
 the uncompressed tar, and a manifest pointing at both. Everything is deterministic (fixed mtimes,
-owners and gzip header), so the same labels give the same digests on every run.
+owners and gzip header), so the same input gives the same digests on every run.
+
+The drill pushes every replica the same layer and config (geo-replicated content), and a manifest
+that differs only by an annotation naming the replica: a pulled manifest says which replica served
+the pull, while a client whose DNS answer changes between the manifest and the blobs still gets
+identical blobs, as it would from real replicas.
 """
 from __future__ import annotations
 
@@ -73,7 +78,7 @@ def gzip_bytes(data: bytes) -> bytes:
 
 
 def build_layout(layout: Path, tag: str = "1", labels: dict[str, str] | None = None,
-                 files: dict[str, bytes] | None = None) -> BuiltImage:
+                 files: dict[str, bytes] | None = None, annotations: dict[str, str] | None = None) -> BuiltImage:
     """Write an OCI image layout with one image tagged `tag` into directory `layout` (created)."""
     files = files if files is not None else {
         "etc/geotm-drill/hello.txt": b"hello from a geotm failover drill\n",
@@ -95,6 +100,8 @@ def build_layout(layout: Path, tag: str = "1", labels: dict[str, str] | None = N
     config_desc = Descriptor(CONFIG_TYPE, sha256_digest(config_blob), len(config_blob))
     manifest = {"schemaVersion": 2, "mediaType": MANIFEST_TYPE, "config": config_desc.to_json(),
                 "layers": [layer.to_json()]}
+    if annotations:
+        manifest["annotations"] = dict(sorted(annotations.items()))
     manifest_blob = canonical_json(manifest)
     manifest_desc = Descriptor(MANIFEST_TYPE, sha256_digest(manifest_blob), len(manifest_blob))
     index = {"schemaVersion": 2, "mediaType": INDEX_TYPE,
@@ -130,7 +137,12 @@ def read_blob(layout: Path, digest: str, size: int | None = None) -> bytes:
 
 
 def image_config(layout: Path, tag: str | None = None) -> dict:
-    """Verify the layout's image (every digest, size and diff_id) and return its config JSON.
+    """The config JSON of the layout's image, after verifying it all (see inspect_layout)."""
+    return inspect_layout(layout, tag)[1]
+
+
+def inspect_layout(layout: Path, tag: str | None = None) -> tuple[dict, dict]:
+    """Verify the layout's image (every digest, size and diff_id); return (manifest, config).
     With `tag` None, the layout must hold exactly one image (what `skopeo copy` to a fresh layout
     writes)."""
     try:
@@ -154,9 +166,9 @@ def image_config(layout: Path, tag: str | None = None) -> dict:
         tar = gzip.decompress(blob) if layer["mediaType"].endswith("+gzip") or blob[:2] == b"\x1f\x8b" else blob
         if sha256_digest(tar) != diff_id:
             raise LayoutError(f"layer {layer['digest']} does not match diff_id {diff_id}")
-    return config
+    return manifest, config
 
 
-def replica_of(config: dict) -> str | None:
-    """Which replica an image came from: the drill pushes each replica its own label."""
-    return ((config.get("config") or {}).get("Labels") or {}).get(REPLICA_LABEL)
+def replica_of(manifest: dict) -> str | None:
+    """Which replica served a pulled manifest: the drill pushes each replica its own annotation."""
+    return (manifest.get("annotations") or {}).get(REPLICA_LABEL)

@@ -68,7 +68,7 @@ class Events:
         self._items: list[Event] = []
         self._lock = threading.Lock()
 
-    def add(self, at: float, source: str, kind: str, **fields) -> None:
+    def add(self, at: float, source: str, kind: str, /, **fields) -> None:  # fields may hold "kind"
         with self._lock:
             if len(self._items) < self.LIMIT:
                 self._items.append(Event(at, source, kind, fields))
@@ -233,6 +233,12 @@ class Lab:
         except OSError:
             return False
 
+    def replica_healthy(self, name: str) -> bool:
+        """The replica serves again, as its own checks say: /v2/ over TLS and /debug/health both 200."""
+        replica = REPLICA[name]
+        return self.registry_up(replica) and \
+            _http_status(f"http://{replica.address}:{labconfig.DEBUG_PORT}/debug/health") == 200
+
     def _write_geotm_config(self) -> None:
         self.paths.admin_token.write_text(secrets.token_urlsafe(24) + "\n")
         self.paths.admin_token.chmod(0o600)
@@ -324,8 +330,8 @@ class Lab:
             return subprocess.CompletedProcess(argv, 124, "", f"killed after {timeout + 3:g}s")
 
     def pull(self, host: str = GLOBAL_NAME, record: bool = True) -> Pull:
-        """`skopeo copy docker://HOST/drill/hello:1 oci:...`: a real pull (manifest, config, layer), then
-        the replica label of what arrived says which replica served it."""
+        """`skopeo copy docker://HOST/drill/hello:1 oci:...`: a real pull (manifest, config, layer), all
+        digests verified; the manifest's replica annotation says which replica served it."""
         item = Pull(started=time.time(), host=host)
         if record:
             with self._pulls_lock:
@@ -336,7 +342,7 @@ class Lab:
                                  f"docker://{host}/{REPOSITORY}:{TAG}", f"oci:{dest}:pulled")
             if result.returncode == 0:
                 try:
-                    item.replica = image.replica_of(image.image_config(dest))
+                    item.replica = image.replica_of(image.inspect_layout(dest)[0])
                     item.ok = True
                 except (image.LayoutError, ValueError, KeyError) as err:
                     item.ok, item.error = False, f"pulled image is invalid: {err}"
@@ -355,7 +361,7 @@ class Lab:
         for replica in REPLICAS:
             layout = self.paths.root / "images" / replica.name
             layout.mkdir(parents=True, exist_ok=True)
-            built = image.build_layout(layout, TAG, labels={image.REPLICA_LABEL: replica.name})
+            built = image.build_layout(layout, TAG, annotations={image.REPLICA_LABEL: replica.name})
             result = self.push(layout, replica.regional)
             if result.returncode != 0:
                 raise LabError(f"push to {replica.regional} failed: {_last_line(result.stderr)}")

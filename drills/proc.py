@@ -98,8 +98,9 @@ class Child:
                     pass
                 self.popen.wait(grace)
         self._reader.join(2.0)
-        self._log.write(f"--- {time.strftime('%H:%M:%S')} exit {self.popen.returncode}\n")
-        self._log.close() if self._reader.is_alive() is False else None
+        if not self._reader.is_alive():  # else the reader still writes; the file closes with the process
+            self._log.write(f"--- {time.strftime('%H:%M:%S')} exit {self.popen.returncode}\n")
+            self._log.close()
         _LIVE.discard(self)
         return self.popen.returncode
 

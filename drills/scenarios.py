@@ -155,11 +155,15 @@ def failover(lab: Lab, title: str, fault: Fault, extra: Callable[[Lab, Timeline]
     if extra is not None:
         extra(lab, tl)
 
-    t_restore = time.time()
-    tl.mark(t_restore, f"fault cleared: {fault.restore(lab)}")
+    t_cleared = time.time()
+    tl.mark(t_cleared, f"fault cleared: {fault.restore(lab)}")
+    # the recovery clock starts when the replica itself serves again (a restarted process needs a
+    # moment, the registry's own storage check up to its interval): geotm's part is what follows
+    t_restore = wait_for(lambda: lab.replica_healthy(VICTIM), SETTLE, 0.05) or time.time()
+    tl.mark(t_restore, "eastus healthy again (direct check: /v2/ and /debug/health 200)")
     t_back = _wait_dns(lab, t_restore, budget.recovery + SETTLE, to=VICTIM)
     pull_back = _wait_pull(lab, VICTIM, t_back, SETTLE) if t_back else None
-    tl.mark(_first_good_round(lab, VICTIM, t_restore), "first good probe round (probes: trend recovering)")
+    tl.mark(_first_good_round(lab, VICTIM, t_cleared), "first good probe round (probes: trend recovering)")
     tl.mark(t_back, "DNS answer back on eastus")
     tl.mark(pull_back.ended if pull_back else None, "first successful pull from eastus again")
     end = time.time() + 1.0
@@ -346,9 +350,10 @@ def drain_during_outage(lab: Lab) -> Timeline:
     t_dns = _wait_dns(lab, t_fault, budget.failover + SETTLE, away_from=VICTIM)
     tl.mark(t_dns, "first DNS answer changed")
     tl.measure("failover: DNS answer moved", t_fault, t_dns, budget.detect_down + budget.feed, "detect down + feed")
+    t_drain = time.time()
     result = lab.admin("drain", "contoso", VICTIM, "--reason", "geotm drill: eastus storage outage",
                        "--actor", "geotm-drill")
-    tl.mark(time.time(), "operator: dnsd drain contoso eastus", f"exit {result.returncode}")
+    tl.mark(t_drain, "operator: dnsd drain contoso eastus", f"exit {result.returncode}")
     if result.returncode != 0:
         tl.problem(f"dnsd drain failed: {(result.stderr or result.stdout).strip()[-200:]}")
     t_repair = time.time()

@@ -69,7 +69,8 @@ async def serve(config, settings) -> None:
     from probes.webhook import Notifier
 
     stop = StopSignals()
-    service = ProbeService(targets_of(config), settings)
+    service = ProbeService(targets_of(config), settings,
+                           verdict_ttl=config.health.ttl if config.health.feeds else None)
     runner = web.AppRunner(make_app(service), access_log=None)
     await runner.setup()
     host, port = settings.listen

@@ -28,7 +28,10 @@ RoundRunner = Callable[[Target], Awaitable[ProbeResult]]
 
 class ProbeService:
     def __init__(self, targets: list[Target], settings: ProbesSettings, metrics: ProbeMetrics | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, verdict_ttl: float | None = None):
+        """verdict_ttl: how long dnsd trusts a verdict (config health.ttl). A saved verdict older than
+        that is not restored: dnsd has already failed open past it, and bringing it back would make
+        routing flap until the next rounds decide afresh."""
         self.targets = targets
         self.settings = settings
         self.clock = clock
@@ -44,7 +47,10 @@ class ProbeService:
             # An old verdict costs little (rise good rounds undo it, and dnsd's TTL guards staleness), but
             # forgetting a degraded replica on every restart would route clients to it: keep 5 minutes.
             longest = max((t.spec.interval for t in targets), default=5.0)
-            restored = state_file.load_states(settings.state_file, clock(), max_age=max(10 * longest, 300.0))
+            max_age = max(10 * longest, 300.0)
+            if verdict_ttl is not None:
+                max_age = min(max_age, verdict_ttl)
+            restored = state_file.load_states(settings.state_file, clock(), max_age=max_age)
             for key, restored_state in restored.items():
                 if key in self.states:
                     self.states[key] = restored_state

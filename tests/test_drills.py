@@ -116,7 +116,7 @@ def test_pulls_may_fail_only_inside_the_detection_window():
 # -- the OCI layout builder -----------------------------------------------------------------------
 
 def test_oci_layout_has_valid_digests(tmp_path):
-    built = image.build_layout(tmp_path / "img", "1", labels={image.REPLICA_LABEL: "eastus"})
+    built = image.build_layout(tmp_path / "img", "1", annotations={image.REPLICA_LABEL: "eastus"})
     layout = tmp_path / "img"
     assert json.loads((layout / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
     index = json.loads((layout / "index.json").read_text())
@@ -130,15 +130,17 @@ def test_oci_layout_has_valid_digests(tmp_path):
     assert "sha256:" + hashlib.sha256(gzip.decompress(layer)).hexdigest() == built.diff_id
     config = image.image_config(layout, "1")
     assert config["rootfs"]["diff_ids"] == [built.diff_id]
-    assert image.replica_of(config) == "eastus"
+    pulled_manifest, _ = image.inspect_layout(layout)
+    assert image.replica_of(pulled_manifest) == "eastus"
 
 
-def test_oci_layout_is_deterministic_and_labels_change_only_the_config(tmp_path):
-    a = image.build_layout(tmp_path / "a", "1", labels={image.REPLICA_LABEL: "eastus"})
-    b = image.build_layout(tmp_path / "b", "1", labels={image.REPLICA_LABEL: "eastus"})
-    c = image.build_layout(tmp_path / "c", "1", labels={image.REPLICA_LABEL: "westeurope"})
-    assert a.manifest.digest == b.manifest.digest
-    assert a.layer.digest == c.layer.digest and a.config.digest != c.config.digest
+def test_replicas_get_identical_blobs_and_differ_only_in_the_manifest(tmp_path):
+    a = image.build_layout(tmp_path / "a", "1", annotations={image.REPLICA_LABEL: "eastus"})
+    b = image.build_layout(tmp_path / "b", "1", annotations={image.REPLICA_LABEL: "eastus"})
+    c = image.build_layout(tmp_path / "c", "1", annotations={image.REPLICA_LABEL: "westeurope"})
+    assert a.manifest.digest == b.manifest.digest                       # deterministic
+    # a pull whose DNS answer moves between manifest and blobs still finds the same blobs
+    assert (a.layer, a.config) == (c.layer, c.config) and a.manifest.digest != c.manifest.digest
 
 
 def test_oci_layout_tampering_is_caught(tmp_path):
@@ -239,3 +241,45 @@ def test_geotm_drill_short_runs_for_real():
     for scenario in ("storage-failure", "blip"):
         assert f"PASS  {scenario}" in output
     assert "first DNS answer changed" in output and "first successful pull from the new replica" in output
+
+
+def test_preflight_says_what_is_missing(monkeypatch):
+    from drills import cli
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 1000)
+    real_which = shutil.which
+    monkeypatch.setattr(cli.shutil, "which", lambda tool: None if tool in ("skopeo", "docker-registry")
+                        else real_which(tool))
+    reasons = cli.preflight()
+    assert any("needs root" in r for r in reasons)
+    assert any("apt-get install -y docker-registry skopeo" in r for r in reasons), reasons
+
+
+def test_compose_lab_makes_faults_through_the_docker_engine(tmp_path):
+    """The compose drill's fault injection, against a fake engine (no Docker runs here)."""
+    from drills.compose import STORAGE, ComposeLab
+
+    class FakeDocker:
+        def __init__(self):
+            self.calls = []
+
+        def __getattr__(self, name):
+            def call(*args, **kwargs):
+                self.calls.append((name, *args))
+                return (0, "") if name == "exec" else {"Running": True} if name == "state" else None
+            return call
+
+    fake = FakeDocker()
+    lab = ComposeLab(DEFAULT, tmp_path, say=lambda _text: None, docker=fake)
+    lab.containers = {name: f"id-{name}" for name in ("eastus", "westeurope", "southeastasia", "probes", "dnsd")}
+    assert lab.client_prefix() == []
+    lab.freeze("eastus")
+    assert lab.frozen == {"eastus"}
+    lab.thaw("eastus")
+    lab.kill_registry("westeurope")
+    lab.storage_unreadable("eastus")
+    lab.fill_disk("eastus")
+    lab.stop_probes()
+    assert ("pause", "id-eastus") in fake.calls and ("unpause", "id-eastus") in fake.calls
+    assert ("kill", "id-westeurope") in fake.calls and ("stop", "id-probes") in fake.calls
+    assert ("exec", "id-eastus", ["chmod", "000", str(STORAGE)]) in fake.calls
+    assert any(c[0] == "exec" and c[2][0] == "dd" and c[2][2] == f"of={STORAGE / 'filler'}" for c in fake.calls)

@@ -210,3 +210,17 @@ def test_transition_event_shape():
     moved = Transition(Status.ONLINE, Status.DEGRADED, "3 consecutive failed checks", 12.5)
     event = transition_event(target("eastus"), moved, "host:1:2")
     assert event["before"] == "online" and event["after"] == "degraded" and event["at"] == 12.5
+
+
+@pytest.mark.parametrize("downtime,restored", [(5.0, True), (20.0, False)])
+def test_a_verdict_dnsd_already_expired_is_not_restored(tmp_path, downtime, restored):
+    """probes down longer than dnsd's health TTL: dnsd failed open; the old verdict must not return."""
+    settings = ProbesSettings(state_file=str(tmp_path / "probes.json"))
+    clock = Clock()
+    first = ProbeService([target("eastus")], settings, clock=clock, verdict_ttl=15.0)
+    for _ in range(2):
+        first.apply(first.targets[0], ProbeResult(False, "HTTP 503", 0.01))
+    clock.now += downtime
+    second = ProbeService([target("eastus")], settings, clock=clock, verdict_ttl=15.0)
+    expected = Status.DEGRADED if restored else Status.CHECKING
+    assert second.states[("contoso", "eastus")].status is expected
