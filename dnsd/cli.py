@@ -81,51 +81,44 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ADMIN_COMMANDS:
         return run_admin(args)
     if args.command == "serve":
-        logs.configure(json={"auto": None, "json": True, "console": False}[args.log_format], level=args.log_level)
-        if args.workers > 1 and args.worker_index is None:
-            if load_or_report(args.config) is None:
-                return 2
-            from dnsd.workers import supervise
-            return supervise(list(argv if argv is not None else sys.argv[1:]), args.workers)
-        try:
-            config = load_config(args.config)
-            if args.admin_listen:
-                from dataclasses import replace
-                listen = None if args.admin_listen == "off" else parse_listen(args.admin_listen, 8054)
-                config = replace(config, admin=replace(config.admin, listen=listen))
-        except (ConfigError, OSError) as err:
-            print(f"dnsd: cannot start: {err}", file=sys.stderr)
-            return 2
-        except ValueError as err:
-            print(f"dnsd: bad --admin-listen {args.admin_listen!r}: {err}", file=sys.stderr)
-            return 2
-        from dnsd import service, server
-        if args.worker_index is not None:
-            worker = service.WorkerRole(args.worker_index, args.worker_state_dir)
-            if config.admin.state_file is None and args.worker_state_dir:
-                from dataclasses import replace
-                # workers share overrides through a file: worker 0 writes it, the others follow it
-                shared = f"{args.worker_state_dir}/overrides.json"
-                config = replace(config, admin=replace(config.admin, state_file=shared))
-        else:
-            worker = None
-        try:
-            server.run(service.serve(config, args.listen, worker))
-        except OSError as err:
-            print(f"dnsd: {err}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            pass
-        return 0
+        return run_serve(args, argv)
     return 2
 
 
-def load_or_report(path: str):
+def run_serve(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from dataclasses import replace
+
+    logs.configure(json={"auto": None, "json": True, "console": False}[args.log_format], level=args.log_level)
     try:
-        return load_config(path)
+        config = load_config(args.config)  # also in the supervisor: a broken config fails before any fork
+        if args.admin_listen:
+            listen = None if args.admin_listen == "off" else parse_listen(args.admin_listen, 8054)
+            config = replace(config, admin=replace(config.admin, listen=listen))
     except (ConfigError, OSError) as err:
         print(f"dnsd: cannot start: {err}", file=sys.stderr)
-        return None
+        return 2
+    except ValueError as err:
+        print(f"dnsd: bad --admin-listen {args.admin_listen!r}: {err}", file=sys.stderr)
+        return 2
+    if args.workers > 1 and args.worker_index is None:
+        from dnsd.workers import supervise
+        return supervise(list(argv if argv is not None else sys.argv[1:]), args.workers)
+    from dnsd import server, service
+    worker = None
+    if args.worker_index is not None:
+        worker = service.WorkerRole(args.worker_index, args.worker_state_dir)
+        if config.admin.state_file is None and args.worker_state_dir:
+            # workers share overrides through a file: worker 0 writes it, the others follow it
+            shared = f"{args.worker_state_dir}/overrides.json"
+            config = replace(config, admin=replace(config.admin, state_file=shared))
+    try:
+        server.run(service.serve(config, args.listen, worker))
+    except OSError as err:
+        print(f"dnsd: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def check_config(path: str) -> int:
