@@ -153,6 +153,24 @@ def stop(p: subprocess.Popen, grace: float = 5.0) -> None:
     _children.pop(p.pid, None)
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """user + system CPU seconds of every live process in process group `pgid` (a server we
+    started in its own session, and any workers it forked)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # after the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 def stop_all() -> None:
     for p in list(_children.values()):
         stop(p, grace=3.0)
@@ -406,43 +424,67 @@ def measure(s: Server, qfile: Path, seconds: float, runs: int, variant_runs: int
             if i == 0:
                 commands.append(shlex.join(warm) + "    # warm-up before every measured run, discarded")
                 commands.append(shlex.join(argv))
+            cpu0, t0 = group_cpu_seconds(s.proc.pid), time.monotonic()
             rc, out = run_dnsperf(argv, seconds + 60)
+            cpu1, t1 = group_cpu_seconds(s.proc.pid), time.monotonic()
             try:
                 parsed = bl.parse_dnsperf(out)
             except ValueError:
                 parsed = {"error": f"dnsperf exit {rc}", "output": out[-2000:]}
             parsed["argv"] = argv
+            # the server's CPU use during the run (all its processes), to tell a server-bound
+            # figure (near 1.0 core) from a dnsperf-bound one
+            parsed["server_cpu_cores"] = (cpu1 - cpu0) / (t1 - t0) if t1 > t0 else None
             vres["runs"].append(parsed)
             log(f"{s.name} {variant} run {i + 1}/{n}: {parsed.get('qps', 'FAILED')} qps, "
                 f"lost {parsed.get('queries_lost', '-')}")
 
 
-def measure_latency(s: Server, qfile: Path, seconds: float, rate: int, result: dict, commands: list[str],
-                    tmp: Path) -> None:
+def measure_latency(s: Server, qfile: Path, seconds: float, runs: int, rate: int, result: dict,
+                    commands: list[str], tmp: Path) -> None:
+    """`runs` runs at the fixed `rate`, each after a warm-up; the row shows the median of the runs'
+    mean and p99 (one run is easily spoiled by a neighbour on a shared machine)."""
     # -T 1: one send/receive thread pair. With -v and several threads on one core, dnsperf's own
     # printing adds milliseconds to the p99 (measured against Knot at 60k qps: p99 3.9 ms with the
     # default threads, 0.14 ms with -T 1; mean 0.027 ms against 0.036 ms without -v).
     extra = ["-T", "1", "-Q", str(rate)]
-    warm = dnsperf_argv(s.port, qfile, WARMUP_S, extra)
-    run_dnsperf(warm, WARMUP_S + 30)
-    argv = dnsperf_argv(s.port, qfile, seconds, [*extra, "-v"])
-    commands.append(shlex.join(warm) + "    # warm-up, discarded")
-    commands.append(shlex.join(argv) + f" > {s.name}-latency.txt    # fixed load, per-query latencies from -v")
-    rc, out = run_dnsperf(argv, seconds + 60, tmp / f"{s.name}-latency.txt")
-    lat, codes = bl.parse_verbose_latencies(out)
-    try:
-        summary = bl.parse_dnsperf(out)
-    except ValueError:
-        summary = {"error": f"dnsperf exit {rc}"}
+    out_runs = []
+    for i in range(max(1, runs)):
+        warm = dnsperf_argv(s.port, qfile, WARMUP_S, extra)
+        run_dnsperf(warm, WARMUP_S + 30)
+        argv = dnsperf_argv(s.port, qfile, seconds, [*extra, "-v"])
+        outfile = tmp / f"{s.name}-latency.txt"
+        if i == 0:
+            commands.append(shlex.join(warm) + "    # warm-up before every latency run, discarded")
+            commands.append(shlex.join(argv) + f" > {outfile.name}    # fixed load, per-query latencies from -v")
+        rc, out = run_dnsperf(argv, seconds + 60, outfile)
+        outfile.unlink(missing_ok=True)
+        lat, codes = bl.parse_verbose_latencies(out)
+        try:
+            summary = bl.parse_dnsperf(out)
+        except ValueError:
+            summary = {"error": f"dnsperf exit {rc}"}
+        run = {
+            "argv": argv, "summary": summary, "answers": len(lat), "rcodes_seen": codes,
+            "mean_ms": (sum(lat) / len(lat) * 1000) if lat else None,
+            "p50_ms": bl.percentile(lat, 50) * 1000 if lat else None,
+            "p99_ms": bl.percentile(lat, 99) * 1000 if lat else None,
+            "p999_ms": bl.percentile(lat, 99.9) * 1000 if lat else None,
+        }
+        run["saturated"] = bool(summary.get("qps") and summary["qps"] < 0.95 * rate)
+        out_runs.append(run)
+        log(f"{s.name} latency run {i + 1} at {rate} qps: mean {_ms(run['mean_ms'])} ms, p99 {_ms(run['p99_ms'])} ms")
+    good = [r for r in out_runs if r["p99_ms"] is not None]
     result["latency"] = {
-        "rate": rate, "argv": argv, "summary": summary, "answers": len(lat), "rcodes_seen": codes,
-        "mean_ms": (sum(lat) / len(lat) * 1000) if lat else None,
-        "p50_ms": bl.percentile(lat, 50) * 1000 if lat else None,
-        "p99_ms": bl.percentile(lat, 99) * 1000 if lat else None,
-        "p999_ms": bl.percentile(lat, 99.9) * 1000 if lat else None,
-        "saturated": bool(summary.get("qps") and summary["qps"] < 0.95 * rate),
+        "rate": rate, "runs": out_runs,
+        "mean_ms": bl.median([r["mean_ms"] for r in good]) if good else None,
+        "p99_ms": bl.median([r["p99_ms"] for r in good]) if good else None,
+        "saturated": any(r["saturated"] for r in out_runs),
     }
-    log(f"{s.name} latency at {rate} qps: p99 {result['latency']['p99_ms']} ms")
+
+
+def _ms(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
 
 
 def versions() -> dict:
@@ -464,7 +506,7 @@ def versions() -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/run", description=__doc__)
     ap.add_argument("--seconds", type=float, default=15, help="measured seconds per dnsperf run (default 15)")
-    ap.add_argument("--runs", type=int, default=3, help="measured runs per server for the main mix (default 3)")
+    ap.add_argument("--runs", type=int, default=3, help="measured runs per server of the main mix and of the fixed-load latency run (default 3)")
     ap.add_argument("--variant-runs", type=int, default=1,
                     help="runs of the ECS and VNet-source rows (default 1; 0 leaves them out)")
     ap.add_argument("--only", default="", help="comma-separated servers: geotm,geotm-w2,knot,pdns,pdns-lua,gdnsd")
@@ -564,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
                     qps = [r["qps"] for r in gq if "qps" in r]
                     rate = int(bl.median(qps) / 2) if qps else DEFAULT_RATE
                     results["rate_from"] = "half of geotm's median qps" if qps else "default"
-                measure_latency(s, qfile, args.seconds, rate, res, commands, tmp)
+                measure_latency(s, qfile, args.seconds, args.runs, rate, res, commands, tmp)
                 if s.proc.poll() is not None:
                     res["error"] = f"exited during the run (status {s.proc.returncode})"
                     failed.append(s.name)
@@ -603,7 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     sat = [r["server"] for r in rows if r.get("saturated")]
     if sat:
         print(f"note: {', '.join(sat)} could not sustain {rate} qps in the latency run: its latency is queueing")
-    print("ratio = geotm qps / this server's qps in the same row kind (main, +ecs, vnet-src)")
+    print("ratio = geotm qps / this server's qps in the same row kind (main, +ecs, vnet-src); "
+          "srv_cpu = server cores busy during the measured runs (below ~0.95: dnsperf-bound)")
     print()
     print("commands:")
     for c in commands:
@@ -631,6 +674,8 @@ def build_rows(results: dict) -> list[dict]:
                    "mean_ms": bl.median([r["avg_latency_s"] * 1000 for r in runs if "avg_latency_s" in r]) if runs
                    else None,
                    "lost": sum(r.get("queries_lost", 0) for r in runs) if runs else None,
+                   "cpu": bl.median([r["server_cpu_cores"] for r in runs if r.get("server_cpu_cores") is not None])
+                   if runs else None,
                    "ratio": None, "rate_mean_ms": None, "p99_ms": None}
             if variant == "main" and "latency" in res:
                 row["rate_mean_ms"] = res["latency"].get("mean_ms")

@@ -494,7 +494,7 @@ def median(values: list[float]) -> float:
 # --------------------------------------------------------------------------------------------
 # The printed table, and its parser (for the optional end-to-end test).
 
-TABLE_HEADER = ("server", "qps", "mean_ms", "mean_ms@rate", "p99_ms@rate", "lost", "geotm/peer")
+TABLE_HEADER = ("server", "qps", "srv_cpu", "mean_ms", "mean_ms@rate", "p99_ms@rate", "lost", "geotm/peer")
 
 
 def format_table(rows: list[dict]) -> str:
@@ -508,6 +508,7 @@ def format_table(rows: list[dict]) -> str:
         body.append((
             r["server"],
             cell(r.get("qps"), "{:.0f}"),
+            cell(r.get("cpu"), "{:.2f}"),
             cell(r.get("mean_ms"), "{:.3f}"),
             cell(r.get("rate_mean_ms"), "{:.3f}"),
             cell(r.get("p99_ms"), "{:.3f}"),
@@ -536,14 +537,15 @@ def parse_table(text: str) -> list[dict]:
         if not line.strip():
             break
         parts = line.split()
-        if len(parts) < 7:
+        if len(parts) < 8:
             break
-        name = " ".join(parts[:-6])
-        vals = parts[-6:]
+        name = " ".join(parts[:-7])
+        vals = parts[-7:]
 
         def num(s, conv=float):
             return None if s == "-" else conv(s)
 
-        rows.append({"server": name, "qps": num(vals[0]), "mean_ms": num(vals[1]), "rate_mean_ms": num(vals[2]),
-                     "p99_ms": num(vals[3]), "lost": num(vals[4], int), "ratio": num(vals[5])})
+        rows.append({"server": name, "qps": num(vals[0]), "cpu": num(vals[1]), "mean_ms": num(vals[2]),
+                     "rate_mean_ms": num(vals[3]), "p99_ms": num(vals[4]), "lost": num(vals[5], int),
+                     "ratio": num(vals[6])})
     return rows

@@ -181,7 +181,7 @@ def test_percentile_nearest_rank():
 
 def test_table_round_trip():
     rows = [
-        {"server": "geotm", "qps": 47846.2, "mean_ms": 4.038, "rate_mean_ms": 2.67, "p99_ms": 14.39, "lost": 0,
+        {"server": "geotm", "qps": 47846.2, "cpu": 0.98, "mean_ms": 4.038, "rate_mean_ms": 2.67, "p99_ms": 14.39, "lost": 0,
          "ratio": None},
         {"server": "knot +ecs", "qps": 82900.8, "mean_ms": 2.134, "rate_mean_ms": None, "p99_ms": None, "lost": 2,
          "ratio": 0.39},
@@ -189,6 +189,7 @@ def test_table_round_trip():
     parsed = bl.parse_table("preamble\n\n" + bl.format_table(rows) + "\n\ncommands:\n")
     assert [r["server"] for r in parsed] == ["geotm", "knot +ecs"]
     assert parsed[0]["qps"] == 47846 and parsed[0]["ratio"] is None and parsed[0]["p99_ms"] == 14.39
+    assert parsed[0]["cpu"] == 0.98 and parsed[1]["cpu"] is None
     assert parsed[1]["lost"] == 2 and parsed[1]["ratio"] == 0.39 and parsed[1]["p99_ms"] is None
 
 
