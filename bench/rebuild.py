@@ -7,7 +7,6 @@ registries of 3-6 replicas, and whether queries keep flowing while a real dnsd r
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import signal
 import socket
@@ -96,7 +95,6 @@ def live_reload(count: int, seconds: float = 6.0) -> dict:
     process = subprocess.Popen([sys.executable, "-m", "dnsd", "serve", "--config", str(path), "--listen",
                                 f"127.0.0.1:{port}", "--admin-listen", "off", "--log-format", "json"],
                                cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    query = bytes.fromhex("abcd0000000100000000000007726567303030310761") + b""  # placeholder, replaced below
     import dns.message
     wire = dns.message.make_query("reg0001.azurecr.test", "A").to_wire()
     sent = answered = 0
@@ -140,7 +138,6 @@ def live_reload(count: int, seconds: float = 6.0) -> dict:
         process.send_signal(signal.SIGTERM)
         _, log = process.communicate(timeout=30)
     reloads = log.count('"config_reloaded"')
-    del query
     return {"registries": count, "queries": sent, "answered": answered, "lost": sent - answered,
             "worst_latency_ms": worst * 1000, "reloads": reloads}
 

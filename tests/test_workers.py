@@ -11,7 +11,6 @@ import time
 import urllib.request
 
 import dns.message
-import yaml
 
 from tests import harness
 from tests.dnstest import isolated_example, make_query
