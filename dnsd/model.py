@@ -193,6 +193,7 @@ class Webhook:
     timeout: float = 2.0
     retries: int = 5  # attempts after the first, with exponential backoff
     backoff: float = 1.0  # first retry delay in seconds, doubled each time
+    secret_file: str | None = None  # shared secret: each POST carries X-Geotm-Signature (HMAC-SHA256 of the body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +204,19 @@ class ProbesSettings:
     max_concurrent: int = 32  # rounds running at once across all replicas
     webhook: Webhook | None = None
     state_file: str | None = None  # verdicts kept across probe restarts
+    tls_cert_file: str | None = None  # serve HTTPS with this certificate chain (PEM)...
+    tls_key_file: str | None = None  # ...and its private key
+    token_file: str | None = None  # /v1/health needs `Authorization: Bearer <token from this file>`
+    public_metrics: bool = True  # /metrics without the token (/healthz is always open)
+    registry_credentials: str | None = None  # docker config.json (`auths`) for registries that require auth
+
+
+@dataclass(frozen=True, slots=True)
+class FeedAccess:
+    """How dnsd reaches one probes feed: the CA that signs its certificate, the token it requires."""
+
+    ca_file: str | None = None  # PEM bundle for https feeds; None: the system CAs (always verified)
+    token_file: str | None = None  # sent as `Authorization: Bearer <token>`
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,10 +228,15 @@ class HealthFeedSettings:
     poll_interval: float = 1.0
     ttl: float = 30.0  # a verdict older than this expires: the replica counts as Online (fail open)
     state_file: str | None = None  # last good snapshot, loaded at start so a restart forgets nothing
+    access: FeedAccess = field(default_factory=FeedAccess)  # for every feed...
+    feed_access: Mapping[str, FeedAccess] = field(default_factory=lambda: frozen_map({}))  # ...or per feed URL
 
     @property
     def votes_needed(self) -> int:
         return self.quorum or (len(self.feeds) // 2 + 1)
+
+    def access_for(self, url: str) -> FeedAccess:
+        return self.feed_access.get(url, self.access)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,18 +1,52 @@
-"""The probe service's HTTP API: GET /v1/health (versioned, ETag), /healthz, /metrics."""
+"""The probe service's HTTP API: GET /v1/health (versioned, ETag; bearer token when configured), /healthz,
+/metrics.
+
+Access policy with a token: /v1/health (the verdicts dnsd acts on) always needs it; /metrics needs it
+unless public_metrics; /healthz stays open for orchestrators' liveness checks and then says only
+ok / not ok and counts, never which targets. Refusals are 401 and logged, rate-limited.
+"""
 from __future__ import annotations
 
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from dnsd.secretfile import SecretFile, SecretUnreadable, bearer_matches
+from dnsd.server import _RateLimitedLog
 from probes.scheduler import ProbeService
+
+log = structlog.get_logger(__name__)
 
 
 def etag_of(service: ProbeService) -> str:
     return f'"{service.instance}-{service.generation}"'
 
 
-def make_app(service: ProbeService) -> web.Application:
-    app = web.Application()
+def make_app(service: ProbeService, token: SecretFile | None = None, public_metrics: bool = True) -> web.Application:
+    protected = {"/v1/health"} | (set() if public_metrics else {"/metrics"})
+    refusals = _RateLimitedLog(interval=10.0, burst=1)
+
+    @web.middleware
+    async def require_token(request: web.Request, handler):
+        if token is None or request.path not in protected:
+            return await handler(request)
+        try:
+            expected = token.value()
+        except SecretUnreadable as err:  # never fall back to serving without the token
+            if refusals.admit() is not None:
+                log.error("probes_token_unreadable", error=str(err), effect="every protected request refused")
+            return web.json_response({"error": "the probes token cannot be read"}, status=503)
+        if bearer_matches(request.headers.get("Authorization"), expected):
+            return await handler(request)
+        suppressed = refusals.admit()
+        if suppressed is not None:
+            log.warning("probes_request_refused", path=request.path, remote=request.remote,
+                        why="missing bearer token" if not request.headers.get("Authorization") else "wrong token",
+                        suppressed=suppressed)
+        return web.json_response({"error": "missing or wrong bearer token"}, status=401,
+                                 headers={"WWW-Authenticate": 'Bearer realm="geotm-probes"'})
+
+    app = web.Application(middlewares=[require_token], client_max_size=64 * 1024)
 
     async def health(request: web.Request) -> web.Response:
         stale = service.stale_targets()
@@ -27,7 +61,7 @@ def make_app(service: ProbeService) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         stale = service.stale_targets()
         if stale:
-            return web.json_response({"ok": False, "stale": stale}, status=503)
+            return web.json_response({"ok": False, "stale": stale if token is None else len(stale)}, status=503)
         return web.json_response({"ok": True, "targets": len(service.targets), "generation": service.generation})
 
     async def metrics(request: web.Request) -> web.Response:

@@ -33,6 +33,7 @@ import aiohttp
 from yarl import URL
 
 from dnsd.model import ProbeCheck, StatusRange
+from probes.registryauth import AuthError, RegistryAuth
 
 MAX_BODY = 64 * 1024
 MAX_REASON = 200
@@ -75,12 +76,14 @@ def make_session(limit: int = 64) -> aiohttp.ClientSession:
                                  raise_for_status=False)
 
 
-async def run_check(check: ProbeCheck, session: aiohttp.ClientSession, timeout: float) -> ProbeResult:
-    """Run one check within `timeout` seconds. Never raises, except asyncio.CancelledError."""
+async def run_check(check: ProbeCheck, session: aiohttp.ClientSession, timeout: float,
+                    auth: RegistryAuth | None = None) -> ProbeResult:
+    """Run one check within `timeout` seconds. Never raises, except asyncio.CancelledError.
+    `auth`: registry credentials; an oci check whose registry has some answers 401s with them."""
     start = time.monotonic()
     try:
         async with asyncio.timeout(timeout):
-            ok, reason, status = await _dispatch(check, session)
+            ok, reason, status = await _dispatch(check, session, auth)
     except TimeoutError:
         ok, reason, status = False, f"timeout after {timeout:g}s", None
     except asyncio.CancelledError:
@@ -92,10 +95,11 @@ async def run_check(check: ProbeCheck, session: aiohttp.ClientSession, timeout: 
     return ProbeResult(ok=ok, reason=_clip(reason), latency=time.monotonic() - start, status_code=status)
 
 
-async def _dispatch(check: ProbeCheck, session: aiohttp.ClientSession) -> tuple[bool, str, int | None]:
+async def _dispatch(check: ProbeCheck, session: aiohttp.ClientSession,
+                    auth: RegistryAuth | None = None) -> tuple[bool, str, int | None]:
     if check.kind == "tcp":
         return await _tcp(check)
-    client = _Client(check, session)
+    client = _Client(check, session, auth if check.kind == "oci" else None)
     if check.kind in ("http", "https"):
         return await _http(check, client)
     if check.kind == "oci":
@@ -133,7 +137,7 @@ class _Response:
 class _Client:
     """Requests to one replica: base URL, Host header, TLS settings and extra headers of the check."""
 
-    def __init__(self, check: ProbeCheck, session: aiohttp.ClientSession):
+    def __init__(self, check: ProbeCheck, session: aiohttp.ClientSession, auth: RegistryAuth | None = None):
         self.check = check
         self.session = session
         scheme = "https" if check.kind == "https" else ("http" if check.kind == "http" else check.scheme or "http")
@@ -143,12 +147,33 @@ class _Client:
         self.ssl: ssl.SSLContext | bool = _ssl_context(check) if scheme == "https" else True
         self.server_hostname = (urlsplit("//" + check.host_header).hostname
                                 if scheme == "https" and check.host_header else None)
+        self.auth = auth.for_check(check, self.base, self.ssl) if auth is not None else None
 
     def url(self, path: str) -> str:
         return self.base + (path if path.startswith("/") else "/" + path)
 
     async def request(self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
                       data: bytes | None = None, read_body: bool = True) -> _Response:
+        """With registry credentials: a 401 is answered (registryauth) and the request sent once more;
+        a 401 after that is a failed check, never "alive"."""
+        if self.auth is None:
+            return await self._send(method, url, headers, data, read_body)
+        authorization = self.auth.header()
+        resp = await self._send(method, url, {**(headers or {}), "Authorization": authorization}
+                                if authorization else headers, data, read_body)
+        if resp.status != 401:
+            return resp
+        try:
+            authorization = await self.auth.answer(resp.headers.get("WWW-Authenticate", ""), self.session)
+        except AuthError as err:
+            raise _Fail(f"authentication failed for {url}: {err}", 401) from None
+        resp = await self._send(method, url, {**(headers or {}), "Authorization": authorization}, data, read_body)
+        if resp.status == 401:
+            raise _Fail(f"authentication failed: HTTP 401 from {url} for {self.auth.who}", 401)
+        return resp
+
+    async def _send(self, method: str, url: str, headers: Mapping[str, str] | None, data: bytes | None,
+                    read_body: bool) -> _Response:
         all_headers: dict[str, str] = dict(self.check.headers)
         if self.check.host_header:
             all_headers["Host"] = self.check.host_header

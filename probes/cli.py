@@ -66,30 +66,37 @@ async def serve(config, settings) -> None:
     from probes.api import make_app
     from probes.scheduler import ProbeService, transition_event
     from probes.targets import targets_of
+    from dnsd.secretfile import SecretFile
     from probes.webhook import Notifier
 
     stop = StopSignals()
+    tls, token, registry_auth = _trust(settings)
     service = ProbeService(targets_of(config), settings,
-                           verdict_ttl=config.health.ttl if config.health.feeds else None)
-    runner = web.AppRunner(make_app(service), access_log=None)
+                           verdict_ttl=config.health.ttl if config.health.feeds else None, registry_auth=registry_auth)
+    runner = web.AppRunner(make_app(service, token, settings.public_metrics), access_log=None)
     await runner.setup()
     host, port = settings.listen
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
     try:
         await site.start()
     except OSError as err:
         await runner.cleanup()
-        raise OSError(err.errno, f"cannot listen on {host}:{port} (http): {err.strerror}") from None
+        raise OSError(err.errno, f"cannot listen on {host}:{port} ({'https' if tls else 'http'}): "
+                                 f"{err.strerror}") from None
     await service.start()
     notifier_task = None
     if settings.webhook is not None:
         assert service.session is not None
-        notifier = Notifier(settings.webhook, service.session)
+        secret = SecretFile(settings.webhook.secret_file, "webhook secret") if settings.webhook.secret_file else None
+        notifier = Notifier(settings.webhook, service.session, secret=secret)
         service.on_transition.append(lambda target, moved, _state: notifier.notify(
             transition_event(target, moved, service.instance)))
         notifier_task = asyncio.create_task(notifier.run())
     log.info("probes_started", config=config.source, targets=len(service.targets), listen=f"{host}:{port}",
-             webhook=settings.webhook.url if settings.webhook else None, state_file=settings.state_file)
+             tls=tls is not None, token="required on /v1/health" if token else "none",
+             registry_credentials=len(registry_auth.credentials) if registry_auth else None,
+             webhook=settings.webhook.url if settings.webhook else None,
+             webhook_signed=bool(settings.webhook and settings.webhook.secret_file), state_file=settings.state_file)
     try:
         await stop.wait()
     finally:
@@ -99,6 +106,35 @@ async def serve(config, settings) -> None:
             notifier_task.cancel()
         await service.stop()
         await runner.cleanup()
+
+
+def _trust(settings):
+    """TLS context, API token and registry credentials from the settings' files, all checked before
+    probing starts: a probes that cannot protect its feed refuses to start (OSError with the reason)."""
+    import ssl
+
+    from dnsd.secretfile import SecretFile, SecretUnreadable
+    from probes.registryauth import CredentialsError, RegistryAuth
+    tls = None
+    if settings.tls_cert_file:
+        try:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+        except (OSError, ssl.SSLError) as err:
+            raise OSError(f"cannot load probes.tls ({settings.tls_cert_file}, {settings.tls_key_file}): {err}") from None
+    checked = []
+    if settings.token_file:
+        checked.append(SecretFile(settings.token_file, "probes token"))
+    if settings.webhook is not None and settings.webhook.secret_file:
+        checked.append(SecretFile(settings.webhook.secret_file, "webhook secret"))
+    try:
+        for secret in checked:
+            secret.value()
+        registry_auth = RegistryAuth.from_file(settings.registry_credentials) if settings.registry_credentials else None
+    except (SecretUnreadable, CredentialsError) as err:
+        raise OSError(str(err)) from None
+    token = checked[0] if settings.token_file else None
+    return tls, token, registry_auth
 
 
 if __name__ == "__main__":

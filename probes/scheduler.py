@@ -18,6 +18,7 @@ from dnsd.model import ProbesSettings
 from probes import checks, state as state_file
 from probes.checks import ProbeResult
 from probes.metrics import ProbeMetrics
+from probes.registryauth import RegistryAuth
 from probes.targets import Target
 from probes.tracker import TrackerState, Transition, observe
 
@@ -28,12 +29,14 @@ RoundRunner = Callable[[Target], Awaitable[ProbeResult]]
 
 class ProbeService:
     def __init__(self, targets: list[Target], settings: ProbesSettings, metrics: ProbeMetrics | None = None,
-                 clock: Callable[[], float] = time.time, verdict_ttl: float | None = None):
+                 clock: Callable[[], float] = time.time, verdict_ttl: float | None = None,
+                 registry_auth: RegistryAuth | None = None):
         """verdict_ttl: how long dnsd trusts a verdict (config health.ttl). A saved verdict older than
         that is not restored: dnsd has already failed open past it, and bringing it back would make
         routing flap until the next rounds decide afresh."""
         self.targets = targets
         self.settings = settings
+        self.registry_auth = registry_auth  # credentials for registries that require auth (oci checks)
         self.clock = clock
         self.metrics = metrics or ProbeMetrics()
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{int(clock())}"
@@ -101,7 +104,7 @@ class ProbeService:
         spec = target.spec
         assert self.session is not None
         started = time.monotonic()
-        results = await asyncio.gather(*(checks.run_check(check, self.session, spec.timeout)
+        results = await asyncio.gather(*(checks.run_check(check, self.session, spec.timeout, self.registry_auth)
                                          for check in spec.checks))
         for check, result in zip(spec.checks, results):
             self.metrics.observe_check(target, check, result)

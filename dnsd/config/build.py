@@ -11,7 +11,7 @@ from dnsd.config.reader import Reader
 from dnsd.hostport import parse_host_port
 from dnsd.config.yamlnodes import Map, Node, Scalar, parse_yaml
 from dnsd.model import (ALL_DOWN_POLICIES, PROBE_KINDS, ROUTING_METHODS, AllDownPolicy, ClientNetwork,
-                        AdminSettings, Config, HealthFeedSettings, NameTTLs, PrivateEndpoints, ProbeCheck, ProbeSpec,
+                        AdminSettings, Config, FeedAccess, HealthFeedSettings, NameTTLs, PrivateEndpoints, ProbeCheck, ProbeSpec,
                         ProbesSettings, Registry, Replica, ServerSettings, Soa, StatusRange, Topology,
                         View, Webhook, Zone, frozen_map)
 from dnsd.records import RR, normalize_name
@@ -522,25 +522,54 @@ class _Builder:
         r = self.r
         if node is None:
             return ProbesSettings()
-        m = r.mapping(node, ("listen", "max_concurrent", "webhook", "state_file"))
+        m = r.mapping(node, ("listen", "max_concurrent", "webhook", "state_file", "tls", "token_file",
+                             "public_metrics", "registry_credentials"))
         if m is None:
             return None
         defaults = ProbesSettings()
         listen = r.scalar(m.get("listen"), lambda v: parse_listen(str(v), 8053),
                           "HOST:PORT like 127.0.0.1:8053", defaults.listen)
         webhook = None
-        wm = r.mapping(m.get("webhook"), ("url", "timeout", "retries", "backoff"), required=("url",))
+        wm = r.mapping(m.get("webhook"), ("url", "timeout", "retries", "backoff", "secret_file"), required=("url",))
         if wm is not None:
+            wd = Webhook(url="")
             url = r.scalar(wm.get("url"), _http_url, "an http:// or https:// URL")
-            values = dict(timeout=r.duration(wm.get("timeout"), 2.0, 0.01), retries=r.integer(wm.get("retries"), 0, 100, 5),
-                          backoff=r.duration(wm.get("backoff"), 1.0, 0.0))
+            values = dict(timeout=r.duration(wm.get("timeout"), wd.timeout, 0.01),
+                          retries=r.integer(wm.get("retries"), 0, 100, wd.retries),
+                          backoff=r.duration(wm.get("backoff"), wd.backoff, 0.0))
+            secret_file = self.file_name(wm.get("secret_file"))
             if url is not None and None not in values.values():
-                webhook = Webhook(url=url, **values)
+                webhook = Webhook(url=url, secret_file=secret_file, **values)
+        tls = r.mapping(m.get("tls"), ("cert_file", "key_file"), required=("cert_file", "key_file"),
+                        what="{cert_file: PEM, key_file: PEM}")
+        cert_file = self.file_name(tls.get("cert_file")) if tls is not None else None
+        key_file = self.file_name(tls.get("key_file")) if tls is not None else None
+        token_file = self.file_name(m.get("token_file"))
+        public_metrics = r.boolean(m.get("public_metrics"), defaults.public_metrics)
+        if token_file is not None and tls is None and listen is not None and not _loopback(listen[0]):
+            r.fail(m.get("token_file"), f"probes listens on {listen[0]} without tls: the token (and the verdicts) "
+                                        "would cross the network in clear; add probes.tls or listen on loopback")
+        if public_metrics is False and token_file is None:
+            r.fail(m.get("public_metrics"), "public_metrics: false needs probes.token_file (else nobody can scrape)")
         max_concurrent = r.integer(m.get("max_concurrent"), 1, 10_000, defaults.max_concurrent)
-        if listen is None or max_concurrent is None:
+        if listen is None or max_concurrent is None or public_metrics is None:
             return None
         return ProbesSettings(listen=listen, max_concurrent=max_concurrent, webhook=webhook,
-                              state_file=r.string(m.get("state_file")))
+                              state_file=r.string(m.get("state_file")), tls_cert_file=cert_file,
+                              tls_key_file=key_file, token_file=token_file, public_metrics=public_metrics,
+                              registry_credentials=self.file_name(m.get("registry_credentials")))
+
+    def file_name(self, node: Node | None) -> str | None:
+        """A path to a file (read at run time, so a config stays checkable on another machine)."""
+        text = self.r.string(node)
+        if text is not None and not text.strip():
+            self.r.fail(node, "expected a file name, got an empty string")
+            return None
+        return text
+
+    def feed_access(self, m: Map, defaults: FeedAccess) -> FeedAccess:
+        return FeedAccess(ca_file=self.file_name(m.get("ca_file")) or defaults.ca_file,
+                          token_file=self.file_name(m.get("token_file")) or defaults.token_file)
 
     def admin_settings(self, node: Node | None) -> AdminSettings | None:
         r = self.r
@@ -571,10 +600,29 @@ class _Builder:
         r = self.r
         if node is None:
             return HealthFeedSettings()
-        m = r.mapping(node, ("feeds", "quorum", "poll_interval", "ttl", "state_file"))
+        m = r.mapping(node, ("feeds", "quorum", "poll_interval", "ttl", "state_file", "ca_file", "token_file"))
         if m is None:
             return None
-        feeds = [f for f in (r.scalar(n, _http_url, "an http:// or https:// URL") for n in r.one_or_many(m.get("feeds"))) if f]
+        access = self.feed_access(m, FeedAccess())
+        feeds, per_feed = [], {}
+        for item in r.one_or_many(m.get("feeds")):
+            fm = item if isinstance(item, Map) else None
+            if fm is not None:  # {url, ca_file, token_file}: this feed's own TLS trust and token
+                r.mapping(fm, ("url", "ca_file", "token_file"), required=("url",))
+            url_node = fm.get("url") if fm is not None else item
+            url = r.scalar(url_node, _http_url, "an http:// or https:// URL, or {url, ca_file, token_file}")
+            if url is None:
+                continue
+            if url in feeds:
+                r.fail(url_node, f"feed {url} is listed twice")
+                continue
+            feeds.append(url)
+            own = self.feed_access(fm, access) if fm is not None else access
+            if own != access:
+                per_feed[url] = own
+            self.check_feed_access(url, own, fm, url_node)
+        if m.get("ca_file") is not None and feeds and not any(f.startswith("https:") for f in feeds):
+            r.fail(m.get("ca_file"), "ca_file applies to https feeds, and every feed listed is plain http")
         quorum_node = m.get("quorum")
         quorum = 0
         if quorum_node is not None and not (isinstance(quorum_node, Scalar) and quorum_node.value == "majority"):
@@ -587,7 +635,20 @@ class _Builder:
         if values["ttl"] < values["poll_interval"]:
             r.fail(m.get("ttl"), f"ttl {values['ttl']:g}s is shorter than poll_interval {values['poll_interval']:g}s: "
                                  "health would expire between polls")
-        return HealthFeedSettings(feeds=tuple(feeds), quorum=quorum, state_file=r.string(m.get("state_file")), **values)
+        return HealthFeedSettings(feeds=tuple(feeds), quorum=quorum, state_file=r.string(m.get("state_file")),
+                                  access=access, feed_access=frozen_map(per_feed), **values)
+
+    def check_feed_access(self, url: str, access: FeedAccess, where: Map | None, url_node: Node) -> None:
+        """A CA file means TLS; a token over plain HTTP beyond loopback is readable on the path."""
+        from urllib.parse import urlsplit
+        parts = urlsplit(url)
+        if parts.scheme == "https":
+            return
+        if where is not None and where.get("ca_file") is not None:
+            self.r.fail(where.get("ca_file"), f"ca_file applies to https feeds, and {url} is plain http")
+        if access.token_file is not None and not _loopback(parts.hostname or ""):
+            self.r.fail(url_node, f"feed {url} is plain http beyond loopback: its bearer token would cross the "
+                                  "network in clear; use https (with ca_file)")
 
     def all_down(self, node: Node | None, replica_names: set[str]) -> AllDownPolicy | None:
         r = self.r
@@ -726,6 +787,17 @@ def _generated_names(reg: Registry, zone: str):
         yield names.regional_private_name(reg.name, rep.name, zone), f"{where}'s private regional name"
         yield names.data_name(reg.name, rep.name, zone), f"{where}'s data name"
         yield names.data_private_name(reg.name, rep.name, zone), f"{where}'s private data name"
+
+
+def _loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1): traffic that never leaves the machine."""
+    import ipaddress
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _fraction(value: object) -> float:
