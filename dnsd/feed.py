@@ -13,9 +13,11 @@ from typing import Callable
 import aiohttp
 import structlog
 
+from dnsd.feedaccess import FeedAccessError, FeedTrust
 from dnsd.files import write_json_atomically
 from dnsd.health import EndpointHealth, FeedDocument, HealthSnapshot, Status
 from dnsd.model import HealthFeedSettings
+from dnsd.server import _RateLimitedLog
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +45,9 @@ class HealthFeed:
         self.apply = apply
         self.clock = clock
         self.feeds = [FeedState(url) for url in settings.feeds]
+        self.trust = {url: FeedTrust(settings.access_for(url)) for url in settings.feeds}
+        # a refused token is logged at once, then at most once a minute per feed while it lasts
+        self._refusals = {url: _RateLimitedLog(interval=60.0, burst=1) for url in settings.feeds}
         self.expired = False  # running on expired health (every feed silent for longer than the TTL)
         self.generation = 0
         self.current: dict[tuple[str, str], EndpointHealth] | None = None
@@ -144,9 +149,13 @@ class HealthFeed:
         headers = {"If-None-Match": feed.etag} if feed.etag and feed.document is not None else {}
         error = None
         changed = False
+        trust = self.trust[feed.url]
         try:
+            tls = trust.ssl()
+            headers.update(trust.headers())
             timeout = aiohttp.ClientTimeout(total=max(1.0, min(5.0, self.settings.poll_interval * 2)))
-            async with session.get(feed.url, headers=headers, timeout=timeout, allow_redirects=False) as response:
+            async with session.get(feed.url, headers=headers, timeout=timeout, allow_redirects=False,
+                                   ssl=tls) as response:
                 if response.status == 304:
                     feed.fetched_at = self.clock()
                 elif response.status == 200:
@@ -159,8 +168,16 @@ class HealthFeed:
                     feed.document = document
                     feed.etag = response.headers.get("ETag")
                     feed.fetched_at = self.clock()
+                elif response.status in (401, 403):  # a failed poll, never data
+                    error = (f"HTTP {response.status}: probes refused "
+                             f"{'our token' if 'Authorization' in headers else 'a request without a token'}")
+                    self._log_refusal(feed, error, bool(trust.token))
                 else:
                     error = f"HTTP {response.status}"
+        except FeedAccessError as err:  # our CA or token file is unusable: the poll is not sent
+            error = str(err)
+        except aiohttp.ClientConnectorCertificateError as err:
+            error = f"TLS certificate of {feed.url} not trusted: {err.certificate_error}"
         except (aiohttp.ClientError, TimeoutError, OSError) as err:
             error = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
         except (ValueError, UnicodeDecodeError) as err:  # JSON or schema: keep the last good document
@@ -174,6 +191,14 @@ class HealthFeed:
             self.errors_by_url[feed.url] = self.errors_by_url.get(feed.url, 0) + 1
         feed.error = error
         return changed
+
+    def _log_refusal(self, feed: FeedState, error: str, sent_token: bool) -> None:
+        suppressed = self._refusals[feed.url].admit()
+        if suppressed is not None:
+            log.error("health_feed_unauthorized", url=feed.url, error=error, refused_since_last_log=suppressed,
+                      fix="the token in health.token_file must match probes.token_file" if sent_token
+                      else "set health.token_file (this probes requires a bearer token)",
+                      keeping="last good document until health.ttl")
 
     def _report_unknown(self, url: str, document: FeedDocument) -> None:
         for key in document.endpoints:
