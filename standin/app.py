@@ -14,15 +14,26 @@ Modes (per replica):
   garbage    every response is 200 with random non-JSON bytes (Content-Type application/json)
   refuse     the replica's listeners are closed (connections refused); any other mode re-binds them
 Blobs and manifests live in memory per replica and survive mode changes (refuse included).
+
+Token mode (`TokenAuth`, `geotm-backend serve --token-auth FILE`): like distribution with `auth: token`,
+every /v2 request needs `Authorization: Bearer <token>`, else 401 with `WWW-Authenticate: Bearer
+realm="<scheme>://<this listener>/token",service="geotm-backend",scope="repository:<name>:<actions>"`
+(pull for GET/HEAD, pull,push for POST/PUT/PATCH, delete for DELETE; `error="insufficient_scope"` when
+the token lacks it). GET /token with Basic auth of a listed user issues an opaque token for the scopes
+asked for, valid `ttl` seconds. Health endpoints stay open, as in distribution and Harbor.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
+import hmac
 import json
 import os
 import re
 import ssl
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -109,6 +120,68 @@ def _hostport(where: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# -- token mode ----------------------------------------------------------------------------------
+
+TOKEN_SERVICE = "geotm-backend"
+MAX_TOKENS = 4096  # tokens kept per replica; the oldest is forgotten beyond
+
+
+@dataclass(frozen=True, slots=True)
+class TokenAuth:
+    users: dict[str, str]  # user -> password
+    ttl: float = 300.0  # seconds a token is valid (expires_in)
+
+    @classmethod
+    def from_file(cls, path: str, ttl: float = 300.0) -> TokenAuth:
+        """Lines `user:password` (blank lines and # comments skipped). ValueError says what is wrong."""
+        users = {}
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                user, sep, password = line.partition(":")
+                if not sep or not user or not password:
+                    raise ValueError(f"{path}:{number}: expected user:password")
+                users[user] = password
+        if not users:
+            raise ValueError(f"{path}: no user:password line")
+        return cls(users, ttl)
+
+    def check(self, header: str | None) -> str | None:
+        """The user whose Basic credentials these are, or None."""
+        if not header or not header.lower().startswith("basic "):
+            return None
+        try:
+            user, _, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        expected = self.users.get(user)
+        if expected is None or not hmac.compare_digest(expected.encode(), password.encode()):
+            return None
+        return user
+
+
+def _scope_needed(method: str, name: str) -> tuple[str, tuple[str, ...]]:
+    """(challenge scope, actions the request needs) as distribution derives them from the method."""
+    if method in ("GET", "HEAD"):
+        return f"repository:{name}:pull", ("pull",)
+    if method == "DELETE":
+        return f"repository:{name}:delete", ("delete",)
+    return f"repository:{name}:pull,push", ("pull", "push")
+
+
+def _granted(scopes: list[str]) -> set[tuple[str, str]]:
+    """['repository:a/b:pull,push'] -> {('a/b', 'pull'), ('a/b', 'push')}"""
+    grants = set()
+    for scope in scopes:
+        kind, _, rest = scope.partition(":")
+        name, _, actions = rest.rpartition(":")
+        if kind == "repository" and name:
+            grants |= {(name, action) for action in actions.split(",") if action}
+    return grants
+
+
 # -- one replica ---------------------------------------------------------------------------------
 
 @dataclass(slots=True)
@@ -145,8 +218,12 @@ class Storage:
 class ReplicaBackend:
     """One replica: its mode, its storage, and the runner serving its listeners (None while refusing)."""
 
-    def __init__(self, target: Target, ssl_context: ssl.SSLContext | None = None):
+    def __init__(self, target: Target, ssl_context: ssl.SSLContext | None = None,
+                 token_auth: TokenAuth | None = None):
         self.target = target
+        self.token_auth = token_auth
+        self.tokens: OrderedDict[str, tuple[float, set[tuple[str, str]]]] = OrderedDict()  # -> (expiry, grants)
+        self.tokens_issued = 0
         self.registry = target.registry
         self.replica = target.replica
         self.ssl_context = ssl_context
@@ -163,7 +240,8 @@ class ReplicaBackend:
         return f"{self.registry}/{self.replica}"
 
     def describe(self) -> dict[str, Any]:
-        return {"registry": self.registry, "replica": self.replica, "mode": self.mode,
+        auth = {"auth": "token", "tokens_issued": self.tokens_issued} if self.token_auth else {}
+        return {**auth, "registry": self.registry, "replica": self.replica, "mode": self.mode,
                 "delay": self.delay if self.mode == "slow" else None,
                 "reason": self.reason if self.mode in ("unhealthy", "readonly") else None,
                 "listeners": [_hostport(w) for w in self.target.listeners],
@@ -263,8 +341,27 @@ def make_replica_app(backend: ReplicaBackend) -> web.Application:
             return _oci_error(503, "UNAVAILABLE", backend.reason)
         return await handler(request)
 
-    async def base(_request: web.Request) -> web.Response:
+    async def base(request: web.Request) -> web.Response:
+        refused = _authorize(backend, request, None)
+        if refused is not None:
+            return refused
         return _json({}, headers=dict(API_VERSION))
+
+    async def token(request: web.Request) -> web.Response:
+        if backend.token_auth is None:
+            return _oci_error(404, "NOT_FOUND", "no token service (token mode is off)")
+        if backend.token_auth.check(request.headers.get("Authorization")) is None:
+            return _json({"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials"}]}, 401,
+                         {"WWW-Authenticate": f'Basic realm="{TOKEN_SERVICE} token"'})
+        issued = uuid.uuid4().hex + uuid.uuid4().hex
+        grants = _granted(request.query.getall("scope", []))
+        backend.tokens[issued] = (time.monotonic() + backend.token_auth.ttl, grants)
+        while len(backend.tokens) > MAX_TOKENS:
+            backend.tokens.popitem(last=False)
+        backend.tokens_issued += 1
+        ttl = backend.token_auth.ttl
+        return _json({"token": issued, "access_token": issued, "expires_in": ttl,
+                      "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
     async def debug_health(_request: web.Request) -> web.Response:
         return _json({})
@@ -280,6 +377,9 @@ def make_replica_app(backend: ReplicaBackend) -> web.Application:
                 name = match["name"]
                 if not REPO_NAME.fullmatch(name):
                     return _oci_error(400, "NAME_INVALID", "invalid repository name", {"name": name})
+                refused = _authorize(backend, request, name)
+                if refused is not None:
+                    return refused
                 return await _OCI_HANDLERS[kind](backend, request, **match.groupdict())
         return _oci_error(404, "NOT_FOUND", "no such endpoint")
 
@@ -288,8 +388,31 @@ def make_replica_app(backend: ReplicaBackend) -> web.Application:
     app.router.add_get("/v2", base)
     app.router.add_get("/debug/health", debug_health)
     app.router.add_get("/api/v2.0/health", harbor_health)
+    app.router.add_get("/token", token)
     app.router.add_route("*", "/v2/{tail:.+}", v2)
     return app
+
+
+def _authorize(backend: ReplicaBackend, request: web.Request, name: str | None) -> web.Response | None:
+    """None when the request may go on (token mode off, or a valid token with the scope it needs),
+    else the 401 with the challenge that tells the client where to get a token."""
+    if backend.token_auth is None:
+        return None
+    scope, actions = _scope_needed(request.method, name) if name else ("", ())
+    header = request.headers.get("Authorization", "")
+    entry = backend.tokens.get(header[7:].strip()) if header[:7].lower() == "bearer " else None
+    if entry is not None and entry[0] > time.monotonic():
+        if all((name, action) in entry[1] for action in actions):
+            return None
+        error = ',error="insufficient_scope"'
+    else:
+        error = ',error="invalid_token"' if entry is not None or header else ""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    host = _hostport((sockname[0], sockname[1])) if sockname else request.host
+    realm = f"{'https' if request.secure else 'http'}://{host}/token"
+    challenge = f'Bearer realm="{realm}",service="{TOKEN_SERVICE}"' + (f',scope="{scope}"' if scope else "") + error
+    return _json({"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}, 401,
+                 {**API_VERSION, "WWW-Authenticate": challenge})
 
 
 def _full(backend: ReplicaBackend) -> web.Response:
@@ -431,7 +554,7 @@ class Backend:
     """Every replica of the targets, plus the control listener that switches their modes."""
 
     def __init__(self, targets: Iterable[Target | tuple[str, str, Iterable[tuple[str, int]]]],
-                 ssl_context: ssl.SSLContext | None = None):
+                 ssl_context: ssl.SSLContext | None = None, token_auth: TokenAuth | None = None):
         """`targets`: Target values, or (registry, replica, [(address, port), ...]) tuples (validated
         by make_targets: ValueError when two replicas claim one address and port)."""
         items = list(targets)
@@ -440,7 +563,7 @@ class Backend:
                                 for t in items], tls)
         self.replicas: dict[tuple[str, str], ReplicaBackend] = {}
         for target in targets:
-            self.replicas[(target.registry, target.replica)] = ReplicaBackend(target, ssl_context)
+            self.replicas[(target.registry, target.replica)] = ReplicaBackend(target, ssl_context, token_auth)
         self.ssl_context = ssl_context
         self._control: web.AppRunner | None = None
         self.control_address: tuple[str, int] | None = None

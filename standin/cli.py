@@ -1,6 +1,6 @@
 """The geotm-backend command line: serve the stand-in replicas of a config, and fail/restore/status them through the control listener.
 
-    geotm-backend serve --config FILE [--control HOST:PORT] [--tls-cert FILE --tls-key FILE]
+    geotm-backend serve --config FILE [--control HOST:PORT] [--tls-cert FILE --tls-key FILE] [--token-auth FILE]
     geotm-backend serve --target REGISTRY/REPLICA=HOST:PORT[,HOST:PORT] ...   (no config needed)
     geotm-backend fail REPLICA [--registry NAME] [--mode unhealthy|readonly|slow|garbage|refuse] [--delay S] [--reason TEXT]
     geotm-backend restore REPLICA [--registry NAME]
@@ -23,7 +23,7 @@ import structlog
 from dnsd.hostport import parse_host_port
 from dnsd.server import StopSignals
 
-from standin.app import MAX_DELAY, MODES, Backend, make_targets, targets_from_config
+from standin.app import MAX_DELAY, MODES, Backend, TokenAuth, make_targets, targets_from_config
 
 DEFAULT_CONTROL = ("127.0.0.1", 5399)
 CONTROL_TIMEOUT = 5.0
@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="certificate (PEM) for listeners dialed by https checks "
                                           "(with --target: for every listener)")
     serve.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
+    serve.add_argument("--token-auth", metavar="FILE", help="token mode: /v2 needs a bearer token from /token, "
+                       "issued to the users of FILE (lines user:password), like distribution with auth: token")
+    serve.add_argument("--token-ttl", type=_delay_arg, default=300.0, metavar="SECONDS",
+                       help="how long an issued token is valid (expires_in; default 300)")
     serve.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     serve.add_argument("--log-level", default="info")
 
@@ -150,10 +154,17 @@ def serve(args: argparse.Namespace) -> int:
         except (OSError, ssl.SSLError) as err:
             print(f"geotm-backend: cannot load TLS certificate: {err}", file=sys.stderr)
             return 2
+    token_auth = None
+    if args.token_auth:
+        try:
+            token_auth = TokenAuth.from_file(args.token_auth, args.token_ttl)
+        except (OSError, ValueError) as err:
+            print(f"geotm-backend: cannot use --token-auth: {err}", file=sys.stderr)
+            return 2
     from dnsd import logs
     logs.configure(json={"auto": None, "json": True, "console": False}[args.log_format], level=args.log_level)
     try:
-        asyncio.run(_serve(Backend(targets, context), args.control))
+        asyncio.run(_serve(Backend(targets, context, token_auth), args.control))
     except OSError as err:
         print(f"geotm-backend: {err.strerror or err}", file=sys.stderr)
         return 1
