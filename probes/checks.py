@@ -164,7 +164,8 @@ class _Client:
         if resp.status != 401:
             return resp
         try:
-            authorization = await self.auth.answer(resp.headers.get("WWW-Authenticate", ""), self.session)
+            authorization = await self.auth.answer(resp.headers.get("WWW-Authenticate", ""), self.session,
+                                                   authorization)
         except AuthError as err:
             raise _Fail(f"authentication failed for {url}: {err}", 401) from None
         resp = await self._send(method, url, {**(headers or {}), "Authorization": authorization}, data, read_body)

@@ -175,6 +175,14 @@ class RegistryAuth:
         self.current: dict[tuple[str, str], tuple[str, float]] = {}  # (base, user) -> (header, renew at)
         self.tokens_fetched = 0
 
+    def forget(self, base: str, username: str, header: str) -> None:
+        if self.current.get((base, username), ("",))[0] == header:
+            del self.current[(base, username)]
+        if header.startswith("Bearer "):
+            token = header[7:]
+            for key in [k for k, (t, _) in self.tokens.items() if t == token]:
+                del self.tokens[key]
+
     @classmethod
     def from_file(cls, path: str) -> RegistryAuth:
         return cls(load_credentials(path))
@@ -219,8 +227,11 @@ class CheckAuth:
             return None
         return current[0]
 
-    async def answer(self, www_authenticate: str, session: aiohttp.ClientSession) -> str:
-        """The Authorization header that answers this 401's challenge. Raises AuthError."""
+    async def answer(self, www_authenticate: str, session: aiohttp.ClientSession, sent: str | None = None) -> str:
+        """The Authorization header that answers this 401's challenge. Raises AuthError. `sent`: the
+        header the refused request carried; a token the registry refused is never offered again."""
+        if sent is not None:
+            self.auth.forget(self.base, self.credentials.username, sent)
         challenges = {c.scheme: c for c in parse_challenges(www_authenticate or "")}
         if "bearer" in challenges and challenges["bearer"].params.get("realm"):
             token, renew_at = await self._token(challenges["bearer"], session)
@@ -228,13 +239,16 @@ class CheckAuth:
         elif "basic" in challenges:
             if not _may_carry_secrets(self.base):
                 raise AuthError(f"refusing to send the password for {self.key} over plain http to {self.base}")
-            pair = f"{self.credentials.username}:{self.credentials.password}".encode()
-            header, renew_at = "Basic " + base64.b64encode(pair).decode(), float("inf")
+            header, renew_at = self._basic(), float("inf")
         else:
             shown = " ".join((www_authenticate or "none").split())[:80]
             raise AuthError(f"401 with no usable challenge (WWW-Authenticate: {shown})")
         self.auth.current[(self.base, self.credentials.username)] = (header, renew_at)
         return header
+
+    def _basic(self) -> str:
+        pair = f"{self.credentials.username}:{self.credentials.password}".encode()
+        return "Basic " + base64.b64encode(pair).decode()
 
     async def _token(self, challenge: Challenge, session: aiohttp.ClientSession) -> tuple[str, float]:
         realm = challenge.params["realm"]
@@ -252,10 +266,9 @@ class CheckAuth:
             return cached
         params = [("service", service)] if service else []
         params += [("scope", s) for s in scopes]
-        basic = aiohttp.BasicAuth(self.credentials.username, self.credentials.password)
         try:
-            async with session.get(realm, params=params, auth=basic, allow_redirects=False, ssl=self.ssl,
-                                   proxy=None) as resp:
+            async with session.get(realm, params=params, headers={"Authorization": self._basic()},
+                                   allow_redirects=False, ssl=self.ssl, proxy=None) as resp:
                 body = await resp.content.read(MAX_TOKEN_RESPONSE + 1)
                 status = resp.status
         except (aiohttp.ClientError, OSError) as err:
