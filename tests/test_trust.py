@@ -298,3 +298,41 @@ def test_a_forged_or_altered_webhook_fails_verification(probes, receiver, tamper
         header = "sha256=" + "0" * 64
     assert not verify_signature(secret, body, header)
     assert not _receiver_side_check(secret.encode(), body, header)
+
+
+# -- the config keys -------------------------------------------------------------------------------
+
+SETTINGS_CASES = [
+    # id, probes section, health section, expected (dotted attribute -> value)
+    ("defaults", {}, {"feeds": ["http://127.0.0.1:8053/v1/health"]},
+     {"probes.tls_cert_file": None, "probes.token_file": None, "probes.public_metrics": True,
+      "probes.registry_credentials": None, "health.access.ca_file": None, "health.access.token_file": None}),
+    ("probes-all-keys", {"listen": "0.0.0.0:8053", "tls": {"cert_file": "/c.pem", "key_file": "/k.pem"},
+                         "token_file": "/t", "public_metrics": False, "registry_credentials": "/auth.json",
+                         "webhook": {"url": "https://h.test/x", "secret_file": "/s"}}, {},
+     {"probes.tls_cert_file": "/c.pem", "probes.tls_key_file": "/k.pem", "probes.token_file": "/t",
+      "probes.public_metrics": False, "probes.registry_credentials": "/auth.json", "probes.webhook.secret_file": "/s"}),
+    ("feed-settings-for-all", {}, {"feeds": ["https://a.test/v1/health", "https://b.test/v1/health"],
+                                   "ca_file": "/ca", "token_file": "/t"},
+     {"health.access_for('https://b.test/v1/health').ca_file": "/ca",
+      "health.access_for('https://b.test/v1/health').token_file": "/t"}),
+    ("per-feed-overrides-one-value", {}, {"feeds": ["https://a.test/v1/health",
+                                                    {"url": "https://b.test/v1/health", "token_file": "/tb"}],
+                                          "ca_file": "/ca", "token_file": "/t"},
+     {"health.access_for('https://a.test/v1/health').token_file": "/t",
+      "health.access_for('https://b.test/v1/health').token_file": "/tb",
+      "health.access_for('https://b.test/v1/health').ca_file": "/ca"}),
+    ("token-on-loopback-http-is-fine", {}, {"feeds": ["http://127.0.0.1:8053/v1/health"], "token_file": "/t"},
+     {"health.access.token_file": "/t"}),
+]
+
+
+@pytest.mark.parametrize("probes_section,health,expected", [c[1:] for c in SETTINGS_CASES],
+                         ids=[c[0] for c in SETTINGS_CASES])
+def test_trust_settings_build_the_model(probes_section, health, expected) -> None:
+    from dnsd.config import parse_config_text
+    data = example_dict()
+    data["probes"], data["health"] = probes_section, health or data["health"]
+    config = parse_config_text(yaml.safe_dump(data, sort_keys=False), "trust.yaml")
+    for path, value in expected.items():
+        assert eval(path, {}, {"probes": config.probes, "health": config.health}) == value, path

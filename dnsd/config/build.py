@@ -552,12 +552,13 @@ class _Builder:
         if public_metrics is False and token_file is None:
             r.fail(m.get("public_metrics"), "public_metrics: false needs probes.token_file (else nobody can scrape)")
         max_concurrent = r.integer(m.get("max_concurrent"), 1, 10_000, defaults.max_concurrent)
+        registry_credentials = self.file_name(m.get("registry_credentials"))
         if listen is None or max_concurrent is None or public_metrics is None:
             return None
         return ProbesSettings(listen=listen, max_concurrent=max_concurrent, webhook=webhook,
                               state_file=r.string(m.get("state_file")), tls_cert_file=cert_file,
                               tls_key_file=key_file, token_file=token_file, public_metrics=public_metrics,
-                              registry_credentials=self.file_name(m.get("registry_credentials")))
+                              registry_credentials=registry_credentials)
 
     def file_name(self, node: Node | None) -> str | None:
         """A path to a file (read at run time, so a config stays checkable on another machine)."""
