@@ -178,6 +178,8 @@ class HealthFeed:
             error = str(err)
         except aiohttp.ClientConnectorCertificateError as err:
             error = f"TLS certificate of {feed.url} not trusted: {err.certificate_error}"
+        except aiohttp.ClientSSLError as err:  # e.g. plain HTTP answering an https URL
+            error = f"TLS handshake with {feed.url} failed: {getattr(err, 'os_error', None) or err}"
         except (aiohttp.ClientError, TimeoutError, OSError) as err:
             error = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
         except (ValueError, UnicodeDecodeError) as err:  # JSON or schema: keep the last good document

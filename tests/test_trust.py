@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import re
 import ssl
 import threading
 import time
@@ -335,4 +336,27 @@ def test_trust_settings_build_the_model(probes_section, health, expected) -> Non
     data["probes"], data["health"] = probes_section, health or data["health"]
     config = parse_config_text(yaml.safe_dump(data, sort_keys=False), "trust.yaml")
     for path, value in expected.items():
-        assert eval(path, {}, {"probes": config.probes, "health": config.health}) == value, path
+        assert _lookup(config, path) == value, path
+
+
+def _lookup(config, path: str):
+    """'probes.webhook.secret_file' or "health.access_for('URL').token_file" on the built config."""
+    node = config
+    for part in re.findall(r"access_for\('[^']*'\)|[a-z_]+", path):
+        node = node.access_for(part[12:-2]) if part.startswith("access_for(") else getattr(node, part)
+    return node
+
+
+def test_forged_feed_attack_script_shows_every_attack_refused() -> None:
+    """bench/attacks/forged_feed.py: real probes, dnsd and an impostor feed server, all on loopback."""
+    import subprocess
+    result = subprocess.run([harness.sys.executable, str(harness.REPO_ROOT / "bench" / "attacks" / "forged_feed.py"),
+                             "--guesses", "30", "--deadline", "20"], capture_output=True, text=True, timeout=180,
+                            cwd=harness.REPO_ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert " APPLIED " in lines["unprotected"]  # the attack works against a plain feed...
+    for name in ("impostor-tls", "impostor-plain", "post-document"):
+        assert " REFUSED " in lines[name], result.stdout  # ...and not against TLS + token
+    assert "carrying the token: 0" in lines["impostor-tls"]
+    assert result.stdout.strip().endswith("7 passed, 0 failed")
