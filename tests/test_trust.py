@@ -360,3 +360,39 @@ def test_forged_feed_attack_script_shows_every_attack_refused() -> None:
         assert " REFUSED " in lines[name], result.stdout  # ...and not against TLS + token
     assert "carrying the token: 0" in lines["impostor-tls"]
     assert result.stdout.strip().endswith("7 passed, 0 failed")
+
+
+STARTUP_CASES = [
+    # id, probes settings (files from the pki fixture by name), message on stderr
+    ("token-file-missing", {"token_file": "/nonexistent/token", "tls": "TLS"},
+     "cannot read probes token /nonexistent/token: No such file or directory"),
+    ("token-file-empty", {"token_file": "EMPTY", "tls": "TLS"}, "probes token EMPTY is empty"),
+    ("tls-key-missing", {"tls": {"cert_file": "cert", "key_file": "/nonexistent/key"}}, "cannot load probes.tls"),
+    ("tls-key-of-another-cert", {"tls": {"cert_file": "cert", "key_file": "rogue_key"}}, "cannot load probes.tls"),
+    ("webhook-secret-missing", {"webhook": {"url": "http://127.0.0.1:9/x", "secret_file": "/nonexistent/secret"}},
+     "cannot read webhook secret /nonexistent/secret"),
+    ("registry-credentials-not-json", {"registry_credentials": "token"}, "is not JSON"),
+]
+
+
+@pytest.mark.parametrize("settings,message", [c[1:] for c in STARTUP_CASES], ids=[c[0] for c in STARTUP_CASES])
+def test_probes_refuses_to_start_without_usable_trust_files(pki, tmp_path, settings, message) -> None:
+    import subprocess
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    names = {**{k: str(v) for k, v in pki.items()}, "EMPTY": str(empty)}
+    tls = {"cert_file": names["cert"], "key_file": names["key"]}
+
+    def resolve(value):
+        if value == "TLS":
+            return tls
+        if isinstance(value, dict):
+            return {k: resolve(v) for k, v in value.items()}
+        return names.get(value, value)
+
+    port = harness.free_port()
+    config = write_config(tmp_path / "probes.yaml", port, {}, resolve(settings))
+    result = subprocess.run([harness.sys.executable, "-m", "probes.cli", "serve", "--config", str(config)],
+                            capture_output=True, text=True, timeout=30, cwd=harness.REPO_ROOT)
+    assert result.returncode == 1, result.stderr
+    assert message.replace("EMPTY", str(empty)) in result.stderr, result.stderr
