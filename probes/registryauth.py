@@ -193,7 +193,8 @@ class RegistryAuth:
         names = []
         if check.host_header:
             host = check.host_header.lower()
-            names += [host] if ":" in host.rstrip("]").rsplit("]", 1)[-1] else [f"{host}:{check.port}", host]
+            has_port = host.rpartition("]")[2].count(":") == 1 if host.startswith("[") else ":" in host
+            names += [host] if has_port else [f"{host}:{check.port}", host]
         address = f"[{check.address}]" if ":" in check.address else check.address
         names += [f"{address}:{check.port}".lower(), address.lower()]
         for name in names:

@@ -105,6 +105,8 @@ MATCHES = [
     ("host-header-without-port", ["registry.test"], dict(host_header="registry.test", port=5000), "registry.test"),
     ("host-header-own-port", ["registry.test:443"], dict(host_header="registry.test:443", port=5000),
      "registry.test:443"),
+    ("ipv6-host-header-without-port", ["[::1]:5000"], dict(host_header="[::1]", port=5000), "[::1]:5000"),
+    ("ipv6-host-header-own-port", ["[::1]:443"], dict(host_header="[::1]:443", port=5000), "[::1]:443"),
     ("address-port", ["127.0.0.9:5000"], dict(port=5000), "127.0.0.9:5000"),
     ("ipv6-address", ["[::1]:5000"], dict(address="::1", port=5000), "[::1]:5000"),
     ("other-host", ["elsewhere.test"], dict(host_header="registry.test", port=5000), None),
