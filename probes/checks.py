@@ -12,7 +12,9 @@ Rules shared by every HTTP kind:
   - `host_header` is sent as Host and used as the TLS server name (SNI and certificate check), so a
     probe can dial an IP address while validating the registry's certificate name;
   - every configured header is sent on every request of the check (OCI canaries included), so e.g.
-    `Authorization: Basic ...` works for registries that require auth.
+    `Authorization: Basic ...` works for registries that require auth;
+  - an oci check whose registry has credentials in `probes.registry_credentials` answers 401s with
+    them (Basic, or the token flow: probes/registryauth.py); a 401 it cannot get past fails the check.
 """
 from __future__ import annotations
 
