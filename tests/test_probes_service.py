@@ -224,3 +224,46 @@ def test_a_verdict_dnsd_already_expired_is_not_restored(tmp_path, downtime, rest
     second = ProbeService([target("eastus")], settings, clock=clock, verdict_ttl=15.0)
     expected = Status.DEGRADED if restored else Status.CHECKING
     assert second.states[("contoso", "eastus")].status is expected
+
+
+@pytest.mark.parametrize("with_token,stale", [(False, ["contoso/eastus", "contoso/westeurope"]), (True, 2)],
+                         ids=["open-probes-names-targets", "token-probes-only-counts"])
+async def test_open_healthz_names_no_targets_when_a_token_guards_the_verdicts(tmp_path, with_token, stale):
+    from dnsd.secretfile import SecretFile
+    clock = Clock()
+    service = ProbeService([target("eastus", interval=1.0), target("westeurope", interval=1.0)],
+                           ProbesSettings(), clock=clock)
+    service._started_at = clock.now
+    (tmp_path / "token").write_text("t0k3n\n")
+    token = SecretFile(str(tmp_path / "token"), "probes token") if with_token else None
+    client = TestClient(TestServer(make_app(service, token)))
+    await client.start_server()
+    try:
+        clock.now += 10
+        response = await client.get("/healthz")  # no token sent: /healthz is open either way
+        assert response.status == 503 and (await response.json())["stale"] == stale
+        assert (await client.get("/v1/health")).status == (401 if with_token else 503)
+        authorized = await client.get("/v1/health", headers={"Authorization": "Bearer t0k3n"})
+        assert authorized.status == 503  # past the token: the loop is behind, said as before
+    finally:
+        await client.close()
+
+
+async def test_a_rotated_token_file_applies_without_a_restart(tmp_path):
+    from dnsd.secretfile import SecretFile
+    service = ProbeService([target("eastus", interval=1.0)], ProbesSettings())
+    service._started_at = service.clock()
+    path = tmp_path / "token"
+    path.write_text("old-token\n")
+    client = TestClient(TestServer(make_app(service, SecretFile(str(path), "probes token"))))
+    await client.start_server()
+    try:
+        async def status(token: str) -> int:
+            return (await client.get("/v1/health", headers={"Authorization": f"Bearer {token}"})).status
+        assert [await status("old-token"), await status("new-token")] == [200, 401]
+        path.write_text("new-token-longer\n")
+        assert [await status("old-token"), await status("new-token-longer")] == [401, 200]
+        path.unlink()  # unreadable: refused, never served without the token
+        assert await status("new-token-longer") == 503
+    finally:
+        await client.close()
