@@ -43,8 +43,6 @@ OCI_MANIFEST_ACCEPT = ", ".join((
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ))
-_DEFAULT_EXPECT = (StatusRange(200, 299),)
-_DEFAULT_PATHS = {"oci": "/v2/", "distribution": "/debug/health", "harbor": "/api/v2.0/health"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,12 +214,6 @@ def _bad_status(resp: _Response) -> _Fail:
     return _Fail(f"HTTP {resp.status} from {resp.url}", resp.status)
 
 
-def _check_path(check: ProbeCheck) -> str:
-    if check.kind in _DEFAULT_PATHS and check.path in ("", "/"):
-        return _DEFAULT_PATHS[check.kind]
-    return check.path or "/"
-
-
 # -- kinds ---------------------------------------------------------------------------------------
 
 async def _http(check: ProbeCheck, client: _Client) -> tuple[bool, str, int | None]:
@@ -260,10 +252,8 @@ def _is_index(text: str) -> bool:
 
 
 async def _oci(check: ProbeCheck, client: _Client) -> tuple[bool, str, int | None]:
-    resp = await client.request("GET", client.url(_check_path(check)))
-    default_expect = check.expect_status == _DEFAULT_EXPECT
-    alive = resp.status in (200, 401) if default_expect else _status_ok(resp.status, check.expect_status)
-    if not alive:
+    resp = await client.request("GET", client.url(check.path))
+    if not _status_ok(resp.status, check.expect_status):  # as configured (dnsd.model owns the default)
         raise _bad_status(resp)
     if resp.status == 200 and resp.body.strip():
         resp.json()  # a 200 /v2/ answers JSON ("{}"); an HTML page or garbage is not the registry API
@@ -357,7 +347,7 @@ async def _cancel_upload(client: _Client, upload_url: str) -> None:
 
 
 async def _distribution(check: ProbeCheck, client: _Client) -> tuple[bool, str, int | None]:
-    resp = await client.request("GET", client.url(_check_path(check)))
+    resp = await client.request("GET", client.url(check.path))
     if _status_ok(resp.status, check.expect_status):
         doc = resp.json()
         if not isinstance(doc, dict):
@@ -375,16 +365,16 @@ async def _distribution(check: ProbeCheck, client: _Client) -> tuple[bool, str, 
 
 
 async def _harbor(check: ProbeCheck, client: _Client) -> tuple[bool, str, int | None]:
-    resp = await client.request("GET", client.url(_check_path(check)))
+    resp = await client.request("GET", client.url(check.path))
     try:
         doc = resp.json()
     except _Fail:
-        if not 200 <= resp.status <= 299:
+        if not _status_ok(resp.status, check.expect_status):
             raise _bad_status(resp) from None
         raise
     components = doc.get("components") if isinstance(doc, dict) else None
     if not isinstance(components, list) or not all(isinstance(c, dict) for c in components):
-        if not 200 <= resp.status <= 299:
+        if not _status_ok(resp.status, check.expect_status):
             raise _bad_status(resp)
         raise _Fail("harbor health lacks a 'components' list", resp.status)
     reported = {str(c.get("name")): c for c in components}
@@ -399,7 +389,7 @@ async def _harbor(check: ProbeCheck, client: _Client) -> tuple[bool, str, int | 
             raise _Fail(f"harbor component {name!r} unhealthy{detail}", resp.status)
     if not check.components and doc.get("status") not in (None, "healthy"):
         raise _Fail(f"harbor status {_as_text(doc.get('status'))!r}", resp.status)
-    if not 200 <= resp.status <= 299:
+    if not _status_ok(resp.status, check.expect_status):
         raise _bad_status(resp)
     return True, f"HTTP {resp.status}, {len(wanted)} component{'' if len(wanted) == 1 else 's'} healthy", resp.status
 

@@ -546,8 +546,7 @@ async def test_tls(pki: dict[str, str], kind: str, case_id: str, check_kw: dict,
     check_kw = {k: (pki["ca"] if v == "CA" else v) for k, v in check_kw.items()}
     server = registry_server()
     async with make_session() as session, serving(server, context) as port:
-        path = "/v2/" if kind == "https" else "/"
-        result = await run_check(make_check(kind, port, scheme="https", path=path, **check_kw), session, 2)
+        result = await run_check(make_check(kind, port, scheme="https", path="/v2/", **check_kw), session, 2)
     assert result.ok is ok, result
     assert reason in result.reason, result
 
@@ -558,3 +557,39 @@ async def test_plain_http_to_tls_port_fails(pki: dict[str, str]) -> None:
     async with make_session() as session, serving(registry_server(), context) as port:
         result = await run_check(make_check("http", port, path="/v2/"), session, 2)
     assert not result.ok and result.reason, result
+
+
+# -- settings from the config file reach the check unchanged -----------------------------------------
+# The config model owns the defaults; probes runs what the config says (a set expect_status or path is
+# never replaced by a guess). Each case: the check's YAML keys, the server, ok, reason, request path seen.
+CONFIG_CASES = [
+    ("oci-default-accepts-401", {"kind": "oci"}, "registry-auth", True, "HTTP 401 (auth required: alive)", "/v2/"),
+    ("oci-2xx-only-401-down", {"kind": "oci", "expect_status": "200-299"}, "registry-auth", False, "HTTP 401",
+     "/v2/"),
+    ("oci-2xx-only-200-ok", {"kind": "oci", "expect_status": "200-299"}, "registry", True, "HTTP 200", "/v2/"),
+    ("oci-explicit-401", {"kind": "oci", "expect_status": "200-299,401"}, "registry-auth", True, "HTTP 401",
+     "/v2/"),
+    ("oci-explicit-root-path", {"kind": "oci", "path": "/"}, "registry", False, "HTTP 404", "/"),
+    ("http-default-2xx", {"kind": "http", "path": "/status/401"}, "web", False, "HTTP 401", None),
+    ("harbor-default-path", {"kind": "harbor"}, "registry", True, "1 component healthy", "/api/v2.0/health"),
+    ("harbor-expect-status-kept", {"kind": "harbor", "expect_status": "204"}, "registry", False, "HTTP 200",
+     "/api/v2.0/health"),
+]
+
+
+@pytest.mark.parametrize("keys,server_name,ok,reason,path", [c[1:] for c in CONFIG_CASES],
+                         ids=[c[0] for c in CONFIG_CASES])
+async def test_config_settings_reach_the_check(keys, server_name, ok, reason, path) -> None:
+    from probes.targets import targets_of
+    from tests.dnstest import config_from, example_dict
+
+    server = SERVERS[server_name]()
+    async with make_session() as session, serving(server) as port:
+        data = example_dict()
+        replica = data["registries"]["contoso"]["replicas"]["eastus"]
+        replica["probe"]["checks"] = [{"scheme": "http", "address": HOST, "port": port, **keys}]
+        target = next(t for t in targets_of(config_from(data)) if t.key == ("contoso", "eastus"))
+        result = await run_check(target.spec.checks[0], session, 2)
+    assert result.ok is ok and reason in result.reason, result
+    if path is not None:
+        assert [p for _, p in server.seen] == [path]
