@@ -24,7 +24,6 @@ import os
 import socket
 import ssl
 import time
-import uuid
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -295,9 +294,20 @@ def _split_reference(text: str, what: str) -> tuple[str, str]:
     return repo, ref
 
 
+# The write canary's blob: the same bytes every round, so a replica's storage holds one canary blob
+# however long probes runs (a new blob per round left one orphan per round until garbage collection,
+# since a blob DELETE only unlinks it: ~43,000 a day per replica at a 2 s interval).
+CANARY_CONTENT = b"geotm write canary: this blob is uploaded again by every probe round\n"
+CANARY_DIGEST = "sha256:" + hashlib.sha256(CANARY_CONTENT).hexdigest()
+
+
 async def _write_canary(repo: str, client: _Client) -> None:
-    """Start a blob upload, finish it with a new small blob, delete the blob. A full or read-only
-    disk fails the PUT (507/500) while /debug/health stays green."""
+    """Start a blob upload, send the canary bytes as a chunk, commit them under their digest, unlink
+    the blob. The registry already holds that blob after the first round, so the round must not let
+    it answer from what it has: the POST carries no digest and no mount (no shortcut), the bytes go in
+    a PATCH before the registry learns their digest, so it has to take them into the new upload
+    session (CNCF distribution writes _uploads/<id>/ at POST and PATCH), and the PUT commits and
+    checks them. A full or read-only disk fails the POST or the commit while /debug/health stays green."""
     start = await _step(client, "write canary: POST",
                         client.request("POST", client.url(f"/v2/{repo}/blobs/uploads/"), data=b""))
     location = start.headers.get("Location")
@@ -305,12 +315,22 @@ async def _write_canary(repo: str, client: _Client) -> None:
         what = f"returned {start.status}" if start.status != 202 else "returned 202 without Location"
         raise _Fail(f"write canary: POST {what}", start.status)
     upload_url = _rebase(client, urljoin(start.url, location))
-    content = f"geotm write canary {time.time_ns()} {uuid.uuid4().hex}\n".encode()
-    digest = "sha256:" + hashlib.sha256(content).hexdigest()
-    put_url = upload_url + ("&" if "?" in upload_url else "?") + "digest=" + digest
+    size = len(CANARY_CONTENT)
     try:
+        patch = await _step(client, "write canary: PATCH",
+                            client.request("PATCH", upload_url, data=CANARY_CONTENT,
+                                           headers={"Content-Type": "application/octet-stream",
+                                                    "Content-Range": f"0-{size - 1}"}))
+        if patch.status != 202:
+            raise _Fail(f"write canary: PATCH returned {patch.status}", patch.status)
+        received = patch.headers.get("Range")
+        if received is not None and received.removeprefix("bytes=") != f"0-{size - 1}":
+            raise _Fail(f"write canary: PATCH took Range {received!r} of {size} bytes", patch.status)
+        if patch.headers.get("Location"):  # the session's next URL (distribution signs its state into it)
+            upload_url = _rebase(client, urljoin(patch.url, patch.headers["Location"]))
+        put_url = upload_url + ("&" if "?" in upload_url else "?") + "digest=" + CANARY_DIGEST
         put = await _step(client, "write canary: PUT",
-                          client.request("PUT", put_url, data=content,
+                          client.request("PUT", put_url, data=b"",
                                          headers={"Content-Type": "application/octet-stream"}))
         if put.status != 201:
             raise _Fail(f"write canary: PUT returned {put.status}", put.status)
@@ -318,7 +338,7 @@ async def _write_canary(repo: str, client: _Client) -> None:
         await _cancel_upload(client, upload_url)
         raise
     delete = await _step(client, "write canary: DELETE",
-                         client.request("DELETE", client.url(f"/v2/{repo}/blobs/{digest}")))
+                         client.request("DELETE", client.url(f"/v2/{repo}/blobs/{CANARY_DIGEST}")))
     if delete.status not in (200, 202, 204, 405):  # 405: deletes disabled; the write itself worked
         raise _Fail(f"write canary: DELETE returned {delete.status}", delete.status)
 
