@@ -145,7 +145,7 @@ def test_failover_recovery_expiry_and_restart(tmp_path):
 # Health-aware TTL, end to end. eastus fails many rounds but stays below `fall` (suspect the whole
 # time); westeurope degrades on its first failure and needs `rise` good rounds back (recovering
 # meanwhile). Timings per replica: (interval, fall, rise).
-TREND_TIMING = {"eastus": (0.3, 100, 2), "westeurope": (0.25, 1, 8), "southeastasia": (0.3, 2, 2)}
+TREND_TIMING = {"eastus": (0.3, 100, 2), "westeurope": (0.25, 1, 12), "southeastasia": (0.3, 2, 2)}
 
 
 def write_trend_config(tmp_path) -> tuple[str, int, int]:
@@ -219,5 +219,6 @@ def test_short_ttl_while_suspect_or_recovering(tmp_path):
         wait_for(lambda: trend_in_feed(probes_port, "westeurope") == ("degraded", "recovering"), 3)
         wait_for(lambda: seen() == (short, "1.0"), 1 + SLACK)
         # ...until `rise` good rounds bring it back: normal TTL again
-        wait_for(lambda: trend_in_feed(probes_port, "westeurope") == ("online", ""), 8 * 0.25 * 1.1 + 2 + SLACK)
+        interval, _fall, rise = TREND_TIMING["westeurope"]
+        wait_for(lambda: trend_in_feed(probes_port, "westeurope") == ("online", ""), rise * interval * 1.1 + SLACK)
         wait_for(lambda: seen() == (normal, "0.0"), 1 + SLACK)
