@@ -15,7 +15,7 @@ import structlog
 
 from dnsd.feedaccess import FeedAccessError, FeedTrust
 from dnsd.files import write_json_atomically
-from dnsd.health import EndpointHealth, FeedDocument, HealthSnapshot, Status
+from dnsd.health import RECOVERING, SUSPECT, EndpointHealth, FeedDocument, HealthSnapshot, Status
 from dnsd.model import HealthFeedSettings
 from dnsd.server import _RateLimitedLog
 
@@ -35,6 +35,11 @@ class FeedState:
 
     def fresh(self, now: float, ttl: float) -> bool:
         return self.document is not None and now - self.fetched_at <= ttl
+
+
+def _suspect(verdicts: list[tuple[FeedState, EndpointHealth]]) -> str:
+    """SUSPECT when a probe that finds the replica online has seen its last checks fail."""
+    return SUSPECT if any(h.trend == SUSPECT for _, h in verdicts) else ""
 
 
 class HealthFeed:
@@ -116,20 +121,25 @@ class HealthFeed:
         for key in sorted(self.known):
             verdicts = [(f, f.document.endpoints[key]) for f in fresh if key in f.document.endpoints]
             degraded = [(f, h) for f, h in verdicts if h.status is Status.DEGRADED]
+            # The trend (suspect / recovering) shortens the traffic-manager TTL: one probe that sees the
+            # combined verdict about to change is enough; a short TTL costs only re-resolutions.
             if len(degraded) >= needed:
                 feed, health = degraded[0]
                 votes = f" ({len(degraded)} of {len(self.feeds)} probes agree)" if len(self.feeds) > 1 else ""
+                trend = RECOVERING if any(h.trend == RECOVERING for _, h in degraded) else ""
                 combined[key] = EndpointHealth(Status.DEGRADED, health.reason + votes,
-                                               min(h.since for _, h in degraded))
+                                               min(h.since for _, h in degraded), trend)
             elif expired:
                 combined[key] = EndpointHealth(Status.ONLINE, f"health expired: no probe answer for over "
                                                               f"{ttl:g}s, failing open")
             elif degraded:
                 combined[key] = EndpointHealth(Status.ONLINE, f"{len(degraded)} of {len(self.feeds)} probes say "
-                                                              f"degraded, quorum is {needed}: kept online")
+                                                              f"degraded, quorum is {needed}: kept online", 0.0,
+                                               _suspect(verdicts))
             elif verdicts:
                 status = Status.ONLINE if any(h.status is Status.ONLINE for _, h in verdicts) else Status.CHECKING
-                combined[key] = EndpointHealth(status, verdicts[0][1].reason, verdicts[0][1].since)
+                combined[key] = EndpointHealth(status, verdicts[0][1].reason, verdicts[0][1].since,
+                                               _suspect(verdicts))
         return combined
 
     def refresh(self) -> bool:

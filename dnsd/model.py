@@ -64,6 +64,13 @@ class StatusRange:
     high: int
 
 
+# Per-kind defaults of a check. Only ProbeCheck applies them: the config builder leaves an absent key
+# out and probes runs the check exactly as built, so a value that is set is never second-guessed.
+CHECK_DEFAULT_PATHS = {"oci": "/v2/", "distribution": "/debug/health", "harbor": "/api/v2.0/health"}
+CHECK_DEFAULT_EXPECT = {"oci": (StatusRange(200, 299), StatusRange(401, 401))}  # 401: alive, auth required
+DEFAULT_EXPECT = (StatusRange(200, 299),)
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeCheck:
     """One deep-health check of a replica. Declared in the shared config, run by probes only."""
@@ -73,10 +80,10 @@ class ProbeCheck:
     port: int
     scheme: str  # "http" or "https" (not used by tcp)
     host_header: str | None = None  # Host (and TLS SNI) to send; None: the address
-    path: str = "/"
+    path: str = ""  # "": the kind's default (CHECK_DEFAULT_PATHS, else "/")
     method: str = "GET"
     headers: tuple[tuple[str, str], ...] = ()
-    expect_status: tuple[StatusRange, ...] = (StatusRange(200, 299),)  # e.g. "200-299,401"
+    expect_status: tuple[StatusRange, ...] = ()  # e.g. "200-299,401"; (): the kind's default (see above)
     body_contains: str | None = None
     json_path: str | None = None  # dotted path into a JSON body, e.g. "status" or "components.0.status"
     json_equals: str | None = None  # the value expected there (compared as text)
@@ -86,6 +93,12 @@ class ProbeCheck:
     canary_blob: str | None = None  # oci: "<repo>@sha256:<hex>" whose blob is HEADed
     write_canary: str | None = None  # oci: a repository where a blob upload is started, written, deleted
     components: tuple[str, ...] = ()  # harbor: components that matter (empty: all)
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            object.__setattr__(self, "path", CHECK_DEFAULT_PATHS.get(self.kind, "/"))
+        if not self.expect_status:
+            object.__setattr__(self, "expect_status", CHECK_DEFAULT_EXPECT.get(self.kind, DEFAULT_EXPECT))
 
     @property
     def url(self) -> str:

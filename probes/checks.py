@@ -26,7 +26,6 @@ import os
 import socket
 import ssl
 import time
-import uuid
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -46,8 +45,6 @@ OCI_MANIFEST_ACCEPT = ", ".join((
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ))
-_DEFAULT_EXPECT = (StatusRange(200, 299),)
-_DEFAULT_PATHS = {"oci": "/v2/", "distribution": "/debug/health", "harbor": "/api/v2.0/health"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,12 +241,6 @@ def _bad_status(resp: _Response) -> _Fail:
     return _Fail(f"HTTP {resp.status} from {resp.url}", resp.status)
 
 
-def _check_path(check: ProbeCheck) -> str:
-    if check.kind in _DEFAULT_PATHS and check.path in ("", "/"):
-        return _DEFAULT_PATHS[check.kind]
-    return check.path or "/"
-
-
 # -- kinds ---------------------------------------------------------------------------------------
 
 async def _http(check: ProbeCheck, client: _Client) -> tuple[bool, str, int | None]:
@@ -288,10 +279,8 @@ def _is_index(text: str) -> bool:
 
 
 async def _oci(check: ProbeCheck, client: _Client) -> tuple[bool, str, int | None]:
-    resp = await client.request("GET", client.url(_check_path(check)))
-    default_expect = check.expect_status == _DEFAULT_EXPECT
-    alive = resp.status in (200, 401) if default_expect else _status_ok(resp.status, check.expect_status)
-    if not alive:
+    resp = await client.request("GET", client.url(check.path))
+    if not _status_ok(resp.status, check.expect_status):  # as configured (dnsd.model owns the default)
         raise _bad_status(resp)
     if resp.status == 200 and resp.body.strip():
         resp.json()  # a 200 /v2/ answers JSON ("{}"); an HTML page or garbage is not the registry API
@@ -333,9 +322,20 @@ def _split_reference(text: str, what: str) -> tuple[str, str]:
     return repo, ref
 
 
+# The write canary's blob: the same bytes every round, so a replica's storage holds one canary blob
+# however long probes runs (a new blob per round left one orphan per round until garbage collection,
+# since a blob DELETE only unlinks it: ~43,000 a day per replica at a 2 s interval).
+CANARY_CONTENT = b"geotm write canary: this blob is uploaded again by every probe round\n"
+CANARY_DIGEST = "sha256:" + hashlib.sha256(CANARY_CONTENT).hexdigest()
+
+
 async def _write_canary(repo: str, client: _Client) -> None:
-    """Start a blob upload, finish it with a new small blob, delete the blob. A full or read-only
-    disk fails the PUT (507/500) while /debug/health stays green."""
+    """Start a blob upload, send the canary bytes as a chunk, commit them under their digest, unlink
+    the blob. The registry already holds that blob after the first round, so the round must not let
+    it answer from what it has: the POST carries no digest and no mount (no shortcut), the bytes go in
+    a PATCH before the registry learns their digest, so it has to take them into the new upload
+    session (CNCF distribution writes _uploads/<id>/ at POST and PATCH), and the PUT commits and
+    checks them. A full or read-only disk fails the POST or the commit while /debug/health stays green."""
     start = await _step(client, "write canary: POST",
                         client.request("POST", client.url(f"/v2/{repo}/blobs/uploads/"), data=b""))
     location = start.headers.get("Location")
@@ -343,12 +343,22 @@ async def _write_canary(repo: str, client: _Client) -> None:
         what = f"returned {start.status}" if start.status != 202 else "returned 202 without Location"
         raise _Fail(f"write canary: POST {what}", start.status)
     upload_url = _rebase(client, urljoin(start.url, location))
-    content = f"geotm write canary {time.time_ns()} {uuid.uuid4().hex}\n".encode()
-    digest = "sha256:" + hashlib.sha256(content).hexdigest()
-    put_url = upload_url + ("&" if "?" in upload_url else "?") + "digest=" + digest
+    size = len(CANARY_CONTENT)
     try:
+        patch = await _step(client, "write canary: PATCH",
+                            client.request("PATCH", upload_url, data=CANARY_CONTENT,
+                                           headers={"Content-Type": "application/octet-stream",
+                                                    "Content-Range": f"0-{size - 1}"}))
+        if patch.status != 202:
+            raise _Fail(f"write canary: PATCH returned {patch.status}", patch.status)
+        received = patch.headers.get("Range")
+        if received is not None and received.removeprefix("bytes=") != f"0-{size - 1}":
+            raise _Fail(f"write canary: PATCH took Range {received!r} of {size} bytes", patch.status)
+        if patch.headers.get("Location"):  # the session's next URL (distribution signs its state into it)
+            upload_url = _rebase(client, urljoin(patch.url, patch.headers["Location"]))
+        put_url = upload_url + ("&" if "?" in upload_url else "?") + "digest=" + CANARY_DIGEST
         put = await _step(client, "write canary: PUT",
-                          client.request("PUT", put_url, data=content,
+                          client.request("PUT", put_url, data=b"",
                                          headers={"Content-Type": "application/octet-stream"}))
         if put.status != 201:
             raise _Fail(f"write canary: PUT returned {put.status}", put.status)
@@ -356,7 +366,7 @@ async def _write_canary(repo: str, client: _Client) -> None:
         await _cancel_upload(client, upload_url)
         raise
     delete = await _step(client, "write canary: DELETE",
-                         client.request("DELETE", client.url(f"/v2/{repo}/blobs/{digest}")))
+                         client.request("DELETE", client.url(f"/v2/{repo}/blobs/{CANARY_DIGEST}")))
     if delete.status not in (200, 202, 204, 405):  # 405: deletes disabled; the write itself worked
         raise _Fail(f"write canary: DELETE returned {delete.status}", delete.status)
 
@@ -385,7 +395,7 @@ async def _cancel_upload(client: _Client, upload_url: str) -> None:
 
 
 async def _distribution(check: ProbeCheck, client: _Client) -> tuple[bool, str, int | None]:
-    resp = await client.request("GET", client.url(_check_path(check)))
+    resp = await client.request("GET", client.url(check.path))
     if _status_ok(resp.status, check.expect_status):
         doc = resp.json()
         if not isinstance(doc, dict):
@@ -403,16 +413,16 @@ async def _distribution(check: ProbeCheck, client: _Client) -> tuple[bool, str, 
 
 
 async def _harbor(check: ProbeCheck, client: _Client) -> tuple[bool, str, int | None]:
-    resp = await client.request("GET", client.url(_check_path(check)))
+    resp = await client.request("GET", client.url(check.path))
     try:
         doc = resp.json()
     except _Fail:
-        if not 200 <= resp.status <= 299:
+        if not _status_ok(resp.status, check.expect_status):
             raise _bad_status(resp) from None
         raise
     components = doc.get("components") if isinstance(doc, dict) else None
     if not isinstance(components, list) or not all(isinstance(c, dict) for c in components):
-        if not 200 <= resp.status <= 299:
+        if not _status_ok(resp.status, check.expect_status):
             raise _bad_status(resp)
         raise _Fail("harbor health lacks a 'components' list", resp.status)
     reported = {str(c.get("name")): c for c in components}
@@ -427,7 +437,7 @@ async def _harbor(check: ProbeCheck, client: _Client) -> tuple[bool, str, int | 
             raise _Fail(f"harbor component {name!r} unhealthy{detail}", resp.status)
     if not check.components and doc.get("status") not in (None, "healthy"):
         raise _Fail(f"harbor status {_as_text(doc.get('status'))!r}", resp.status)
-    if not 200 <= resp.status <= 299:
+    if not _status_ok(resp.status, check.expect_status):
         raise _bad_status(resp)
     return True, f"HTTP {resp.status}, {len(wanted)} component{'' if len(wanted) == 1 else 's'} healthy", resp.status
 

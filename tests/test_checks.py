@@ -24,7 +24,7 @@ import pytest
 from aiohttp import web
 
 from dnsd.model import ProbeCheck, StatusRange
-from probes.checks import MAX_BODY, ProbeResult, make_session, run_check
+from probes.checks import CANARY_CONTENT, CANARY_DIGEST, MAX_BODY, ProbeResult, make_session, run_check
 
 HOST = "127.0.0.1"
 KNOWN_BLOB = "sha256:" + hashlib.sha256(b"canary blob").hexdigest()
@@ -166,10 +166,13 @@ def _json(data: Any, status: int = 200) -> Callable[[web.Request], Any]:
 
 
 def registry_server(*, auth: bool = False, readonly: bool = False, deletes: bool = True,
-                    absolute_location: bool = False, base_body: bytes = b"{}", hangup_put: bool = False) -> Server:
-    """A minimal OCI registry: /v2/, one manifest lib/app:v1, one blob, blob uploads."""
+                    absolute_location: bool = False, base_body: bytes = b"{}", hangup_put: bool = False,
+                    short_range: bool = False) -> Server:
+    """A minimal OCI registry: /v2/, one manifest lib/app:v1, one blob, blob uploads (chunks by PATCH,
+    each answer's Location carrying a new signed-looking state, as CNCF distribution does)."""
     server = Server()
     blobs = {("lib/app", KNOWN_BLOB)}
+    uploads: dict[str, bytes] = {}
 
     async def handle(r: web.Request) -> web.Response:
         server.seen.append((r.method, r.path_qs))
@@ -187,12 +190,18 @@ def registry_server(*, auth: bool = False, readonly: bool = False, deletes: bool
                 return web.Response(status=200, headers={"Content-Type": OCI_MANIFEST})
             return web.json_response({"errors": [{"code": "MANIFEST_UNKNOWN"}]}, status=404)
         if (m := re.fullmatch(r"/v2/(.+)/blobs/uploads/", path)) and r.method == "POST":
-            location = f"/v2/{m[1]}/blobs/uploads/u-{len(server.seen)}?_state=abc%3D"
+            upload = f"u-{len(server.seen)}"
+            uploads[upload] = b""
+            location = f"/v2/{m[1]}/blobs/uploads/{upload}?_state={upload}-0%3D"
             if absolute_location:  # a host name we could not even resolve: the probe must keep dialing us
                 location = "http://registry.invalid:1" + location
             return web.Response(status=202, headers={"Location": location})
         if m := re.fullmatch(r"/v2/(.+)/blobs/uploads/([^/]+)", path):
+            upload = m[2]
+            if upload not in uploads or r.query.get("_state") != f"{upload}-{len(uploads[upload])}=":
+                return web.json_response({"errors": [{"code": "BLOB_UPLOAD_INVALID"}]}, status=400)
             if r.method == "DELETE":
+                del uploads[upload]
                 return web.Response(status=204)
             body = await r.read()
             if hangup_put and r.method == "PUT":
@@ -201,9 +210,16 @@ def registry_server(*, auth: bool = False, readonly: bool = False, deletes: bool
                 return web.Response(status=500)
             if readonly:
                 return web.json_response({"errors": [{"code": "UNKNOWN", "message": "no space"}]}, status=507)
+            uploads[upload] += body
+            if r.method == "PATCH":
+                size = len(uploads[upload])
+                return web.Response(status=202, headers={
+                    "Location": f"/v2/{m[1]}/blobs/uploads/{upload}?_state={upload}-{size}%3D",
+                    "Range": f"0-{size - 1 - (1 if short_range else 0)}"})
             digest = r.query.get("digest", "")
-            if r.query.get("_state") != "abc=" or digest != "sha256:" + hashlib.sha256(body).hexdigest():
+            if digest != "sha256:" + hashlib.sha256(uploads[upload]).hexdigest():
                 return web.json_response({"errors": [{"code": "DIGEST_INVALID"}]}, status=400)
+            del uploads[upload]
             blobs.add((m[1], digest))
             return web.Response(status=201, headers={"Location": f"/v2/{m[1]}/blobs/{digest}"})
         if m := re.fullmatch(r"/v2/(.+)/blobs/([^/]+)", path):
@@ -241,6 +257,7 @@ SERVERS: dict[str, Callable[[], Server]] = {
     "registry-nodelete": lambda: registry_server(deletes=False),
     "registry-absolute": lambda: registry_server(absolute_location=True),
     "registry-hangup": lambda: registry_server(hangup_put=True),
+    "registry-short-range": lambda: registry_server(short_range=True),
     "registry-garbage": lambda: registry_server(base_body=b"<html>not a registry</html>"),
     "not-http": lambda: raw_server(b"SSH-2.0-OpenSSH_9.6\r\nprotocol mismatch\r\n\r\n"),
     "hangup": lambda: raw_server(None),
@@ -377,7 +394,9 @@ CASES = [
     Case("oci-write-deletes-disabled", "registry-nodelete", "oci", dict(write_canary="geotm/canary"), True,
          "canary write ok"),
     Case("oci-write-readonly", "registry-readonly", "oci", dict(write_canary="geotm/canary"), False,
-         "write canary: PUT returned 507"),
+         "write canary: PATCH returned 507"),
+    Case("oci-write-short-range", "registry-short-range", "oci", dict(write_canary="geotm/canary"), False,
+         "write canary: PATCH took Range '0-"),
     Case("oci-write-hangup", "registry-hangup", "oci", dict(write_canary="geotm/canary"), False,
          "write canary: PUT failed: server disconnected"),
     Case("oci-write-auth", "registry-auth", "oci", dict(write_canary="geotm/canary"), False,
@@ -430,17 +449,20 @@ async def test_huge_body_read_is_bounded() -> None:
     assert not result.ok and time.monotonic() - started < 2
 
 
-async def test_write_canary_writes_a_new_blob_each_time() -> None:
+async def test_write_canary_reuses_one_blob() -> None:
+    """Every round uploads the same bytes (one digest, so one blob in the registry's storage), sent
+    in a PATCH before the registry learns the digest, committed by an empty PUT, then unlinked."""
     server = registry_server()
-    check_kw = dict(write_canary="geotm/canary")
     async with make_session() as session, serving(server) as port:
-        for _ in range(2):
-            assert (await run_check(make_check("oci", port, **check_kw), session, 2)).ok
-    puts = [qs for method, qs in server.seen if method == "PUT"]
-    deletes = [qs for method, qs in server.seen if method == "DELETE"]
-    assert len(puts) == 2 and len(set(p.split("digest=")[1] for p in puts)) == 2
-    assert all("?_state=abc%3D&digest=sha256:" in p for p in puts)  # the Location's query kept, digest added
-    assert [d.split("/blobs/")[1] for d in deletes] == [p.split("digest=")[1] for p in puts]
+        for _ in range(3):
+            assert (await run_check(make_check("oci", port, write_canary="geotm/canary"), session, 2)).ok
+    steps = [(method, qs) for method, qs in server.seen if "/geotm/canary/" in qs]
+    assert [method for method, _ in steps] == ["POST", "PATCH", "PUT", "DELETE"] * 3
+    puts = [qs for method, qs in steps if method == "PUT"]
+    assert {p.split("digest=")[1] for p in puts} == {CANARY_DIGEST}
+    assert CANARY_DIGEST == "sha256:" + hashlib.sha256(CANARY_CONTENT).hexdigest()
+    assert all(f"-{len(CANARY_CONTENT)}%3D&digest=" in p for p in puts)  # the PATCH's Location used
+    assert [qs.split("/blobs/")[1] for method, qs in steps if method == "DELETE"] == [CANARY_DIGEST] * 3
 
 
 async def test_write_canary_failure_cancels_the_upload() -> None:
@@ -449,8 +471,8 @@ async def test_write_canary_failure_cancels_the_upload() -> None:
         result = await run_check(make_check("oci", port, write_canary="geotm/canary"), session, 2)
     assert not result.ok and result.status_code == 507
     methods = [(m, qs.split("?")[0]) for m, qs in server.seen]
-    put_path = next(p for m, p in methods if m == "PUT")
-    assert ("DELETE", put_path) in methods  # the abandoned upload was deleted
+    patch_path = next(p for m, p in methods if m == "PATCH")
+    assert ("DELETE", patch_path) in methods  # the abandoned upload was deleted
 
 
 async def test_canary_manifest_sends_oci_and_docker_accept() -> None:
@@ -546,8 +568,7 @@ async def test_tls(pki: dict[str, str], kind: str, case_id: str, check_kw: dict,
     check_kw = {k: (pki["ca"] if v == "CA" else v) for k, v in check_kw.items()}
     server = registry_server()
     async with make_session() as session, serving(server, context) as port:
-        path = "/v2/" if kind == "https" else "/"
-        result = await run_check(make_check(kind, port, scheme="https", path=path, **check_kw), session, 2)
+        result = await run_check(make_check(kind, port, scheme="https", path="/v2/", **check_kw), session, 2)
     assert result.ok is ok, result
     assert reason in result.reason, result
 
@@ -558,3 +579,39 @@ async def test_plain_http_to_tls_port_fails(pki: dict[str, str]) -> None:
     async with make_session() as session, serving(registry_server(), context) as port:
         result = await run_check(make_check("http", port, path="/v2/"), session, 2)
     assert not result.ok and result.reason, result
+
+
+# -- settings from the config file reach the check unchanged -----------------------------------------
+# The config model owns the defaults; probes runs what the config says (a set expect_status or path is
+# never replaced by a guess). Each case: the check's YAML keys, the server, ok, reason, request path seen.
+CONFIG_CASES = [
+    ("oci-default-accepts-401", {"kind": "oci"}, "registry-auth", True, "HTTP 401 (auth required: alive)", "/v2/"),
+    ("oci-2xx-only-401-down", {"kind": "oci", "expect_status": "200-299"}, "registry-auth", False, "HTTP 401",
+     "/v2/"),
+    ("oci-2xx-only-200-ok", {"kind": "oci", "expect_status": "200-299"}, "registry", True, "HTTP 200", "/v2/"),
+    ("oci-explicit-401", {"kind": "oci", "expect_status": "200-299,401"}, "registry-auth", True, "HTTP 401",
+     "/v2/"),
+    ("oci-explicit-root-path", {"kind": "oci", "path": "/"}, "registry", False, "HTTP 404", "/"),
+    ("http-default-2xx", {"kind": "http", "path": "/status/401"}, "web", False, "HTTP 401", None),
+    ("harbor-default-path", {"kind": "harbor"}, "registry", True, "1 component healthy", "/api/v2.0/health"),
+    ("harbor-expect-status-kept", {"kind": "harbor", "expect_status": "204"}, "registry", False, "HTTP 200",
+     "/api/v2.0/health"),
+]
+
+
+@pytest.mark.parametrize("keys,server_name,ok,reason,path", [c[1:] for c in CONFIG_CASES],
+                         ids=[c[0] for c in CONFIG_CASES])
+async def test_config_settings_reach_the_check(keys, server_name, ok, reason, path) -> None:
+    from probes.targets import targets_of
+    from tests.dnstest import config_from, example_dict
+
+    server = SERVERS[server_name]()
+    async with make_session() as session, serving(server) as port:
+        data = example_dict()
+        replica = data["registries"]["contoso"]["replicas"]["eastus"]
+        replica["probe"]["checks"] = [{"scheme": "http", "address": HOST, "port": port, **keys}]
+        target = next(t for t in targets_of(config_from(data)) if t.key == ("contoso", "eastus"))
+        result = await run_check(target.spec.checks[0], session, 2)
+    assert result.ok is ok and reason in result.reason, result
+    if path is not None:
+        assert [p for _, p in server.seen] == [path]

@@ -1,7 +1,8 @@
 """End to end with real processes on loopback: stand-in backends, probes and dnsd. Degrade a backend:
 the global name moves after `fall` rounds while its regional name still answers; restore: it comes
 back after `rise`; stop probes: dnsd keeps the verdict, survives its own restart with it, then fails
-open after the health TTL."""
+open after the health TTL. Health-aware TTL: the traffic-manager hop's TTL is short exactly while a
+replica is suspect or recovering."""
 from __future__ import annotations
 
 import json
@@ -11,10 +12,14 @@ import time
 import urllib.request
 
 import dns.message
+import dns.name
 import dns.query
+import dns.rdataclass
+import dns.rdatatype
 import pytest
 import yaml
 
+from dnsd import names
 from dnsd.budget import budgets
 from dnsd.config import load_config
 from tests import harness
@@ -135,3 +140,85 @@ def test_failover_recovery_expiry_and_restart(tmp_path):
             assert "geotm_health_expired 1.0" in exported
             assert 'geotm_replica_status{registry="contoso",replica="eastus"} 1.0' in exported
     assert "status_changed" in probes.log_text()
+
+
+# Health-aware TTL, end to end. eastus fails many rounds but stays below `fall` (suspect the whole
+# time); westeurope degrades on its first failure and needs `rise` good rounds back (recovering
+# meanwhile). Timings per replica: (interval, fall, rise).
+TREND_TIMING = {"eastus": (0.3, 100, 2), "westeurope": (0.25, 1, 12), "southeastasia": (0.3, 2, 2)}
+
+
+def write_trend_config(tmp_path) -> tuple[str, int, int]:
+    path, probes_port, control_port = write_config(tmp_path)
+    data = yaml.safe_load(open(path))
+    for name, (interval, fall, rise) in TREND_TIMING.items():
+        data["registries"]["contoso"]["replicas"][name]["probe"].update(
+            interval=f"{interval}s", timeout=f"{min(interval, TIMEOUT)}s", fall=fall, rise=rise)
+    with open(path, "w") as out:
+        yaml.safe_dump(data, out, sort_keys=False)
+    return path, probes_port, control_port
+
+
+def tm_ttl(port: int, tm_name: str) -> int:
+    """The TTL a real DNS client sees on the traffic-manager hop of the global name's chain."""
+    reply = dns.query.udp(dns.message.make_query("contoso.azurecr.test", "A"), "127.0.0.1", port=port, timeout=1)
+    return reply.find_rrset(reply.answer, dns.name.from_text(tm_name), dns.rdataclass.IN,
+                            dns.rdatatype.CNAME).ttl
+
+
+def short_ttl_metric(admin_port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=2) as response:
+        exported = response.read().decode()
+    return next(line.split()[-1] for line in exported.splitlines()
+                if line.startswith('geotm_short_ttl_active{registry="contoso"}'))
+
+
+def trend_in_feed(probes_port: int, replica: str) -> tuple[str, str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{probes_port}/v1/health", timeout=1) as response:
+        document = json.load(response)
+    entry = next(e for e in document["endpoints"] if e["replica"] == replica)
+    return entry["status"], entry["trend"]
+
+
+def test_short_ttl_while_suspect_or_recovering(tmp_path):
+    config_path, probes_port, control_port = write_trend_config(tmp_path)
+    config = load_config(config_path)
+    normal, short = config.zone.ttls.traffic_manager, config.zone.ttls.traffic_manager_short
+    assert short < normal
+    tm_name = names.traffic_manager_name("contoso", config.zone.name) + "."
+    env = {"PYTHONPATH": str(ROOT)}
+    backends = harness.ServiceProcess(
+        [sys.executable, "-m", "standin.cli", "serve", "--config", config_path, "--control",
+         f"127.0.0.1:{control_port}"], ready=lambda: http_ok(f"http://127.0.0.1:{control_port}/healthz"),
+        name="geotm-backend", env=env, cwd=ROOT)
+    probes = harness.ServiceProcess(
+        [sys.executable, "-m", "probes", "serve", "--config", config_path],
+        ready=lambda: all_online(probes_port), name="probes", env=env, cwd=ROOT)
+    with backends, probes, harness.dnsd(config_path) as dnsd:
+        def seen() -> tuple[int, str]:
+            return tm_ttl(dnsd.port, tm_name), short_ttl_metric(dnsd.admin_port)
+
+        wait_for(lambda: seen() == (normal, "0.0"), 5)
+
+        # suspect: eastus fails rounds but fewer than `fall`; it keeps serving, with the short TTL
+        set_mode(control_port, "eastus", "unhealthy")
+        wait_for(lambda: trend_in_feed(probes_port, "eastus") == ("online", "suspect"), 3)
+        wait_for(lambda: seen() == (short, "1.0"), 2 + SLACK)
+        assert address_of(dnsd.port) == ADDRESSES["eastus"]
+        set_mode(control_port, "eastus", "healthy")
+        wait_for(lambda: seen() == (normal, "0.0"), 2 + SLACK)
+
+        # plainly degraded (no good round since): routing changed, nothing about to change, normal TTL
+        set_mode(control_port, "westeurope", "unhealthy")
+        wait_for(lambda: trend_in_feed(probes_port, "westeurope") == ("degraded", ""), 3)
+        time.sleep(2 * POLL)
+        assert seen() == (normal, "0.0")
+
+        # recovering: good rounds again, fewer than `rise`: still out of routing, with the short TTL
+        set_mode(control_port, "westeurope", "healthy")
+        wait_for(lambda: trend_in_feed(probes_port, "westeurope") == ("degraded", "recovering"), 3)
+        wait_for(lambda: seen() == (short, "1.0"), 1 + SLACK)
+        # ...until `rise` good rounds bring it back: normal TTL again
+        interval, _fall, rise = TREND_TIMING["westeurope"]
+        wait_for(lambda: trend_in_feed(probes_port, "westeurope") == ("online", ""), rise * interval * 1.1 + SLACK)
+        wait_for(lambda: seen() == (normal, "0.0"), 1 + SLACK)

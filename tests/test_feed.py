@@ -25,8 +25,11 @@ class Clock:
 
 
 def document(generation: int, **statuses: str) -> dict:
-    endpoints = {("contoso", rep): EndpointHealth(Status(status), f"{rep} is {status}", 900.0)
-                 for rep, status in statuses.items()}
+    """statuses: replica=STATUS or replica=STATUS:TREND, e.g. eastus="online:suspect"."""
+    endpoints = {}
+    for rep, text in statuses.items():
+        status, _, trend = text.partition(":")
+        endpoints[("contoso", rep)] = EndpointHealth(Status(status), f"{rep} is {status}", 900.0, trend)
     return FeedDocument("probe-a", generation, 1000.0, endpoints).to_json()
 
 
@@ -154,6 +157,46 @@ async def test_quorum_across_vantage_points(probes_servers, votes, quorum, expec
     async with aiohttp.ClientSession() as session:
         await poll(feed, session)
     assert status_of(applied) is expected
+
+
+@pytest.mark.parametrize("votes,expected", [
+    # one probe: its trend is dnsd's trend
+    (("online:suspect",), "online:suspect"),
+    (("degraded:recovering",), "degraded:recovering"),
+    (("online",), "online"),
+    (("degraded",), "degraded"),
+    (("checking:suspect",), "checking:suspect"),
+    # three, majority quorum: one probe seeing the verdict about to change is enough to shorten the TTL
+    (("online:suspect", "online", "online"), "online:suspect"),
+    (("degraded:recovering", "degraded", "online"), "degraded:recovering"),
+    (("degraded", "degraded", "online:suspect"), "degraded"),      # suspect is about online verdicts
+    (("degraded", "online:suspect", "online"), "online:suspect"),  # below quorum, another probe suspects
+    (("degraded", "online", "online"), "online"),                  # below quorum, nobody suspects
+    (("degraded:recovering", "online", "online"), "online"),       # recovering is about degraded verdicts
+])
+async def test_trend_passes_through_the_feed(probes_servers, votes, expected):
+    for server, vote in zip(probes_servers, votes):
+        server.serve(document(1, eastus=vote, westeurope="online"), '"1"')
+    clock, applied = Clock(), []
+    feed = make_feed([s.url for s in probes_servers[:len(votes)]], clock, applied)
+    async with aiohttp.ClientSession() as session:
+        await poll(feed, session)
+    health = applied[-1].of("contoso", "eastus")
+    assert f"{health.status.value}:{health.trend}".rstrip(":") == expected
+
+
+async def test_a_trend_change_alone_makes_a_new_snapshot(probes_servers):
+    server = probes_servers[0]
+    clock, applied = Clock(), []
+    feed = make_feed([server.url], clock, applied)
+    async with aiohttp.ClientSession() as session:
+        await poll(feed, session)
+        server.serve(document(2, eastus="online:suspect", westeurope="online"), '"2"')
+        await poll(feed, session)
+        server.serve(document(3, eastus="online", westeurope="online"), '"3"')
+        await poll(feed, session)
+    assert [(s.of("contoso", "eastus").status, s.of("contoso", "eastus").trend) for s in applied] == [
+        (Status.ONLINE, ""), (Status.ONLINE, "suspect"), (Status.ONLINE, "")]
 
 
 async def test_quorum_counts_only_fresh_feeds(probes_servers):

@@ -208,7 +208,7 @@ MODE_CASES = [
     ("unhealthy", {"reason": "disk on fire"},
      {"oci": (False, "HTTP 503"), "distribution": (False, "storagedriver_filesystem: disk on fire"),
       "harbor": (False, "harbor component 'core' unhealthy: disk on fire"), "tcp": (True, "connected")}),
-    ("readonly", {}, {"oci": (False, "write canary: PUT returned 507"), "distribution": (True, "HTTP 200"),
+    ("readonly", {}, {"oci": (False, "write canary: PATCH returned 507"), "distribution": (True, "HTTP 200"),
                       "harbor": (True, "healthy"), "tcp": (True, "connected")}),
     ("slow", {"delay": 3}, {"oci": (False, "timeout after 0.3s"), "distribution": (False, "timeout after 0.3s"),
                             "harbor": (False, "timeout after 0.3s"), "tcp": (True, "connected")}),

@@ -21,7 +21,6 @@ PROBE_TIMING_KEYS = ("interval", "jitter", "timeout", "fall", "rise")
 CHECK_KEYS = ("kind", "address", "port", "scheme", "host_header", "path", "method", "headers", "expect_status",
               "body_contains", "json_path", "json_equals", "tls_verify", "ca_file", "canary_manifest",
               "canary_blob", "write_canary", "components")
-DEFAULT_PATHS = {"oci": "/v2/", "distribution": "/debug/health", "harbor": "/api/v2.0/health"}
 
 
 def load_config(path: str | Path) -> Config:
@@ -489,10 +488,9 @@ class _Builder:
             if value is not None:
                 headers.append((key, value))
         expect_node = m.get("expect_status")
+        # absent: () and ProbeCheck applies the kind's default (dnsd.model owns it)
         expect = (r.scalar(expect_node, _status_ranges, "status codes like \"200-299,401\"")
-                  if expect_node is not None else None)
-        if expect is None and expect_node is None:
-            expect = (StatusRange(200, 299), StatusRange(401, 401)) if kind == "oci" else (StatusRange(200, 299),)
+                  if expect_node is not None else ())
         components = tuple(c for c in (r.string(n) for n in r.sequence(m.get("components"))) if c)
         if components and kind != "harbor":
             r.fail(m.get("components"), f"'components' applies to harbor checks, not {kind}")
@@ -505,12 +503,12 @@ class _Builder:
         canary_blob = r.string(m.get("canary_blob"))
         if canary_blob is not None and "@sha256:" not in canary_blob:
             r.fail(m.get("canary_blob"), f"expected REPOSITORY@sha256:DIGEST, got {canary_blob!r}")
-        values = dict(host_header=r.string(m.get("host_header")), path=r.string(m.get("path"), DEFAULT_PATHS.get(kind, "/")),
+        values = dict(host_header=r.string(m.get("host_header")), path=r.string(m.get("path"), ""),
                       method=(r.string(m.get("method"), "GET") or "GET").upper(), body_contains=r.string(m.get("body_contains")),
                       json_path=r.string(m.get("json_path")), json_equals=r.string(m.get("json_equals")),
                       tls_verify=r.boolean(m.get("tls_verify"), True), ca_file=r.string(m.get("ca_file")),
                       write_canary=r.string(m.get("write_canary")))
-        if values["path"] is not None and not values["path"].startswith("/"):
+        if m.get("path") is not None and values["path"] is not None and not values["path"].startswith("/"):
             r.fail(m.get("path"), f"path must start with '/', got {values['path']!r}")
         if None in (address, port, expect, scheme, values["path"], values["tls_verify"]):
             return None
