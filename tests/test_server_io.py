@@ -10,11 +10,13 @@ import asyncio
 import contextlib
 import errno
 import os
+import resource
 import socket
 import struct
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import structlog.testing
@@ -564,6 +566,73 @@ async def main(port, marker):
 
 run(main(int(sys.argv[1]), sys.argv[2]))
 """
+
+
+CHILD_SERVER_FD_STARVED = """
+import asyncio, sys
+from dnsd.server import DnsServer, ListenerSettings, run
+
+def flip_qr(data, client_ip, over_tcp):
+    return data[:2] + bytes([data[2] | 0x80]) + data[3:]
+
+async def main(port):
+    # caps far above what the open-files limit allows: accept() itself runs out of descriptors
+    settings = ListenerSettings(tcp_max_connections=10000, tcp_max_connections_per_source=10000)
+    server = DnsServer(flip_qr, [("127.0.0.1", port)], settings)
+    await server.start()
+    await asyncio.sleep(60)
+
+if sys.argv[2] == "uvloop":
+    run(main(int(sys.argv[1])))
+else:
+    asyncio.run(main(int(sys.argv[1])))
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to read CPU time")
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_accept_out_of_descriptors_pauses_instead_of_spinning(loop):
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    port = harness.free_port()
+    proc = harness.ServiceProcess(
+        [sys.executable, "-c", CHILD_SERVER_FD_STARVED, str(port), loop],
+        ready=lambda: harness.udp_answers("127.0.0.1", port), name="fd-starved",
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40)))
+    clients = []
+    with proc:
+        try:
+            for _ in range(80):  # far more than 40 descriptors: the backlog holds the rest
+                sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+                sock.sendall(frame(query(500)))
+                clients.append(sock)
+            assert proc.wait_for_log("tcp_accept_failed", 3.0), proc.log_text()[-2000:]
+            before = cpu_seconds(proc.pid)
+            time.sleep(1.0)
+            spent = cpu_seconds(proc.pid) - before
+            assert spent < 0.1, f"{spent:.2f} s of CPU in 1 s while out of descriptors: spinning"
+        finally:
+            for sock in clients:
+                sock.close()
+        # descriptors are back: the listener serves again
+        deadline = time.monotonic() + 3.0
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                    sock.sendall(frame(query(501)))
+                    sock.settimeout(1.0)
+                    data = sock.recv(4096)
+                    if data[2:] == reply_to(query(501)):
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "not serving TCP again after the clients left"
+            time.sleep(0.1)
 
 
 def gone(pid: int) -> bool:
