@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import math
+import os
 import signal
 import socket
 import time
@@ -89,17 +89,29 @@ class ListenerSettings:
         return max(1, math.ceil(self.tcp_max_connections * _LOAD_FRACTION))
 
 
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
 def source_key(ip: str, prefix_v4: int = 32, prefix_v6: int = 56) -> str:
     """The source a TCP client counts against: its address cut to the prefix, as text ('192.0.2.7/32',
-    '2001:db8:0:100::/56'). An IPv4-mapped IPv6 address counts as its IPv4 address."""
+    '2001:db8:0:100::/56'). An IPv4-mapped IPv6 address counts as its IPv4 address. Integer masks on
+    packed addresses: the ipaddress module would cost more than the rest of accepting a connection."""
     try:
-        address = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return ip  # not an address (a Unix socket, or unknown): its own source
-    if address.version == 6 and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    prefix = prefix_v4 if address.version == 4 else prefix_v6
-    return str(ipaddress.ip_network((address, prefix), strict=False))
+        if ":" not in ip:
+            packed = socket.inet_pton(socket.AF_INET, ip)
+        else:
+            packed = socket.inet_pton(socket.AF_INET6, ip.split("%", 1)[0])
+            if packed[:12] == _V4_MAPPED:
+                packed = packed[12:]
+    except OSError:
+        return ip  # not an address (unknown peer): its own source
+    if len(packed) == 4:
+        if prefix_v4 == 32:
+            return f"{socket.inet_ntop(socket.AF_INET, packed)}/32"
+        masked = int.from_bytes(packed, "big") & ~((1 << (32 - prefix_v4)) - 1)
+        return f"{socket.inet_ntop(socket.AF_INET, masked.to_bytes(4, 'big'))}/{prefix_v4}"
+    masked = int.from_bytes(packed, "big") & ~((1 << (128 - prefix_v6)) - 1)
+    return f"{socket.inet_ntop(socket.AF_INET6, masked.to_bytes(16, 'big'))}/{prefix_v6}"
 
 
 def format_address(host: str, port: int) -> str:
@@ -575,9 +587,10 @@ class _TcpListener:
 
     def _on_readable(self) -> None:
         shared = self._shared
+        accept, family = self._sock._accept, self._sock.family  # socket.accept() minus its per-call enum lookups
         for _ in range(_ACCEPT_BATCH):
             try:
-                conn, addr = self._sock.accept()
+                fd, addr = accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -585,12 +598,12 @@ class _TcpListener:
                     self._pause(exc)
                     return
                 continue  # ECONNABORTED and the like: that client is already gone
-            ip = addr[0] if isinstance(addr, tuple) and addr else "?"
-            protocol = shared.admit(ip)
+            protocol = shared.admit(addr[0] if isinstance(addr, tuple) and addr else "?")
             if protocol is None:
-                conn.close()
+                os.close(fd)
                 continue
-            conn.setblocking(False)
+            conn = socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd)
+            # the loop makes it non-blocking and sets TCP_NODELAY, as for the connections it accepts itself
             task = self._loop.create_task(self._loop.connect_accepted_socket(lambda p=protocol: p, conn))
             self._setting_up[task] = (conn, protocol)
             task.add_done_callback(self._set_up)
