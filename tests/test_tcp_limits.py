@@ -318,3 +318,24 @@ BUDGET_CASES = [
 @pytest.mark.parametrize("configured, soft, in_use, reserve, expected", BUDGET_CASES)
 def test_tcp_connection_budget(configured, soft, in_use, reserve, expected):
     assert tcp_connection_budget(configured, soft, in_use, reserve) == expected
+
+
+#   change to the server section             reported as needing a restart
+RESTART_CASES = [
+    ({"tcp_max_connections_per_source": 4}, ["server.tcp_max_connections_per_source"]),
+    ({"tcp_idle_timeout_under_load": "2s", "fd_reserve": 64}, ["server.tcp_idle_timeout_under_load/fd_reserve"]),
+    ({"tcp_source_prefix_v6": 64}, ["server.tcp_source_prefix_v6"]),
+    ({"edns_udp_size": 1400}, []),  # not a listener setting
+]
+
+
+@pytest.mark.parametrize("change, expected", RESTART_CASES, ids=[",".join(c) for c, _ in RESTART_CASES])
+async def test_reload_says_tcp_limits_need_a_restart(tmp_path, change, expected):
+    from dnsd.config import load_config
+    from dnsd.service import Dnsd
+    path = write_config(tmp_path, {})
+    dnsd = Dnsd(load_config(path))
+    write_config(tmp_path, change)
+    result = await dnsd.reload(str(path))
+    assert result.ok, result.problems
+    assert list(result.needs_restart) == expected
