@@ -166,7 +166,8 @@ class _Shared:
     connections in the order of their last complete query (least recent first)."""
 
     __slots__ = ("handler", "settings", "loop", "connections", "per_source", "no_connections", "stats",
-                 "refusals", "evictions", "load_log", "failures", "udp_drops", "accept_errors", "_sweeper")
+                 "refusals", "evictions", "load_log", "normal_log", "failures", "udp_drops", "accept_errors",
+                 "_sweeper")
 
     def __init__(self, handler: Handler, settings: ListenerSettings) -> None:
         self.handler = handler
@@ -179,7 +180,8 @@ class _Shared:
         self.stats = TcpStats()
         self.refusals = _RateLimitedLog(interval=1.0, burst=1)
         self.evictions = _RateLimitedLog(interval=1.0, burst=1)
-        self.load_log = _RateLimitedLog(interval=10.0, burst=1)
+        self.load_log = _RateLimitedLog(interval=10.0, burst=1)  # entering and leaving load may flap
+        self.normal_log = _RateLimitedLog(interval=10.0, burst=1)
         self.failures = _RateLimitedLog(interval=1.0, burst=10)
         self.udp_drops = _RateLimitedLog(interval=1.0, burst=1)
         self.accept_errors = _RateLimitedLog(interval=1.0, burst=1)
@@ -266,8 +268,10 @@ class _Shared:
         self._sweeper = None
         if len(self.connections) < self.settings.tcp_load_threshold:
             self.stats.under_load = False
-            log.info("tcp_load_normal", open=len(self.connections),
-                     idle_timeout=self.settings.tcp_idle_timeout)
+            suppressed = self.normal_log.admit()
+            if suppressed is not None:
+                log.info("tcp_load_normal", open=len(self.connections),
+                         idle_timeout=self.settings.tcp_idle_timeout, suppressed=suppressed)
             return
         cutoff = self.loop.time() - self.settings.tcp_idle_timeout_under_load
         for conn in list(self.connections):

@@ -71,8 +71,9 @@ def main() -> int:
     for entry in limits:
         print(f"dnsd {entry['event']}: " + ", ".join(f"{k}={v}" for k, v in entry.items()
                                                      if k not in ("event", "timestamp", "level")))
-    print(f"clients: {args.clients} from {len({al.source_address(i, args.per_source_clients) for i in range(args.clients)})}"
-          f" sources; {result['opened']} connections opened (at most {result['peak']} held at once, as the clients saw it)")
+    sources = len({al.source_address(i, args.per_source_clients) for i in range(args.clients)})
+    print(f"clients: {args.clients} from {sources} sources; {result['opened']} connections opened "
+          f"(at most {result['peak']} held at once, as the clients saw it)")
     print(f"global name answers: {result['seen']}; admin API failures: {result['admin_failures']} of "
           f"{result['checks']}; feed polls: {result['polls']} in {result['elapsed']:.1f}s")
     for name, value in sorted(stats.items()):
