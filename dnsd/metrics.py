@@ -75,6 +75,7 @@ class DnsdCollector(Collector):
         dropped = CounterMetricFamily("geotm_queries_dropped", "Packets not answered (responses, runts)")
         dropped.add_metric([], stats.dropped)
         yield dropped
+        yield from _tcp_metrics(dnsd)
         buckets, cumulative = [], 0
         for bound, count in zip(LATENCY_BOUNDS + (float("inf"),), stats.latency_counts):
             cumulative += count
@@ -105,6 +106,38 @@ class DnsdCollector(Collector):
         generation = GaugeMetricFamily("geotm_snapshot_generation", "Serving-state swaps since start")
         generation.add_metric([], snapshot.generation)
         yield generation
+
+
+def _tcp_metrics(dnsd: Dnsd) -> Iterator[Metric]:
+    """The DNS listeners' TCP admission: open connections and sources, the cap, refusals, evictions."""
+    if dnsd.tcp_stats is None:
+        return
+    tcp = dnsd.tcp_stats()
+    for name, help_text, value in (
+            ("geotm_tcp_connections", "Open DNS-over-TCP connections", tcp.open),
+            ("geotm_tcp_sources", "Sources (address or prefix) holding DNS-over-TCP connections", tcp.sources),
+            ("geotm_tcp_connection_limit", "The TCP connection cap in force (server.tcp_max_connections, "
+                                           "lowered to what the open-files limit allows)", dnsd.tcp_limit or 0),
+            ("geotm_tcp_under_load", "1 while connections are at 3/4 of the cap or more and the short idle "
+                                     "timeout applies", 1.0 if tcp.under_load else 0.0)):
+        gauge = GaugeMetricFamily(name, help_text)
+        gauge.add_metric([], value)
+        yield gauge
+    refused = CounterMetricFamily("geotm_tcp_connections_refused", "TCP connections closed right after accept",
+                                  labels=["reason"])
+    refused.add_metric(["per_source_limit"], tcp.refused_per_source)
+    refused.add_metric(["connection_limit"], tcp.refused_full)
+    yield refused
+    for name, help_text, value in (
+            ("geotm_tcp_connections_accepted", "TCP connections given a slot", tcp.accepted),
+            ("geotm_tcp_connections_evicted", "Longest-idle TCP connections closed to make room for a new one",
+             tcp.evicted),
+            ("geotm_tcp_connections_closed_under_load", "TCP connections closed after the short idle timeout "
+                                                        "near the cap", tcp.closed_under_load),
+            ("geotm_tcp_accept_paused", "Times accept() failed for want of file descriptors", tcp.accept_paused)):
+        counter = CounterMetricFamily(name, help_text)
+        counter.add_metric([], value)
+        yield counter
 
 
 def make_registry(dnsd: Dnsd) -> CollectorRegistry:

@@ -197,7 +197,12 @@ class ServerSettings:
     listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 5353),)
     edns_udp_size: int = 1232
     tcp_idle_timeout: float = 10.0
-    tcp_max_connections: int = 1024
+    tcp_idle_timeout_under_load: float = 1.0  # from 3/4 of tcp_max_connections on (RFC 7766 6.2.3)
+    tcp_max_connections: int = 1024  # lowered at start when the open-files limit cannot hold it
+    tcp_max_connections_per_source: int = 16  # one source: an IPv4 address / IPv6 prefix, as below
+    tcp_source_prefix_v4: int = 32
+    tcp_source_prefix_v6: int = 56
+    fd_reserve: int = 128  # descriptors DNS clients never get: health feed, admin API, state files
 
 
 @dataclass(frozen=True, slots=True)

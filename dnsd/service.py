@@ -7,17 +7,19 @@ import collections
 import time
 from dataclasses import dataclass, replace
 from types import MappingProxyType
+from typing import Callable
 
 import structlog
 
 from dnsd.config import ConfigError, load_config
+from dnsd.fdlimit import open_descriptors, raise_open_files_limit, tcp_connection_budget
 from dnsd.feed import HealthFeed
 from dnsd.health import HealthSnapshot
-from dnsd.model import Config
+from dnsd.model import Config, ServerSettings
 from dnsd.overrides import DRAIN, FORCE_DOWN, KINDS, Override, OverrideStore
 from dnsd.policy import RoutingPlan, plan as make_plan
 from dnsd.runtime import QueryEngine, Snapshot, build_plans, new_snapshot
-from dnsd.server import DnsServer, ListenerSettings, StopSignals
+from dnsd.server import DnsServer, ListenerSettings, StopSignals, TcpStats
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +64,8 @@ class Dnsd:
         self.timeline: collections.deque[dict] = collections.deque(maxlen=TIMELINE_LENGTH)
         self._lock = asyncio.Lock()
         self.after_reload = None  # worker 0: tell the supervisor to reload the other workers
+        self.tcp_stats: Callable[[], TcpStats] | None = None  # set by serve: the listeners' TCP admission
+        self.tcp_limit: int | None = None  # the TCP connection cap in force (after sizing to the fd limit)
         self.log_routing(self.engine.snapshot, None)
 
     @property
@@ -249,11 +253,18 @@ def _describe_changes(old: Config, new: Config) -> list[str]:
     return changes or (["no routing-relevant change"] if old.digest != new.digest else ["identical"])
 
 
+_TCP_KEYS = ("tcp_idle_timeout", "tcp_idle_timeout_under_load", "tcp_max_connections", "tcp_max_connections_per_source",
+             "tcp_source_prefix_v4", "tcp_source_prefix_v6", "fd_reserve")  # fixed when the listeners start
+
+
 def _needs_restart(old: Config, new: Config) -> list[str]:
     """Settings a running process cannot change in place (it keeps the old ones until restarted)."""
     result = []
     if old.server.listen != new.server.listen:
         result.append("server.listen")
+    tcp = [key for key in _TCP_KEYS if getattr(old.server, key) != getattr(new.server, key)]
+    if tcp:
+        result.append("server." + "/".join(tcp))
     if old.admin.listen != new.admin.listen or old.admin.token_file != new.admin.token_file:
         result.append("admin.listen/token_file")
     if old.health != new.health:
@@ -316,6 +327,35 @@ async def housekeeping(dnsd: Dnsd, worker: WorkerRole | None = None, period: flo
         await asyncio.sleep(period)
 
 
+def listener_settings(server: ServerSettings, reuse_port: bool) -> ListenerSettings:
+    """The DNS listeners' settings. Raises the soft open-files limit to the hard one first and lowers
+    tcp_max_connections when the descriptors left after server.fd_reserve cannot hold it, so DNS
+    clients can never take the descriptors the health feed, admin API and state files need."""
+    limit = raise_open_files_limit()
+    in_use = open_descriptors()
+    budget = tcp_connection_budget(server.tcp_max_connections, limit.soft, in_use, server.fd_reserve)
+    log.info("open_files_limit", soft_before=limit.soft_before, soft=limit.soft, hard=limit.hard,
+             in_use=in_use, reserve=server.fd_reserve, tcp_max_connections=budget.limit,
+             tcp_max_connections_per_source=min(server.tcp_max_connections_per_source, budget.limit))
+    if limit.error:
+        log.warning("open_files_limit_not_raised", soft=limit.soft, hard=limit.hard, error=limit.error)
+    if budget.reduced:
+        log.warning("tcp_max_connections_reduced", configured=server.tcp_max_connections, using=budget.limit,
+                    soft_limit=limit.soft, in_use=in_use, reserve=server.fd_reserve,
+                    reserve_kept=budget.reserve_kept,
+                    fix="raise the hard open-files limit (ulimit -Hn, systemd LimitNOFILE=, docker --ulimit "
+                        "nofile=) or lower server.tcp_max_connections")
+    return ListenerSettings(
+        tcp_idle_timeout=server.tcp_idle_timeout,
+        tcp_idle_timeout_under_load=min(server.tcp_idle_timeout_under_load, server.tcp_idle_timeout),
+        tcp_max_connections=budget.limit,
+        tcp_max_connections_per_source=server.tcp_max_connections_per_source,
+        tcp_source_prefix_v4=server.tcp_source_prefix_v4,
+        tcp_source_prefix_v6=server.tcp_source_prefix_v6,
+        reuse_port=reuse_port,
+    )
+
+
 async def serve(config: Config, listen: list[tuple[str, int]] | None = None, worker: WorkerRole | None = None) -> None:
     import os
     import signal
@@ -335,10 +375,10 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None, wor
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(dnsd.reload(actor="SIGHUP", by_signal=True)))
     admin_runner = None
-    settings = ListenerSettings(tcp_idle_timeout=config.server.tcp_idle_timeout,
-                                tcp_max_connections=config.server.tcp_max_connections,
-                                reuse_port=worker is not None)
+    settings = listener_settings(config.server, reuse_port=worker is not None)
     server = DnsServer(dnsd.engine.handle, listen or list(config.server.listen), settings)
+    dnsd.tcp_stats = server.tcp_stats
+    dnsd.tcp_limit = settings.tcp_max_connections
     try:
         admin_runner = await start_admin(dnsd, config) if config.admin.listen else None
         await server.start()

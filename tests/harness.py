@@ -69,8 +69,10 @@ class ServiceProcess:
         env: dict[str, str] | None = None,
         timeout: float = 15.0,
         cwd: str | os.PathLike[str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.argv = list(argv)
+        self.preexec_fn = preexec_fn  # runs in the child before exec (e.g. resource.setrlimit)
         self.ready = ready
         self.name = name
         self.env = dict(env or {})
@@ -98,6 +100,7 @@ class ServiceProcess:
                 env=env,
                 cwd=self.cwd,
                 start_new_session=True,
+                preexec_fn=self.preexec_fn,
             )
         finally:
             os.close(fd)
@@ -211,7 +214,8 @@ class ServiceProcess:
 
 
 def dnsd(config_path: str | os.PathLike[str], port: int | None = None, extra_args: Sequence[str] = (),
-         env: dict[str, str] | None = None, timeout: float = 15.0, admin_port: int | None = None) -> ServiceProcess:
+         env: dict[str, str] | None = None, timeout: float = 15.0, admin_port: int | None = None,
+         preexec_fn: Callable[[], None] | None = None) -> ServiceProcess:
     """The real server, `python -m dnsd serve --config FILE --listen 127.0.0.1:PORT`, ready when
     it answers a UDP query. Use as `with dnsd(cfg) as proc: ... proc.port ...`."""
     if port is None:
@@ -227,6 +231,7 @@ def dnsd(config_path: str | os.PathLike[str], port: int | None = None, extra_arg
         env={"PYTHONPATH": pythonpath, **(env or {})},
         timeout=timeout,
         cwd=REPO_ROOT,
+        preexec_fn=preexec_fn,
     )
     proc.port = port
     proc.admin_port = admin_port

@@ -10,11 +10,13 @@ import asyncio
 import contextlib
 import errno
 import os
+import resource
 import socket
 import struct
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import structlog.testing
@@ -278,26 +280,154 @@ async def test_tcp_client_that_never_reads_is_dropped_without_delaying_others():
             writer.close()
 
 
-async def test_tcp_connections_beyond_limit_are_closed():
-    async with serving(ListenerSettings(tcp_max_connections=2)) as server:
+async def open_from(address: tuple[str, int], source: str):
+    """A TCP connection from `source` (any 127.x.y.z address works on Linux loopback)."""
+    return await asyncio.open_connection(*address, local_addr=(source, 0))
+
+
+async def answered_within(reader, writer, qid: int, limit: float) -> bool:
+    """Send one query; True when its reply comes back within `limit` seconds."""
+    writer.write(frame(query(qid)))
+    try:
+        return await read_message(reader, timeout=limit) == reply_to(query(qid))
+    except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+        return False
+
+
+#   tcp_source_prefix_v4  hog's address  another client  that client gets a slot
+PER_SOURCE_CASES = [
+    (32, "127.0.0.2", "127.0.0.3", True),  # one IPv4 address is one source
+    (24, "127.0.0.2", "127.0.0.3", False),  # same /24: the same source, already at its limit
+    (24, "127.0.0.2", "127.0.1.3", True),  # another /24
+]
+
+
+@pytest.mark.parametrize("prefix, hog_ip, other_ip, admitted", PER_SOURCE_CASES,
+                         ids=[f"/{p}-{o}" for p, _, o, _ in PER_SOURCE_CASES])
+async def test_tcp_per_source_limit(prefix, hog_ip, other_ip, admitted):
+    settings = ListenerSettings(tcp_max_connections=64, tcp_max_connections_per_source=4,
+                                tcp_source_prefix_v4=prefix)
+    async with serving(settings) as server:
         address = server.addresses[0]
-        first = await asyncio.open_connection(*address)
-        second = await asyncio.open_connection(*address)
-        for i, (reader, writer) in enumerate((first, second)):
-            writer.write(frame(query(80 + i)))
-            assert await read_message(reader) == reply_to(query(80 + i))
+        hog = [await open_from(address, hog_ip) for _ in range(4)]
+        for i, (reader, writer) in enumerate(hog):
+            assert await answered_within(reader, writer, 200 + i, 1.0)
         with structlog.testing.capture_logs() as logs:
-            third_reader, third_writer = await asyncio.open_connection(*address)
-            assert await closed_by_peer(third_reader, 1.0)
-            third_writer.close()
-        assert [e["event"] for e in logs] == ["tcp_connection_refused"]
-        # The first two are unaffected; once one goes, its slot is free again.
-        first[1].write(frame(query(82)))
-        assert await read_message(first[0]) == reply_to(query(82))
-        first[1].close()
-        assert await wait_until(lambda: server.tcp_connections == 1, 1.0)
-        assert await tcp_exchange(address, query(83)) == reply_to(query(83))
-        second[1].close()
+            extra_reader, extra_writer = await open_from(address, hog_ip)
+            assert await closed_by_peer(extra_reader, 1.0), "the hog got a fifth connection"
+        assert [(e["event"], e["reason"], e["source"]) for e in logs] == [
+            ("tcp_connection_refused", "per-source limit", f"{hog_ip.rsplit('.', 1)[0]}.0/24" if prefix == 24
+             else f"{hog_ip}/32")]
+        started = time.monotonic()
+        reader, writer = await open_from(address, other_ip)
+        if admitted:
+            assert await answered_within(reader, writer, 210, 0.1), "another source was not answered in 100 ms"
+            assert time.monotonic() - started < 0.1
+        else:
+            assert await closed_by_peer(reader, 1.0)
+        for i, (hog_reader, hog_writer) in enumerate(hog):  # the hog keeps what it had
+            assert await answered_within(hog_reader, hog_writer, 220 + i, 1.0)
+        stats = server.tcp_stats()
+        assert stats.refused_per_source == (1 if admitted else 2) and stats.evicted == 0
+        for _, w in (*hog, (extra_reader, extra_writer), (reader, writer)):
+            w.close()
+
+
+#   the order in which the three open connections send a query  the one closed for a fourth
+EVICTION_CASES = [
+    ("", 0),  # no query yet: the first accepted has waited longest
+    ("012", 0),
+    ("210", 2),
+    ("102", 1),
+    ("0", 1),  # 0 just spoke, 1 and 2 are idle since accept, 1 for longer
+]
+
+
+@pytest.mark.parametrize("order, victim", EVICTION_CASES, ids=[f"queries-{o or 'none'}" for o, _ in EVICTION_CASES])
+async def test_tcp_at_the_limit_the_longest_idle_connection_makes_room(order, victim):
+    settings = ListenerSettings(tcp_max_connections=3, tcp_idle_timeout=30, tcp_idle_timeout_under_load=10)
+    async with serving(settings) as server:
+        address = server.addresses[0]
+        conns = [await open_from(address, f"127.0.0.{10 + i}") for i in range(3)]
+        for i in order:
+            reader, writer = conns[int(i)]
+            assert await answered_within(reader, writer, 300 + int(i), 1.0)
+        with structlog.testing.capture_logs() as logs:
+            started = time.monotonic()
+            newcomer = await open_from(address, "127.0.0.20")
+            assert await answered_within(*newcomer, 310, 0.1), "the newcomer was not answered in 100 ms"
+            assert time.monotonic() - started < 0.1
+            assert await closed_by_peer(conns[victim][0], 1.0)
+        assert [(e["event"], e["client"]) for e in logs] == [("tcp_connection_evicted", f"127.0.0.{10 + victim}")]
+        for i, (reader, writer) in enumerate(conns):
+            if i != victim:
+                assert await answered_within(reader, writer, 320 + i, 1.0)
+        assert server.tcp_connections == 3
+        assert server.tcp_stats().evicted == 1
+        for _, writer in (*conns, newcomer):
+            writer.close()
+
+
+#   connections opened (cap 4: 3/4 is 3)   at most this many left after the short idle timeout
+UNDER_LOAD_CASES = [
+    (2, 2),  # below 3/4 of the cap: the normal idle timeout (30 s) applies, nothing closes
+    (3, 2),  # at 3/4: idle ones are closed after 0.3 s until below 3/4; the active one stays
+    (4, 2),
+]
+
+
+@pytest.mark.parametrize("opened, left", UNDER_LOAD_CASES, ids=[f"{o}-of-4" for o, _ in UNDER_LOAD_CASES])
+async def test_tcp_idle_timeout_is_shortened_near_the_cap(opened, left):
+    settings = ListenerSettings(tcp_max_connections=4, tcp_idle_timeout=30, tcp_idle_timeout_under_load=0.3)
+    async with serving(settings) as server:
+        address = server.addresses[0]
+        conns = [await open_from(address, "127.0.0.1") for _ in range(opened)]
+        active_reader, active_writer = conns[0]
+        deadline = time.monotonic() + 1.5
+        qid = 400
+        while time.monotonic() < deadline:  # the first one keeps asking; the others say nothing
+            assert await answered_within(active_reader, active_writer, qid, 1.0), "an active connection was closed"
+            qid += 1
+            await asyncio.sleep(0.1)
+        assert server.tcp_connections <= left
+        assert server.tcp_stats().closed_under_load == opened - server.tcp_connections
+        closed = [await closed_by_peer(reader, 0.2) for reader, _ in conns[1:]]
+        assert closed.count(True) == opened - server.tcp_connections
+        for _, writer in conns:
+            writer.close()
+
+
+#   address          v4 prefix  v6 prefix  source
+SOURCE_KEY_CASES = [
+    ("192.0.2.7", 32, 56, "192.0.2.7/32"),
+    ("192.0.2.7", 24, 56, "192.0.2.0/24"),
+    ("192.0.2.7", 0, 56, "0.0.0.0/0"),
+    ("2001:db8:1:2ff::9", 32, 56, "2001:db8:1:200::/56"),
+    ("2001:db8:1:2ff::9", 32, 128, "2001:db8:1:2ff::9/128"),
+    ("::ffff:192.0.2.7", 24, 56, "192.0.2.0/24"),  # IPv4-mapped: counted as its IPv4 address
+    ("fe80::1%eth0", 32, 64, "fe80::/64"),  # scope id dropped
+    ("?", 32, 56, "?"),  # no address (peer unknown): its own source
+]
+
+
+@pytest.mark.parametrize("ip, v4, v6, expected", SOURCE_KEY_CASES)
+def test_source_key(ip, v4, v6, expected):
+    assert srv.source_key(ip, v4, v6) == expected
+
+
+#   settings                                          error names
+BAD_SETTINGS = [
+    (dict(tcp_max_connections_per_source=0), "tcp_max_connections_per_source"),
+    (dict(tcp_idle_timeout_under_load=0), "tcp_idle_timeout_under_load"),
+    (dict(tcp_source_prefix_v4=33), "tcp_source_prefix_v4"),
+    (dict(tcp_source_prefix_v6=-1), "tcp_source_prefix_v6"),
+]
+
+
+@pytest.mark.parametrize("kwargs, name", BAD_SETTINGS, ids=[n for _, n in BAD_SETTINGS])
+def test_bad_listener_settings_are_rejected(kwargs, name):
+    with pytest.raises(ValueError, match=f"ListenerSettings.{name} must be"):
+        ListenerSettings(**kwargs)
 
 
 async def test_stop_closes_open_tcp_connections():
@@ -396,21 +526,26 @@ UVLOOP_SCENARIOS = [
     test_tcp_idle_timeout_closes_connection,
     test_tcp_stalled_length_prefix_does_not_delay_others,
     test_tcp_client_that_never_reads_is_dropped_without_delaying_others,
-    test_tcp_connections_beyond_limit_are_closed,
     test_stop_closes_open_tcp_connections,
     test_udp_and_tcp_share_the_port_picked_for_port_zero,
 ]
+UVLOOP_CASES = [pytest.param(f, (), id=f.__name__.removeprefix("test_")) for f in UVLOOP_SCENARIOS] + [
+    pytest.param(f, case, id=f"{f.__name__.removeprefix('test_')}-{i}")
+    for f, cases in ((test_tcp_per_source_limit, PER_SOURCE_CASES),
+                     (test_tcp_at_the_limit_the_longest_idle_connection_makes_room, EVICTION_CASES),
+                     (test_tcp_idle_timeout_is_shortened_near_the_cap, UNDER_LOAD_CASES))
+    for i, case in enumerate(cases)]
 
 
-@pytest.mark.parametrize("scenario", UVLOOP_SCENARIOS, ids=[f.__name__.removeprefix("test_") for f in UVLOOP_SCENARIOS])
-def test_on_uvloop(scenario):
+@pytest.mark.parametrize("scenario, args", UVLOOP_CASES)
+def test_on_uvloop(scenario, args):
     uvloop = pytest.importorskip("uvloop")
-    assert srv.run(_on_loop(scenario, uvloop.Loop)) is True
+    assert srv.run(_on_loop(scenario, args, uvloop.Loop)) is True
 
 
-async def _on_loop(scenario, loop_type) -> bool:
+async def _on_loop(scenario, args, loop_type) -> bool:
     assert isinstance(asyncio.get_running_loop(), loop_type)
-    await scenario()
+    await scenario(*args)
     return True
 
 
@@ -431,6 +566,73 @@ async def main(port, marker):
 
 run(main(int(sys.argv[1]), sys.argv[2]))
 """
+
+
+CHILD_SERVER_FD_STARVED = """
+import asyncio, sys
+from dnsd.server import DnsServer, ListenerSettings, run
+
+def flip_qr(data, client_ip, over_tcp):
+    return data[:2] + bytes([data[2] | 0x80]) + data[3:]
+
+async def main(port):
+    # caps far above what the open-files limit allows: accept() itself runs out of descriptors
+    settings = ListenerSettings(tcp_max_connections=10000, tcp_max_connections_per_source=10000)
+    server = DnsServer(flip_qr, [("127.0.0.1", port)], settings)
+    await server.start()
+    await asyncio.sleep(60)
+
+if sys.argv[2] == "uvloop":
+    run(main(int(sys.argv[1])))
+else:
+    asyncio.run(main(int(sys.argv[1])))
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to read CPU time")
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_accept_out_of_descriptors_pauses_instead_of_spinning(loop):
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    port = harness.free_port()
+    proc = harness.ServiceProcess(
+        [sys.executable, "-c", CHILD_SERVER_FD_STARVED, str(port), loop],
+        ready=lambda: harness.udp_answers("127.0.0.1", port), name="fd-starved",
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40)))
+    clients = []
+    with proc:
+        try:
+            for _ in range(80):  # far more than 40 descriptors: the backlog holds the rest
+                sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+                sock.sendall(frame(query(500)))
+                clients.append(sock)
+            assert proc.wait_for_log("tcp_accept_failed", 3.0), proc.log_text()[-2000:]
+            before = cpu_seconds(proc.pid)
+            time.sleep(1.0)
+            spent = cpu_seconds(proc.pid) - before
+            assert spent < 0.1, f"{spent:.2f} s of CPU in 1 s while out of descriptors: spinning"
+        finally:
+            for sock in clients:
+                sock.close()
+        # descriptors are back: the listener serves again
+        deadline = time.monotonic() + 3.0
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                    sock.sendall(frame(query(501)))
+                    sock.settimeout(1.0)
+                    data = sock.recv(4096)
+                    if data[2:] == reply_to(query(501)):
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "not serving TCP again after the clients left"
+            time.sleep(0.1)
 
 
 def gone(pid: int) -> bool:

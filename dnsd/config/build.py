@@ -16,6 +16,8 @@ from dnsd.model import (ALL_DOWN_POLICIES, PROBE_KINDS, ROUTING_METHODS, AllDown
                         View, Webhook, Zone, frozen_map)
 from dnsd.records import RR, normalize_name
 
+TCP_LIMIT_KEYS = ("tcp_idle_timeout_under_load", "tcp_max_connections_per_source", "tcp_source_prefix_v4",
+                  "tcp_source_prefix_v6", "fd_reserve")
 TOP_KEYS = ("server", "zone", "regions", "latency_ms", "clients", "registries", "views", "probes", "health", "admin")
 PROBE_TIMING_KEYS = ("interval", "jitter", "timeout", "fall", "rise")
 CHECK_KEYS = ("kind", "address", "port", "scheme", "host_header", "path", "method", "headers", "expect_status",
@@ -92,7 +94,8 @@ class _Builder:
         r = self.r
         if node is None:
             return ServerSettings()
-        m = r.mapping(node, ("listen", "edns_udp_size", "tcp_idle_timeout", "tcp_max_connections"))
+        m = r.mapping(node, ("listen", "edns_udp_size", "tcp_idle_timeout", "tcp_max_connections",
+                             *TCP_LIMIT_KEYS))
         if m is None:
             return None
         listen = []
@@ -101,12 +104,34 @@ class _Builder:
             if parsed:
                 listen.append(parsed)
         defaults = ServerSettings()
+        idle = r.duration(m.get("tcp_idle_timeout"), defaults.tcp_idle_timeout, 0.1) or 10.0
         return ServerSettings(
             listen=tuple(listen) or defaults.listen,
             edns_udp_size=r.integer(m.get("edns_udp_size"), 512, 4096, defaults.edns_udp_size) or 1232,
-            tcp_idle_timeout=r.duration(m.get("tcp_idle_timeout"), defaults.tcp_idle_timeout, 0.1) or 10.0,
+            tcp_idle_timeout=idle,
             tcp_max_connections=r.integer(m.get("tcp_max_connections"), 1, 1_000_000,
                                           defaults.tcp_max_connections) or 1024,
+            **self.tcp_limits(m, defaults, idle),
+        )
+
+    def tcp_limits(self, m: dict[str, Node], defaults: ServerSettings, idle: float) -> dict:
+        """server.tcp_*: per-source cap and the short idle timeout under load; fd_reserve."""
+        r = self.r
+        under_load = r.duration(m.get("tcp_idle_timeout_under_load"), defaults.tcp_idle_timeout_under_load,
+                                0.01) or defaults.tcp_idle_timeout_under_load
+        node = m.get("tcp_idle_timeout_under_load")
+        if node is not None and under_load > idle:
+            r.fail(node, f"must not be longer than tcp_idle_timeout ({idle:g}s), got {under_load:g}s")
+        prefix_v4 = r.integer(m.get("tcp_source_prefix_v4"), 0, 32, defaults.tcp_source_prefix_v4)
+        prefix_v6 = r.integer(m.get("tcp_source_prefix_v6"), 0, 128, defaults.tcp_source_prefix_v6)
+        return dict(
+            tcp_idle_timeout_under_load=under_load,
+            tcp_max_connections_per_source=r.integer(
+                m.get("tcp_max_connections_per_source"), 1, 1_000_000,
+                defaults.tcp_max_connections_per_source) or defaults.tcp_max_connections_per_source,
+            tcp_source_prefix_v4=prefix_v4 if prefix_v4 is not None else defaults.tcp_source_prefix_v4,
+            tcp_source_prefix_v6=prefix_v6 if prefix_v6 is not None else defaults.tcp_source_prefix_v6,
+            fd_reserve=r.integer(m.get("fd_reserve"), 16, 1_000_000, defaults.fd_reserve) or defaults.fd_reserve,
         )
 
     # -- zone --------------------------------------------------------------------------------

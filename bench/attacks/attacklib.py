@@ -1,0 +1,312 @@
+"""Shared parts of the attack reproductions (bench/attacks/): a loopback-only guard, a dnsd child
+process (optionally under a lowered open-files limit), a fake probes feed, DNS-over-TCP clients from
+chosen 127.x.y.z sources, and the summary. Everything stays on this machine and is bounded."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import os
+import resource
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import dns.message
+import dns.query
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from dnsd.health import EndpointHealth, FeedDocument, Status  # noqa: E402  (needs ROOT on sys.path)
+
+EXAMPLE = ROOT / "config" / "example.yaml"
+MAX_CONNECTIONS = 20_000  # hard bounds: these scripts never go past them, whatever the flags say
+MAX_DURATION = 600.0
+
+
+def loopback(text: str) -> str:
+    """argparse type: an IPv4/IPv6 address on loopback, or an error (these scripts never leave the host)."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+    if not address.is_loopback:
+        raise argparse.ArgumentTypeError(f"{text} is not a loopback address: attack scripts only target this machine")
+    return text
+
+
+def bounded(maximum: float, kind=int):
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not 0 < value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be between 0 and {maximum:g}, got {value}")
+        return value
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def source_address(index: int, per_source: int, first: int = 2) -> str:
+    """127.A.B.C for client `index`, `per_source` clients per address, starting at 127.<first>.0.1."""
+    n = index // per_source
+    return f"127.{first + n // 62500}.{(n // 250) % 250}.{1 + n % 250}"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
+
+
+def raise_own_open_files_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
+
+
+# --- dnsd ----------------------------------------------------------------------------------------
+
+
+class Dnsd:
+    """`python -m dnsd serve` on a free loopback port, its log in a temp file, stopped by its PID."""
+
+    def __init__(self, config: dict, nofile: int | None = None, workdir: str | None = None):
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="geotm-attack-"))
+        self.port, self.admin_port = free_port(), free_port()
+        self.token = "attack-token"
+        (self.workdir / "token").write_text(self.token + "\n")
+        config = dict(config)
+        config["admin"] = {**config.get("admin", {}), "token_file": str(self.workdir / "token"),
+                           "state_file": str(self.workdir / "overrides.json")}
+        config.setdefault("health", {})
+        config["health"] = {**config["health"], "state_file": str(self.workdir / "health.json")}
+        self.config_path = self.workdir / "geotm.yaml"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.nofile = nofile
+        self.log_path = self.workdir / "dnsd.log"
+        self.proc: subprocess.Popen | None = None
+
+    def _limit(self) -> None:
+        if self.nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+
+    def __enter__(self) -> Dnsd:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dnsd", "serve", "--config", str(self.config_path),
+                 "--listen", f"127.0.0.1:{self.port}", "--admin-listen", f"127.0.0.1:{self.admin_port}",
+                 "--log-format", "json"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                start_new_session=True, preexec_fn=self._limit)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"dnsd exited with {self.proc.returncode}:\n{self.log()[-2000:]}")
+            if self.global_address() is not None:
+                return self
+            time.sleep(0.1)
+        self.__exit__()
+        raise RuntimeError(f"dnsd not ready after 15 s:\n{self.log()[-2000:]}")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def events(self, name: str) -> list[dict]:
+        found = []
+        for line in self.log().splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict) and entry.get("event") == name:
+                    found.append(entry)
+        return found
+
+    def global_address(self, name: str = "contoso.azurecr.test") -> str | None:
+        try:
+            reply = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=self.port, timeout=1)
+        except Exception:
+            return None
+        return reply.answer[-1][0].address if reply.answer else None
+
+    def admin_answers(self) -> bool:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}/v1/status",
+                                         headers={"Authorization": f"Bearer {self.token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def metrics(self) -> dict[str, float]:
+        values = {}
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=2) as response:
+                for line in response.read().decode().splitlines():
+                    if line.startswith("geotm_tcp_") or line.startswith("geotm_health_"):
+                        name, _, value = line.rpartition(" ")
+                        with contextlib.suppress(ValueError):
+                            values[name] = float(value)
+        return values
+
+
+def example_config(**server) -> dict:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["server"] = {**data.get("server", {}), **server}
+    return data
+
+
+# --- a fake probes feed ----------------------------------------------------------------------------
+
+
+class FakeFeed(ThreadingHTTPServer):
+    """GET /v1/health: a probes document saying `degraded` is down and the rest are up; counts polls."""
+
+    daemon_threads = True
+
+    def __init__(self, registry: str, replicas: list[str], degraded: str):
+        now = time.time()
+        endpoints = {(registry, rep): EndpointHealth(Status.DEGRADED if rep == degraded else Status.ONLINE,
+                                                     "fake feed", now) for rep in replicas}
+        self.body = json.dumps(FeedDocument("attack-fake-feed", 1, now, endpoints).to_json()).encode()
+        self.polls = 0
+        super().__init__(("127.0.0.1", 0), _FeedHandler)
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1/health"
+
+    def __enter__(self) -> FakeFeed:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _FeedHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        self.server.polls += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.server.body)))
+        self.end_headers()
+        self.wfile.write(self.server.body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+# --- DNS over TCP clients ----------------------------------------------------------------------------
+
+
+def framed_query(qid: int, name: str = "contoso.azurecr.test") -> bytes:
+    query = dns.message.make_query(name, "A")
+    query.id = qid & 0xFFFF
+    wire = query.to_wire()
+    return struct.pack("!H", len(wire)) + wire
+
+
+async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, qid: int, timeout: float) -> bool:
+    writer.write(framed_query(qid))
+    async with asyncio.timeout(timeout):
+        (length,) = struct.unpack("!H", await reader.readexactly(2))
+        return dns.message.from_wire(await reader.readexactly(length)).id == qid & 0xFFFF
+
+
+class Holders:
+    """N connections from chosen sources, each asking one query every `interval` seconds and
+    reconnecting (after `reconnect` s) when the server closes it, until `stop` is set."""
+
+    def __init__(self, port: int, sources: list[str], interval: float, reconnect: float = 0.2):
+        self.port, self.sources, self.interval, self.reconnect = port, sources, interval, reconnect
+        self.open = 0  # connections whose last query was answered and that are still open
+        self.peak = 0
+        self.opened = 0
+        self.closed_by_server = 0
+        self.stop = asyncio.Event()
+
+    async def _one(self, index: int, source: str) -> None:
+        while not self.stop.is_set():
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", self.port, local_addr=(source, 0)), 2)
+            except (OSError, TimeoutError):
+                await self._pause(self.reconnect)
+                continue
+            self.opened += 1
+            counted = False
+            try:
+                while not self.stop.is_set():
+                    if not await ask(reader, writer, index, 2):
+                        break
+                    if not counted:
+                        counted, self.open = True, self.open + 1
+                        self.peak = max(self.peak, self.open)
+                    await self._pause(self.interval)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                self.closed_by_server += 1
+            finally:
+                if counted:
+                    self.open -= 1
+                writer.close()
+            await self._pause(self.reconnect)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), seconds)
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(self._one(i, s)) for i, s in enumerate(self.sources)]
+        await self.stop.wait()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def describe_latencies(values: list[float]) -> str:
+    if not values:
+        return "none answered"
+    return (f"p50 {statistics.median(values) * 1000:.1f} ms, p99 {percentile(values, 99) * 1000:.1f} ms, "
+            f"max {max(values) * 1000:.1f} ms")
