@@ -26,9 +26,12 @@ import socket
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
+
+if TYPE_CHECKING:
+    from dnsd.rrl import ResponseRateLimiter
 
 log = structlog.get_logger(__name__)
 
@@ -91,11 +94,14 @@ class _RateLimitedLog:
 class _Shared:
     """What all listeners of one DnsServer share."""
 
-    __slots__ = ("handler", "settings", "connections", "no_connections", "refusals", "failures", "udp_drops")
+    __slots__ = ("handler", "settings", "connections", "no_connections", "refusals", "failures", "udp_drops",
+                 "rrl")
 
-    def __init__(self, handler: Handler, settings: ListenerSettings) -> None:
+    def __init__(self, handler: Handler, settings: ListenerSettings,
+                 rrl: ResponseRateLimiter | None = None) -> None:
         self.handler = handler
         self.settings = settings
+        self.rrl = rrl  # UDP replies only: TCP is the way around the limit for real resolvers
         self.connections: set[_TcpConnection] = set()
         self.no_connections = asyncio.Event()
         self.no_connections.set()
@@ -120,6 +126,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, shared: _Shared) -> None:
         self._shared = shared
         self._handler = shared.handler
+        self._rrl = shared.rrl
         self._transport: asyncio.DatagramTransport | None = None
         self._paused = False
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -136,6 +143,10 @@ class _UdpProtocol(asyncio.DatagramProtocol):
             return
         if reply is None or self._transport is None:
             return
+        if self._rrl is not None:  # after the handler, so packet-cache hits are limited too
+            reply = self._rrl.filter(reply, ip)
+            if reply is None:
+                return
         if self._paused:
             # The kernel send buffer is full and the transport is buffering: drop, as the
             # kernel would, rather than let the backlog grow without bound.
@@ -449,6 +460,7 @@ class DnsServer:
         handler: Handler,
         listen: Sequence[tuple[str, int]],
         settings: ListenerSettings = ListenerSettings(),
+        rate_limiter: ResponseRateLimiter | None = None,
     ) -> None:
         if not listen:
             raise ValueError("DnsServer needs at least one listen address")
@@ -458,6 +470,7 @@ class DnsServer:
             if not 0 <= port <= 0xFFFF:
                 raise ValueError(f"invalid port in listen address {format_address(host, port)}")
         self._settings = settings
+        self._rate_limiter = rate_limiter
         self._shared: _Shared | None = None
         self._addresses: list[tuple[str, int]] = []
         self._udp: list[tuple[asyncio.DatagramTransport, _UdpProtocol]] = []
@@ -480,7 +493,7 @@ class DnsServer:
     async def start(self) -> None:
         if self._shared is not None:
             raise RuntimeError("DnsServer already started")
-        self._shared = _Shared(self._handler, self._settings)
+        self._shared = _Shared(self._handler, self._settings, self._rate_limiter)
         self._addresses = []
         try:
             for host, port in self._listen:

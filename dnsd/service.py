@@ -16,6 +16,7 @@ from dnsd.health import HealthSnapshot
 from dnsd.model import Config
 from dnsd.overrides import DRAIN, FORCE_DOWN, KINDS, Override, OverrideStore
 from dnsd.policy import RoutingPlan, plan as make_plan
+from dnsd.rrl import ResponseRateLimiter
 from dnsd.runtime import QueryEngine, Snapshot, build_plans, new_snapshot
 from dnsd.server import DnsServer, ListenerSettings, StopSignals
 
@@ -62,6 +63,8 @@ class Dnsd:
         self.timeline: collections.deque[dict] = collections.deque(maxlen=TIMELINE_LENGTH)
         self._lock = asyncio.Lock()
         self.after_reload = None  # worker 0: tell the supervisor to reload the other workers
+        rate_limit = config.server.rate_limit
+        self.rrl = ResponseRateLimiter(rate_limit) if rate_limit is not None else None  # UDP listeners' RRL
         self.log_routing(self.engine.snapshot, None)
 
     @property
@@ -254,6 +257,8 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
     result = []
     if old.server.listen != new.server.listen:
         result.append("server.listen")
+    if old.server.rate_limit != new.server.rate_limit:
+        result.append("server.rate_limit")
     if old.admin.listen != new.admin.listen or old.admin.token_file != new.admin.token_file:
         result.append("admin.listen/token_file")
     if old.health != new.health:
@@ -338,13 +343,14 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None, wor
     settings = ListenerSettings(tcp_idle_timeout=config.server.tcp_idle_timeout,
                                 tcp_max_connections=config.server.tcp_max_connections,
                                 reuse_port=worker is not None)
-    server = DnsServer(dnsd.engine.handle, listen or list(config.server.listen), settings)
+    server = DnsServer(dnsd.engine.handle, listen or list(config.server.listen), settings, rate_limiter=dnsd.rrl)
     try:
         admin_runner = await start_admin(dnsd, config) if config.admin.listen else None
         await server.start()
         log.info("dnsd_started", config=config.source, version=config.digest[:12], zone=config.zone.name,
                  registries=len(config.registries), views=len(config.views),
-                 health_feeds=list(config.health.feeds), listen=[f"{h}:{p}" for h, p in server.addresses])
+                 health_feeds=list(config.health.feeds), listen=[f"{h}:{p}" for h, p in server.addresses],
+                 rate_limit=config.server.rate_limit.responses_per_second if config.server.rate_limit else "off")
         await stop.wait()
     finally:
         stop.close()
