@@ -7,7 +7,7 @@ As BIND's rate-limit and Knot's mod-rrl (their docs are the reference):
 * client prefix: the source address cut to ipv4_prefix_length / ipv6_prefix_length bits (/24, /56),
   so a spoofer cannot escape the limit by varying the low bits; `exempt` networks are never limited;
 * response class, from the reply: NOERROR answers are identical when qname (case-folded: 0x20
-  randomisation must not make new classes) and qtype match; every NXDOMAIN of one zone is one class
+  randomisation must not make new classes), qtype and the answer match; every NXDOMAIN of one zone is one class
   (the zone is the owner of the SOA in the authority section), so random subdomains share a bucket;
   every other rcode (REFUSED, SERVFAIL, FORMERR, NOTIMP...) of a prefix is one class;
 * token bucket: `rate` tokens per second, at most `rate` (one second of burst); an answer takes a
@@ -39,6 +39,8 @@ EPISODE_GAP = 15.0  # a prefix limited again after this long without limits logs
 START_LOGS_PER_SECOND = 10  # across all prefixes, so a spoofed flood over many prefixes cannot flood the log
 _PREFIX_MEMO_SIZE = 65_536  # client address -> prefix key, cleared whole when full
 _EPISODES_SIZE = 10_000  # prefixes currently being limited (for the start log), cleared whole when full
+_NOERROR_KEY_END = 12 + 64  # NOERROR class: the first 64 bytes after the header
+_FRONT_KEY_END = _NOERROR_KEY_END  # front cache: from the rcode's byte to there
 _V6_TAG = 1 << 128  # v6 prefix keys are offset so they never equal a v4 key
 _MISSING = object()
 
@@ -103,8 +105,18 @@ def slip_reply(reply: bytes) -> bytes:
     return reply[:2] + bytes((reply[2] | 0x02, reply[3])) + qdcount + b"\0\0\0\0\0\0" + reply[12:end]
 
 
+# A bucket is a list (cheapest to mutate in place):
+TOKENS, REFILLED, LIMITED, RATE, PREFIX, CLASS = range(6)
+
+
 class ResponseRateLimiter:
-    """Decides, per UDP reply, whether it goes out whole, slipped or not at all; counts both."""
+    """Decides, per UDP reply, whether it goes out whole, slipped or not at all; counts both.
+
+    Two dicts: `buckets`, the table (prefix, class, class name) -> bucket, bounded by table_size;
+    and a front cache (client address, reply bytes 3..75 case-folded) -> the same bucket, so a
+    repeated reply costs one lookup and no classifying. Tokens are refilled lazily, when a bucket
+    runs dry (the clock is read only then): at most `rate` are added at once, so right after a
+    quiet spell up to twice the rate can go out at once, never more."""
 
     def __init__(self, settings: RateLimitSettings, clock: Callable[[], float] = time.monotonic) -> None:
         rate = float(settings.responses_per_second)
@@ -113,7 +125,7 @@ class ResponseRateLimiter:
         self.slip = settings.slip
         self.table_size = settings.table_size
         self.clock = clock
-        self.buckets: dict[tuple, list] = {}  # (prefix, class, name) -> [tokens, last update, limited count]
+        self.buckets: dict[tuple, list] = {}
         self.dropped = [0, 0, 0]  # by class
         self.slipped = [0, 0, 0]
         self.limited_prefixes = 0  # episodes started (one rate_limited event each, unless suppressed)
@@ -121,6 +133,8 @@ class ResponseRateLimiter:
         self._shift6 = 128 - settings.ipv6_prefix_length
         self._exempt = [(4 if net.version == 4 else 6, int(net.network_address) >> (net.max_prefixlen - net.prefixlen),
                          net.max_prefixlen - net.prefixlen) for net in settings.exempt]
+        self._exempt_bucket = [float("inf"), 0.0, 0, float("inf"), None, NOERROR]  # never runs dry
+        self._front: dict[tuple[str, bytes], list] = {}
         self._prefixes: dict[str, object] = {}
         self._episodes: dict[object, float] = {}
         self._log_window = -1.0
@@ -131,50 +145,82 @@ class ResponseRateLimiter:
 
     def filter(self, reply: bytes, client_ip: str) -> bytes | None:
         """The bytes to send for `reply` to `client_ip`: reply itself, its slipped form, or None (drop)."""
+        # Byte 3 holds the rcode; then the counts, the question and the start of the answer.
+        key = (client_ip, reply[3:_FRONT_KEY_END])
+        bucket = self._front.get(key)
+        if bucket is None:
+            bucket = self._lookup(reply, client_ip, key)
+        tokens = bucket[0] - 1.0
+        if tokens >= 0.0:
+            bucket[0] = tokens
+            return reply
+        return self._dry(reply, bucket)
+
+    # -- the rest --------------------------------------------------------------------------
+
+    def _lookup(self, reply: bytes, client_ip: str, key: tuple[str, bytes]) -> list:
+        """Front cache miss. The front holds case-folded keys only, so a qname in random 0x20 case
+        finds its bucket by its folded form and never fills the front with one-off spellings.
+        (lower() also folds other bytes that happen to be letters: that only merges classes.)"""
+        folded = key[1].lower()
+        if folded != key[1]:
+            key = (client_ip, folded)
+            bucket = self._front.get(key)
+            if bucket is not None:
+                return bucket
+        return self._classify(reply, client_ip, key)
+
+    def _classify(self, reply: bytes, client_ip: str, front_key: tuple[str, bytes]) -> list:
+        """The bucket of this reply's class for this client's prefix (made if new), remembered in front."""
         prefix = self._prefixes.get(client_ip, _MISSING)
         if prefix is _MISSING:
             prefix = self._prefix_of(client_ip)
         if prefix is None:
-            return reply
-        rcode = reply[3] & 0x0F
-        if rcode == 0:
-            # A name that gets NOERROR is a real name: its first zero byte is the root label. (For
-            # another name the key is a function of its bytes all the same, never finer than qname.)
-            # lower() may also fold a QTYPE byte: two types then share a bucket, never the reverse.
-            end = reply.find(b"\0", 12)
-            cls, name = NOERROR, reply[12:end + 3].lower()
-        elif rcode == 3:
-            cls, name = NXDOMAIN, nxdomain_zone(reply)
+            bucket = self._exempt_bucket
         else:
-            cls, name = ERROR, b""
-        key = (prefix, cls, name)
+            rcode = reply[3] & 0x0F
+            if rcode == 0:
+                # The question (qname, qtype, qclass) and the start of the answer: the answer's bytes
+                # only split the class by the answer given. Names over ~55 bytes are cut short (their
+                # qtypes then share a bucket: stricter, never looser).
+                cls, name = NOERROR, reply[12:_NOERROR_KEY_END].lower()
+            elif rcode == 3:
+                cls, name = NXDOMAIN, nxdomain_zone(reply)
+            else:
+                cls, name = ERROR, b""
+            key = (prefix, cls, name)
+            bucket = self.buckets.get(key)
+            if bucket is None:
+                now = self.clock()
+                if len(self.buckets) >= self.table_size:
+                    self._cleanup(now)
+                rate = self.rates[cls]
+                bucket = self.buckets[key] = [rate, now, 0, rate, prefix, cls]
+        front = self._front
+        if len(front) >= self.table_size:
+            front.clear()
+        front[front_key] = bucket
+        return bucket
+
+    def _dry(self, reply: bytes, bucket: list) -> bytes | None:
+        """No token left: refill by the time since the last refill (at most `rate`), else limit."""
         now = self.clock()
-        rate = self.rates[cls]
-        bucket = self.buckets.get(key)
-        if bucket is None:
-            if len(self.buckets) >= self.table_size:
-                self._cleanup(now)
-            self.buckets[key] = [rate - 1.0, now, 0]
-            return reply
-        tokens = bucket[0] + (now - bucket[1]) * rate
+        rate = bucket[RATE]
+        tokens = bucket[TOKENS] + (now - bucket[REFILLED]) * rate
         if tokens > rate:
             tokens = rate
-        bucket[1] = now
+        bucket[REFILLED] = now
         if tokens >= 1.0:
-            bucket[0] = tokens - 1.0
+            bucket[TOKENS] = tokens - 1.0
             return reply
-        bucket[0] = tokens
-        return self._limited(reply, bucket, prefix, cls, now)
-
-    # -- the rest --------------------------------------------------------------------------
-
-    def _limited(self, reply: bytes, bucket: list, prefix: object, cls: int, now: float) -> bytes | None:
+        bucket[TOKENS] = tokens
+        prefix, cls = bucket[PREFIX], bucket[CLASS]
         last = self._episodes.get(prefix)
         if last is None or now - last >= EPISODE_GAP:
             self._episode_started(prefix, cls, now)
         self._episodes[prefix] = now
-        bucket[2] += 1
-        if self.slip and bucket[2] % self.slip == 0:
+        bucket[LIMITED] += 1
+        if self.slip and bucket[LIMITED] % self.slip == 0:
             self.slipped[cls] += 1
             return slip_reply(reply)
         self.dropped[cls] += 1
@@ -228,11 +274,13 @@ class ResponseRateLimiter:
         return str(ipaddress.IPv4Network((prefix << self._shift4, 32 - self._shift4)))
 
     def _cleanup(self, now: float) -> None:
+        """Table full. A limited bucket is refilled (REFILLED set) at every limited reply, so a bucket
+        not refilled for a second is not being limited: forgetting it costs at most one fresh burst."""
         buckets = self.buckets
-        # Tokens never go below 0 and refill at `rate` up to `rate`: after 1 s idle a bucket is full.
-        for key in [key for key, bucket in buckets.items() if now - bucket[1] >= 1.0]:
+        for key in [key for key, bucket in buckets.items() if now - bucket[REFILLED] >= 1.0]:
             del buckets[key]
         keep = self.table_size // 2
-        if len(buckets) > keep:
+        if len(buckets) > keep:  # a flood of fresh sources: forget the oldest
             for key in list(islice(buckets, len(buckets) - keep)):
                 del buckets[key]
+        self._front.clear()  # it may point at forgotten buckets

@@ -126,7 +126,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, shared: _Shared) -> None:
         self._shared = shared
         self._handler = shared.handler
-        self._rrl = shared.rrl
+        self._rrl_filter = shared.rrl.filter if shared.rrl is not None else None
         self._transport: asyncio.DatagramTransport | None = None
         self._paused = False
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -143,8 +143,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
             return
         if reply is None or self._transport is None:
             return
-        if self._rrl is not None:  # after the handler, so packet-cache hits are limited too
-            reply = self._rrl.filter(reply, ip)
+        if self._rrl_filter is not None:  # after the handler, so packet-cache hits are limited too
+            reply = self._rrl_filter(reply, ip)
             if reply is None:
                 return
         if self._paused:

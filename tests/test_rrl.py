@@ -17,10 +17,11 @@ import dns.rcode
 import pytest
 from structlog.testing import capture_logs
 
+from dnsd.config import ConfigError
 from dnsd.model import RateLimitSettings
 from dnsd.rrl import EPISODE_GAP, ResponseRateLimiter, slip_reply
 from tests import harness
-from tests.dnstest import engine_from, isolated_example
+from tests.dnstest import config_from, engine_from, example_dict, isolated_example
 
 ENGINE = engine_from()
 
@@ -234,6 +235,32 @@ def test_counters_by_class():
         for _ in range(n):
             rrl.filter(reply, "10.0.0.1")
     assert (rrl.dropped, rrl.slipped) == ([4, 2, 1], [4, 2, 0])
+
+
+@pytest.mark.parametrize("rate_limit,expected", [
+    (None, None),  # absent: off
+    ({}, RateLimitSettings()),  # present: on, with the model's defaults
+    ({"responses_per_second": 5, "slip": 0, "exempt": "10.0.0.0/8"},
+     RateLimitSettings(responses_per_second=5, slip=0, exempt=(ipaddress.ip_network("10.0.0.0/8"),))),
+    ({"nxdomains_per_second": 2, "errors_per_second": 1, "ipv4_prefix_length": 32, "ipv6_prefix_length": 64,
+      "table_size": 5000, "exempt": ["192.0.2.0/24", "2001:db8::/32"]},
+     RateLimitSettings(nxdomains_per_second=2, errors_per_second=1, ipv4_prefix_length=32, ipv6_prefix_length=64,
+                       table_size=5000, exempt=(ipaddress.ip_network("192.0.2.0/24"),
+                                                ipaddress.ip_network("2001:db8::/32")))),
+])
+def test_config_server_rate_limit(rate_limit, expected):
+    data = example_dict()
+    if rate_limit is not None:
+        data["server"]["rate_limit"] = rate_limit
+    assert config_from(data).server.rate_limit == expected
+
+
+def test_config_rate_limit_must_be_a_mapping():
+    data = example_dict()
+    data["server"]["rate_limit"] = 20
+    with pytest.raises(ConfigError) as caught:
+        config_from(data)
+    assert "server.rate_limit: expected a mapping, got 20" in caught.value.render()
 
 
 # -- a real dnsd on loopback ------------------------------------------------------------------
