@@ -10,13 +10,14 @@ As BIND's rate-limit and Knot's mod-rrl (their docs are the reference):
   randomisation must not make new classes), qtype and the answer match; every NXDOMAIN of one zone is one class
   (the zone is the owner of the SOA in the authority section), so random subdomains share a bucket;
   every other rcode (REFUSED, SERVFAIL, FORMERR, NOTIMP...) of a prefix is one class;
-* token bucket: `rate` tokens per second, at most `rate` (one second of burst); an answer takes a
-  token; without one the answer is limited: every `slip`-th limited answer of the bucket goes out as
-  an empty truncated reply (a real resolver retries over TCP, which is never limited), the others
-  are dropped; slip 0 drops them all;
-* memory: at most `table_size` buckets. A bucket idle for a second is full again, so forgetting it
-  changes nothing: when the table is full those go first; if a flood of fresh sources left fewer
-  than half idle, the oldest half is forgotten (such a bucket merely starts full again).
+* token bucket: `rate` tokens per second, at most `rate` at once; an answer takes a token; without
+  one the answer is limited: every `slip`-th limited answer of the bucket goes out as an empty
+  truncated reply (a real resolver retries over TCP, which is never limited), the others are
+  dropped; slip 0 drops them all. Refill is lazy (see ResponseRateLimiter): right after a quiet
+  spell up to twice the rate may pass at once, never more;
+* memory: at most `table_size` buckets (and as many front-cache entries). A bucket not refilled for
+  a second is not being limited, so forgetting it costs at most one fresh burst: when the table is
+  full those go first; if a flood of fresh sources left more than half, the oldest half goes.
 """
 from __future__ import annotations
 

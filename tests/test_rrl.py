@@ -110,6 +110,8 @@ def test_client_prefixes(settings, client_a, client_b, same_prefix):
     (2, 3, [0, 0, 0, 0, 0, 0, 0, 0], "AADDSDDS"),
     (2, 0, [0, 0, 0, 0.5, 0.5, 1.0, 1.0], "AADADAD"),  # 2 per second refill: one every 0.5 s
     (2, 0, [0, 0, 0, 10, 10, 10], "AADAAD"),           # idle: full again, but never more than the rate
+    (2, 0, [0, 10, 10, 10, 10], "AAAAD"),              # lazy refill: after a quiet spell up to 2x rate at once
+    (2, 0, [0, 10, 10, 10, 10, 10.5, 10.5], "AAAADAD"),
     (8, 0, [i / 32 for i in range(30)], "A" * 10 + "DDADDDADDDADDDADDDAD"),  # 32/s against 8/s: every 4th
 ])
 def test_token_bucket_over_time(rate, slip, schedule, expected):
@@ -189,8 +191,17 @@ def test_table_is_bounded_and_forgets_idle_buckets_first():
     assert len(rrl.buckets) == 2
     assert rrl.filter(reply, hot) is None  # still limited: its bucket was kept
     for i in range(20_000):  # a flood of fresh prefixes, all within the same instant
-        rrl.filter(reply, f"11.{i // 256 % 256}.{i % 256}.1" if i < 65536 else "")
-        assert len(rrl.buckets) <= 1000
+        rrl.filter(reply, f"11.{i // 256 % 256}.{i % 256}.1")
+        assert len(rrl.buckets) <= 1000 and len(rrl._front) <= 1000
+
+
+def test_random_case_finds_the_same_bucket_and_does_not_fill_the_front_cache():
+    rrl, _ = limiter(responses_per_second=5, slip=0)
+    name = "contoso.azurecr.test"
+    spellings = ["".join(c.upper() if (i >> k) & 1 else c for k, c in enumerate(name)) for i in range(40)]
+    answered = sum(rrl.filter(reply_for(s), "10.0.0.1") is not None for s in spellings)
+    assert answered == 5
+    assert len(rrl._front) <= 2 and len(rrl.buckets) == 1
 
 
 def test_one_log_event_per_limited_prefix_and_episode():
@@ -362,3 +373,18 @@ def test_tcp_is_never_limited_and_metrics_count(limited_dnsd):
     assert limited_dnsd.wait_for_log('"prefix": "127.0.5.0/24"')
     starts = [line for line in limited_dnsd.log_lines() if '"prefix": "127.0.5.0/24"' in line]
     assert len(starts) == 1 and '"event": "rate_limited"' in starts[0]  # one event, not one per query
+
+
+def test_amplification_script_against_the_limited_dnsd(limited_dnsd):
+    """bench/attacks/amplification.py, bounded and on loopback: with RRL the flood gets back fewer
+    bytes than it sent (without it, the script shows x4.76)."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, str(harness.REPO_ROOT / "bench" / "attacks" / "amplification.py"),
+                          "--port", str(limited_dnsd.port), "--seconds", "1", "--rate", "2000"],
+                         capture_output=True, text=True, timeout=60, cwd=harness.REPO_ROOT)
+    assert out.returncode == 0, out.stderr
+    amplification = float(out.stdout.rsplit("amplification x", 1)[1].split()[0])
+    whole = int(out.stdout.split("whole answers ")[1].split()[0])
+    assert amplification < 1.0 and whole <= 2 * RATE + 2, out.stdout
+
