@@ -29,7 +29,7 @@ import benchlib as bl  # noqa: E402
 UNLIMITED = 1_000_000  # responses_per_second no bucket reaches in a run: only the accounting is measured
 
 
-def dnsd_config(base: str, rate_limit: dict | None, admin_port: int | None, tmp: Path) -> str:
+def dnsd_config(base: str, rate_limit: dict | None, admin_port: int | None) -> str:
     doc = yaml.safe_load(base)
     if rate_limit is not None:
         doc["server"]["rate_limit"] = rate_limit
@@ -46,7 +46,7 @@ def start_dnsd(name: str, tmp: Path, config_path: Path, rate_limit: dict | None,
     d.mkdir(parents=True, exist_ok=True)
     s.port = b.free_port()
     cfg = d / "geotm.yaml"
-    cfg.write_text(dnsd_config(bl.geotm_bench_config(config_path, d, s.port), rate_limit, admin_port, d))
+    cfg.write_text(dnsd_config(bl.geotm_bench_config(config_path, d, s.port), rate_limit, admin_port))
     dnsd = str(b.ROOT / ".venv" / "bin" / "dnsd")
     s.argv = ["taskset", "-c", b.SERVER_CORE, dnsd, "serve", "--config", str(cfg), "--listen",
               f"127.0.0.1:{s.port}", "--log-level", "warning"]

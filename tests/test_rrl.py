@@ -274,6 +274,29 @@ def test_config_rate_limit_must_be_a_mapping():
     assert "server.rate_limit: expected a mapping, got 20" in caught.value.render()
 
 
+@pytest.mark.parametrize("before,after,restart", [
+    (None, {"responses_per_second": 5}, True),
+    ({"responses_per_second": 5}, {"responses_per_second": 6}, True),
+    ({"responses_per_second": 5}, {"responses_per_second": 5}, False),
+])
+async def test_reload_reports_a_rate_limit_change_as_needing_a_restart(tmp_path, before, after, restart):
+    """The UDP listeners keep the limiter they started with: a reload says so instead of pretending."""
+    import yaml
+
+    from dnsd.service import Dnsd
+    path = isolated_example(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    if before is not None:
+        data["server"]["rate_limit"] = before
+    path.write_text(yaml.safe_dump(data))
+    dnsd = Dnsd(config_from(path.read_text(), str(path)))
+    assert (dnsd.rrl is None) == (before is None)
+    data["server"]["rate_limit"] = after
+    path.write_text(yaml.safe_dump(data))
+    result = await dnsd.reload()
+    assert result.ok and ("server.rate_limit" in result.needs_restart) == restart
+
+
 # -- a real dnsd on loopback ------------------------------------------------------------------
 
 RATE = 10
