@@ -411,3 +411,19 @@ def test_amplification_script_against_the_limited_dnsd(limited_dnsd):
     whole = int(out.stdout.split("whole answers ")[1].split()[0])
     assert amplification < 1.0 and whole <= 2 * RATE + 2, out.stdout
 
+
+@pytest.mark.parametrize("rate_limit,admin_port", [(None, None), ({"responses_per_second": 1_000_000}, None),
+                                                   ({"responses_per_second": 20, "slip": 2}, 8999)])
+def test_bench_rrl_configs_are_valid(tmp_path, rate_limit, admin_port):
+    """bench/rrl.py's three dnsd configs: the bench copy of the example plus rate_limit (and metrics)."""
+    import sys
+    sys.path.insert(0, str(harness.REPO_ROOT / "bench"))
+    import benchlib
+    import rrl as bench_rrl
+    text = bench_rrl.dnsd_config(benchlib.geotm_bench_config(harness.REPO_ROOT / "config" / "example.yaml",
+                                                             tmp_path, 5399), rate_limit, admin_port)
+    config = config_from(text)
+    expected = None if rate_limit is None else RateLimitSettings(**rate_limit)
+    assert config.server.rate_limit == expected
+    assert config.admin.listen == (("127.0.0.1", admin_port) if admin_port else None)
+
