@@ -7,7 +7,7 @@ As BIND's rate-limit and Knot's mod-rrl (their docs are the reference):
 * client prefix: the source address cut to ipv4_prefix_length / ipv6_prefix_length bits (/24, /56),
   so a spoofer cannot escape the limit by varying the low bits; `exempt` networks are never limited;
 * response class, from the reply: NOERROR answers are identical when qname (case-folded: 0x20
-  randomisation must not make new classes), qtype and the answer match; every NXDOMAIN of one zone is one class
+  randomisation must not make new classes) and qtype match; every NXDOMAIN of one zone is one class
   (the zone is the owner of the SOA in the authority section), so random subdomains share a bucket;
   every other rcode (REFUSED, SERVFAIL, FORMERR, NOTIMP...) of a prefix is one class;
 * token bucket: `rate` tokens per second, at most `rate` at once; an answer takes a token; without
@@ -40,8 +40,10 @@ EPISODE_GAP = 15.0  # a prefix limited again after this long without limits logs
 START_LOGS_PER_SECOND = 10  # across all prefixes, so a spoofed flood over many prefixes cannot flood the log
 _PREFIX_MEMO_SIZE = 65_536  # client address -> prefix key, cleared whole when full
 _EPISODES_SIZE = 10_000  # prefixes currently being limited (for the start log), cleared whole when full
-_NOERROR_KEY_END = 12 + 64  # NOERROR class: the first 64 bytes after the header
-_FRONT_KEY_END = _NOERROR_KEY_END  # front cache: from the rcode's byte to there
+# Front cache key: the reply from the rcode's byte to here (counts, question, start of the answer).
+# Two replies alike up to here share a bucket: for qnames over ~60 bytes that may merge two classes
+# (stricter, never looser).
+_FRONT_KEY_END = 76
 _V6_TAG = 1 << 128  # v6 prefix keys are offset so they never equal a v4 key
 _MISSING = object()
 
@@ -83,18 +85,41 @@ def _read_name(msg: bytes, pos: int) -> bytes | None:
     return None
 
 
+def _skip_record(msg: bytes, pos: int) -> int:
+    """Offset past the resource record at pos; -1 when malformed."""
+    n = len(msg)
+    while pos < n:
+        length = msg[pos]
+        if length >= 0xC0:
+            pos += 2
+            break
+        pos += length + 1
+        if length == 0:
+            break
+    if pos + 10 > n:
+        return -1
+    return pos + 10 + ((msg[pos + 8] << 8) | msg[pos + 9])
+
+
 def nxdomain_zone(reply: bytes) -> bytes:
     """The zone an NXDOMAIN reply speaks for: the owner of the first authority record (the SOA), as
     lower-case wire bytes. b"" when there is none (then every NXDOMAIN of the prefix is one class)."""
     end = question_end(reply)
-    if end < 0 or reply[6:8] != b"\0\0" or reply[8:10] == b"\0\0" or end >= len(reply):
+    if end < 0 or reply[8:10] == b"\0\0":
         return b""
-    first = reply[end]
-    if first >= 0xC0 and end + 1 < len(reply):
-        pointer = ((first & 0x3F) << 8) | reply[end + 1]
+    pos = end
+    for _ in range((reply[6] << 8) | reply[7]):  # a CNAME chain may come before the authority
+        pos = _skip_record(reply, pos)
+        if pos < 0:
+            return b""
+    if pos + 1 >= len(reply):
+        return b""
+    first = reply[pos]
+    if first >= 0xC0:
+        pointer = ((first & 0x3F) << 8) | reply[pos + 1]
         if 12 <= pointer < end - 4:  # the usual case: a pointer into the question's zone suffix
             return reply[pointer:end - 4].lower()
-    return _read_name(reply, end) or b""
+    return _read_name(reply, pos) or b""
 
 
 def slip_reply(reply: bytes) -> bytes:
@@ -146,7 +171,6 @@ class ResponseRateLimiter:
 
     def filter(self, reply: bytes, client_ip: str) -> bytes | None:
         """The bytes to send for `reply` to `client_ip`: reply itself, its slipped form, or None (drop)."""
-        # Byte 3 holds the rcode; then the counts, the question and the start of the answer.
         key = (client_ip, reply[3:_FRONT_KEY_END])
         bucket = self._front.get(key)
         if bucket is None:
@@ -181,10 +205,8 @@ class ResponseRateLimiter:
         else:
             rcode = reply[3] & 0x0F
             if rcode == 0:
-                # The question (qname, qtype, qclass) and the start of the answer: the answer's bytes
-                # only split the class by the answer given. Names over ~55 bytes are cut short (their
-                # qtypes then share a bucket: stricter, never looser).
-                cls, name = NOERROR, reply[12:_NOERROR_KEY_END].lower()
+                end = question_end(reply)  # the class is qname + qtype, whatever the answer says
+                cls, name = NOERROR, reply[12:end if end > 12 else _FRONT_KEY_END].lower()
             elif rcode == 3:
                 cls, name = NXDOMAIN, nxdomain_zone(reply)
             else:

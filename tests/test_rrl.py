@@ -69,6 +69,7 @@ FORMERR_QUERY = b"\x12\x34\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07contoso"  
     (("www.example.com", "A"), ("nx1.azurecr.test", "A"), False),              # error vs NXDOMAIN
     (("contoso.azurecr.test", "A"), ("contoso.azurecr.test", "A", "edns"), True),  # EDNS does not matter
     (("contoso.azurecr.test", "A", "ecs"), ("contoso.azurecr.test", "A", "ecs2"), True),  # nor ECS
+    (("contoso.tm.azurecr.test", "A", "ecs"), ("contoso.tm.azurecr.test", "A", "ecs2"), True),  # other replica
 ], ids=lambda c: c if isinstance(c, bool) else " ".join(map(str, c))[:40])
 def test_response_classes(first, second, same_class):
     """Rate 1 per second: the second reply is limited exactly when it is in the first one's class."""
@@ -80,6 +81,39 @@ def test_response_classes(first, second, same_class):
         return reply_for(qname, qtype, ecs=ecs, edns=bool(extra))
     rrl, _ = limiter(responses_per_second=1, slip=0)
     a, b = make(first), make(second)
+    assert rrl.filter(a, "192.0.2.1") is a
+    assert (rrl.filter(b, "192.0.2.1") is None) == same_class
+
+
+def nxdomain_with_chain(qname: str, target: str, zone: str = "azurecr.test", compress: bool = True) -> bytes:
+    """An NXDOMAIN that first follows a CNAME (as a forwarded answer may), SOA in the authority."""
+    import dns.rrset
+    reply = dns.message.make_response(dns.message.make_query(qname, "A"))
+    reply.set_rcode(dns.rcode.NXDOMAIN)
+    reply.answer.append(dns.rrset.from_text(qname + ".", 30, "IN", "CNAME", target + "."))
+    reply.authority.append(dns.rrset.from_text(zone + ".", 60, "IN", "SOA", f"ns1.{zone}. h.{zone}. 1 2 3 4 60"))
+    if compress:
+        return reply.to_wire()
+    import struct
+
+    def name(text: str) -> bytes:
+        return b"".join(bytes([len(label)]) + label.encode() for label in text.split(".")) + b"\0"
+    soa = name(f"ns1.{zone}") + name(f"h.{zone}") + struct.pack("!5I", 1, 2, 3, 4, 60)
+    return (struct.pack("!6H", 1, 0x8183, 1, 1, 1, 0) + name(qname) + struct.pack("!2H", 1, 1)
+            + name(qname) + struct.pack("!2HIH", 5, 1, 30, len(name(target))) + name(target)
+            + name(zone) + struct.pack("!2HIH", 6, 1, 60, len(soa)) + soa)
+
+
+@pytest.mark.parametrize("a,b,same_class", [
+    (nxdomain_with_chain("a.azurecr.test", "gone.azurecr.test"), "nx1.azurecr.test", True),
+    (nxdomain_with_chain("a.azurecr.test", "gone.azurecr.test", compress=False), "nx1.azurecr.test", True),
+    (nxdomain_with_chain("a.example.org", "gone.example.org", zone="example.org"), "nx1.azurecr.test", False),
+    (nxdomain_with_chain("A.EXAMPLE.ORG", "x.example.org", zone="example.org"),
+     nxdomain_with_chain("b.example.org", "y.example.org", zone="example.org"), True),
+])
+def test_nxdomain_class_is_the_zone_of_the_soa_whatever_comes_before(a, b, same_class):
+    rrl, _ = limiter(responses_per_second=1, slip=0)
+    b = reply_for(b) if isinstance(b, str) else b
     assert rrl.filter(a, "192.0.2.1") is a
     assert (rrl.filter(b, "192.0.2.1") is None) == same_class
 
