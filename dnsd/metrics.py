@@ -76,6 +76,7 @@ class DnsdCollector(Collector):
         dropped.add_metric([], stats.dropped)
         yield dropped
         yield from _tcp_metrics(dnsd)
+        yield from _rrl_metrics(dnsd)
         buckets, cumulative = [], 0
         for bound, count in zip(LATENCY_BOUNDS + (float("inf"),), stats.latency_counts):
             cumulative += count
@@ -138,6 +139,24 @@ def _tcp_metrics(dnsd: Dnsd) -> Iterator[Metric]:
         counter = CounterMetricFamily(name, help_text)
         counter.add_metric([], value)
         yield counter
+def _rrl_metrics(dnsd: Dnsd) -> Iterator[Metric]:
+    """Response rate limiting of UDP answers; zeros when server.rate_limit is off."""
+    from dnsd.rrl import CLASS_NAMES
+    rrl = dnsd.rrl
+    dropped = CounterMetricFamily("geotm_rrl_dropped", "UDP answers not sent by response rate limiting, "
+                                  "by response class", labels=["response_class"])
+    slipped = CounterMetricFamily("geotm_rrl_slipped", "UDP answers sent as an empty TC=1 reply by response "
+                                  "rate limiting (the client may retry over TCP), by response class",
+                                  labels=["response_class"])
+    for index, name in enumerate(CLASS_NAMES):
+        dropped.add_metric([name], rrl.dropped[index] if rrl else 0)
+        slipped.add_metric([name], rrl.slipped[index] if rrl else 0)
+    episodes = CounterMetricFamily("geotm_rrl_limited_prefixes", "Times a client prefix started being rate "
+                                   "limited (one rate_limited log event each)")
+    episodes.add_metric([], rrl.limited_prefixes if rrl else 0)
+    table = GaugeMetricFamily("geotm_rrl_table_entries", "Rate-limit buckets held (at most table_size)")
+    table.add_metric([], len(rrl.buckets) if rrl else 0)
+    yield from (dropped, slipped, episodes, table)
 
 
 def make_registry(dnsd: Dnsd) -> CollectorRegistry:

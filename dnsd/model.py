@@ -193,6 +193,21 @@ class View:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimitSettings:
+    """Response rate limiting of UDP answers (server.rate_limit), as BIND's rate-limit and Knot's
+    mod-rrl: a token bucket per client prefix and response class; TCP answers are never limited."""
+
+    responses_per_second: int = 20  # identical answers (same qname, qtype, rcode) per client prefix
+    nxdomains_per_second: int | None = None  # NXDOMAIN per zone and prefix; None: responses_per_second
+    errors_per_second: int | None = None  # REFUSED/SERVFAIL/FORMERR/... per prefix; None: responses_per_second
+    slip: int = 2  # every Nth limited answer goes out as an empty TC=1 reply; 0: drop them all
+    ipv4_prefix_length: int = 24
+    ipv6_prefix_length: int = 56
+    exempt: tuple[IPNetwork, ...] = ()  # sources never limited
+    table_size: int = 50_000  # buckets kept at most; with the front cache about 700 bytes each (35 MB)
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 5353),)
     edns_udp_size: int = 1232
@@ -203,6 +218,7 @@ class ServerSettings:
     tcp_source_prefix_v4: int = 32
     tcp_source_prefix_v6: int = 56
     fd_reserve: int = 128  # descriptors DNS clients never get: health feed, admin API, state files
+    rate_limit: RateLimitSettings | None = None  # None (the key absent): no response rate limiting
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,8 @@
 Each listen address gets one UDP socket and one TCP listener on the same port. Every message
 received is given to a synchronous handler, ``handler(query, client_ip, over_tcp)``, whose
 return value (bytes, or None for silence) is sent back unchanged. Everything DNS-specific
-(FORMERR, truncation, EDNS sizes) belongs to the handler.
+(FORMERR, truncation, EDNS sizes) belongs to the handler. The one exception: with a rate limiter
+(dnsd.rrl), a UDP reply may be dropped or sent slipped (TC=1); TCP replies never are.
 
 TCP (RFC 7766 / RFC 1035 4.2.2): each message is preceded by a two-byte length. Pipelined
 queries are answered in order. Connections are asyncio Protocols, so a slow or stalled client
@@ -40,9 +41,12 @@ import socket
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
+
+if TYPE_CHECKING:
+    from dnsd.rrl import ResponseRateLimiter
 
 log = structlog.get_logger(__name__)
 
@@ -162,16 +166,18 @@ class TcpStats:
 
 
 class _Shared:
-    """What all listeners of one DnsServer share: the handler, the settings, and the open TCP
-    connections in the order of their last complete query (least recent first)."""
+    """What all listeners of one DnsServer share: the handler, the settings, the UDP rate limiter, and
+    the open TCP connections in the order of their last complete query (least recent first)."""
 
     __slots__ = ("handler", "settings", "loop", "connections", "per_source", "no_connections", "stats",
                  "refusals", "evictions", "load_log", "normal_log", "failures", "udp_drops", "accept_errors",
-                 "_sweeper")
+                 "_sweeper", "rrl")
 
-    def __init__(self, handler: Handler, settings: ListenerSettings) -> None:
+    def __init__(self, handler: Handler, settings: ListenerSettings,
+                 rrl: ResponseRateLimiter | None = None) -> None:
         self.handler = handler
         self.settings = settings
+        self.rrl = rrl  # UDP replies only: TCP is the way around the limit for real resolvers
         self.loop = asyncio.get_running_loop()
         self.connections: dict[_TcpConnection, None] = {}  # insertion order = least recently active first
         self.per_source: dict[str, int] = {}
@@ -306,6 +312,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, shared: _Shared) -> None:
         self._shared = shared
         self._handler = shared.handler
+        self._rrl_filter = shared.rrl.filter if shared.rrl is not None else None
         self._transport: asyncio.DatagramTransport | None = None
         self._paused = False
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -322,6 +329,10 @@ class _UdpProtocol(asyncio.DatagramProtocol):
             return
         if reply is None or self._transport is None:
             return
+        if self._rrl_filter is not None:  # after the handler, so packet-cache hits are limited too
+            reply = self._rrl_filter(reply, ip)
+            if reply is None:
+                return
         if self._paused:
             # The kernel send buffer is full and the transport is buffering: drop, as the
             # kernel would, rather than let the backlog grow without bound.
@@ -722,6 +733,7 @@ class DnsServer:
         handler: Handler,
         listen: Sequence[tuple[str, int]],
         settings: ListenerSettings = ListenerSettings(),
+        rate_limiter: ResponseRateLimiter | None = None,
     ) -> None:
         if not listen:
             raise ValueError("DnsServer needs at least one listen address")
@@ -731,6 +743,7 @@ class DnsServer:
             if not 0 <= port <= 0xFFFF:
                 raise ValueError(f"invalid port in listen address {format_address(host, port)}")
         self._settings = settings
+        self._rate_limiter = rate_limiter
         self._shared: _Shared | None = None
         self._addresses: list[tuple[str, int]] = []
         self._udp: list[tuple[asyncio.DatagramTransport, _UdpProtocol]] = []
@@ -757,7 +770,7 @@ class DnsServer:
     async def start(self) -> None:
         if self._shared is not None:
             raise RuntimeError("DnsServer already started")
-        self._shared = _Shared(self._handler, self._settings)
+        self._shared = _Shared(self._handler, self._settings, self._rate_limiter)
         self._addresses = []
         try:
             for host, port in self._listen:

@@ -18,6 +18,7 @@ from dnsd.health import HealthSnapshot
 from dnsd.model import Config, ServerSettings
 from dnsd.overrides import DRAIN, FORCE_DOWN, KINDS, Override, OverrideStore
 from dnsd.policy import RoutingPlan, plan as make_plan
+from dnsd.rrl import ResponseRateLimiter
 from dnsd.runtime import QueryEngine, Snapshot, build_plans, new_snapshot
 from dnsd.server import DnsServer, ListenerSettings, StopSignals, TcpStats
 
@@ -66,6 +67,8 @@ class Dnsd:
         self.after_reload = None  # worker 0: tell the supervisor to reload the other workers
         self.tcp_stats: Callable[[], TcpStats] | None = None  # set by serve: the listeners' TCP admission
         self.tcp_limit: int | None = None  # the TCP connection cap in force (after sizing to the fd limit)
+        rate_limit = config.server.rate_limit
+        self.rrl = ResponseRateLimiter(rate_limit) if rate_limit is not None else None  # UDP listeners' RRL
         self.log_routing(self.engine.snapshot, None)
 
     @property
@@ -265,6 +268,8 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
     tcp = [key for key in _TCP_KEYS if getattr(old.server, key) != getattr(new.server, key)]
     if tcp:
         result.append("server." + "/".join(tcp))
+    if old.server.rate_limit != new.server.rate_limit:
+        result.append("server.rate_limit")
     if old.admin.listen != new.admin.listen or old.admin.token_file != new.admin.token_file:
         result.append("admin.listen/token_file")
     if old.health != new.health:
@@ -376,7 +381,7 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None, wor
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(dnsd.reload(actor="SIGHUP", by_signal=True)))
     admin_runner = None
     settings = listener_settings(config.server, reuse_port=worker is not None)
-    server = DnsServer(dnsd.engine.handle, listen or list(config.server.listen), settings)
+    server = DnsServer(dnsd.engine.handle, listen or list(config.server.listen), settings, rate_limiter=dnsd.rrl)
     dnsd.tcp_stats = server.tcp_stats
     dnsd.tcp_limit = settings.tcp_max_connections
     try:
@@ -384,7 +389,8 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None, wor
         await server.start()
         log.info("dnsd_started", config=config.source, version=config.digest[:12], zone=config.zone.name,
                  registries=len(config.registries), views=len(config.views),
-                 health_feeds=list(config.health.feeds), listen=[f"{h}:{p}" for h, p in server.addresses])
+                 health_feeds=list(config.health.feeds), listen=[f"{h}:{p}" for h, p in server.addresses],
+                 rate_limit=config.server.rate_limit.responses_per_second if config.server.rate_limit else "off")
         await stop.wait()
     finally:
         stop.close()

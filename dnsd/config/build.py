@@ -12,7 +12,7 @@ from dnsd.hostport import parse_host_port
 from dnsd.config.yamlnodes import Map, Node, Scalar, parse_yaml
 from dnsd.model import (ALL_DOWN_POLICIES, PROBE_KINDS, ROUTING_METHODS, AllDownPolicy, ClientNetwork,
                         AdminSettings, Config, FeedAccess, HealthFeedSettings, NameTTLs, PrivateEndpoints, ProbeCheck, ProbeSpec,
-                        ProbesSettings, Registry, Replica, ServerSettings, Soa, StatusRange, Topology,
+                        ProbesSettings, RateLimitSettings, Registry, Replica, ServerSettings, Soa, StatusRange, Topology,
                         View, Webhook, Zone, frozen_map)
 from dnsd.records import RR, normalize_name
 
@@ -95,9 +95,10 @@ class _Builder:
         if node is None:
             return ServerSettings()
         m = r.mapping(node, ("listen", "edns_udp_size", "tcp_idle_timeout", "tcp_max_connections",
-                             *TCP_LIMIT_KEYS))
+                             *TCP_LIMIT_KEYS, "rate_limit"))
         if m is None:
             return None
+        rate_limit = self.rate_limit(m.get("rate_limit"))
         listen = []
         for item in r.one_or_many(m.get("listen")):
             parsed = r.scalar(item, lambda v: parse_listen(str(v)), "HOST:PORT like 127.0.0.1:5353 or [::1]:53")
@@ -111,6 +112,7 @@ class _Builder:
             tcp_idle_timeout=idle,
             tcp_max_connections=r.integer(m.get("tcp_max_connections"), 1, 1_000_000,
                                           defaults.tcp_max_connections) or 1024,
+            rate_limit=rate_limit,
             **self.tcp_limits(m, defaults, idle),
         )
 
@@ -133,6 +135,31 @@ class _Builder:
             tcp_source_prefix_v6=prefix_v6 if prefix_v6 is not None else defaults.tcp_source_prefix_v6,
             fd_reserve=r.integer(m.get("fd_reserve"), 16, 1_000_000, defaults.fd_reserve) or defaults.fd_reserve,
         )
+
+    def rate_limit(self, node: Node | None) -> RateLimitSettings | None:
+        """server.rate_limit: absent means off; a mapping (even empty) turns it on with the defaults."""
+        r = self.r
+        m = r.mapping(node, ("responses_per_second", "nxdomains_per_second", "errors_per_second", "slip",
+                             "ipv4_prefix_length", "ipv6_prefix_length", "exempt", "table_size"))
+        if m is None:
+            return None
+        d = RateLimitSettings()
+        exempt = [r.network(item) for item in r.one_or_many(m.get("exempt"))]
+        values = dict(
+            responses_per_second=r.integer(m.get("responses_per_second"), 1, 1_000_000, d.responses_per_second),
+            slip=r.integer(m.get("slip"), 0, 10, d.slip),
+            ipv4_prefix_length=r.integer(m.get("ipv4_prefix_length"), 8, 32, d.ipv4_prefix_length),
+            ipv6_prefix_length=r.integer(m.get("ipv6_prefix_length"), 16, 128, d.ipv6_prefix_length),
+            table_size=r.integer(m.get("table_size"), 1_000, 10_000_000, d.table_size),
+        )
+        optional = dict(
+            nxdomains_per_second=r.integer(m.get("nxdomains_per_second"), 1, 1_000_000, d.nxdomains_per_second),
+            errors_per_second=r.integer(m.get("errors_per_second"), 1, 1_000_000, d.errors_per_second),
+        )
+        if None in values.values() or None in exempt or any(
+                m.get(key) is not None and value is None for key, value in optional.items()):
+            return None
+        return RateLimitSettings(exempt=tuple(exempt), **values, **optional)  # type: ignore[arg-type]
 
     # -- zone --------------------------------------------------------------------------------
 
