@@ -66,10 +66,11 @@ class CompiledZone:
         depends only on the qname's length, so one body per length serves every name."""
         packed = self.negative_cache.get(key_length)
         if packed is None:
-            filler = key_length - len(self.zone_key)
-            labels, remaining = [], filler
+            labels, remaining = [], key_length - len(self.zone_key)
             while remaining > 0:  # '=' never appears in real names, so nothing else compresses into it
-                size = min(63, remaining - 1) or 1
+                size = min(63, remaining - 1)
+                if remaining - size - 1 == 1:  # one byte left could hold no label (a label takes >= 2)
+                    size -= 1
                 labels.append("=" * size)
                 remaining -= size + 1
             synthetic = ".".join(labels + [self.zd.zone])
