@@ -48,24 +48,43 @@ def new_snapshot(config: Config, health: HealthSnapshot | None = None, generatio
 
 @dataclass(frozen=True, slots=True)
 class ClientContext:
-    """Who is asking, as the routing sees it: source address, or the ECS subnet when given."""
+    """Who is asking. Routing sees `bits/address/source_prefix`: the ECS subnet when the query has
+    one (from anyone: it only steers between public replicas), else the source address. The view is
+    chosen by the packet's source address (`source_bits/source_address`), see view_choice."""
 
     bits: int  # 32 or 128
     address: int
     source_prefix: int | None  # ECS source prefix; None when the source address is used
+    source_bits: int  # the packet's source address, which ECS never replaces for the view
+    source_address: int
 
     @classmethod
     def of(cls, client_ip: str, query: wire.Query | None = None) -> ClientContext:
+        bits, address = address_key(client_ip)
         ecs = query.edns.ecs if query is not None and query.edns is not None else None
         if ecs is not None:
-            return cls(32 if ecs.family == 1 else 128, int(ecs.address), ecs.source_prefix)
-        bits, address = address_key(client_ip)
-        return cls(bits, address, None)
+            return cls(32 if ecs.family == 1 else 128, int(ecs.address), ecs.source_prefix, bits, address)
+        return cls(bits, address, None, bits, address)
+
+
+def view_choice(compiled: CompiledZone, client: ClientContext) -> tuple[int, bool]:
+    """(view index, whether ECS chose it). The view is the one holding the packet's source address
+    (0: public). Only a query with ECS (source prefix > 0) from a resolver some view lists in
+    trusted_resolvers is placed by its ECS subnet instead: into the view holding that subnet when
+    that view trusts this resolver, else public. So a forged ECS from anyone else never reaches a
+    VNet's private addresses."""
+    prefix = client.source_prefix
+    if prefix:  # the trusted-resolver lookup costs only queries that carry ECS
+        trusting = compiled.trusted_matcher.lookup(client.source_bits, client.source_address)
+        if trusting is not None:
+            view = compiled.view_matcher.lookup(client.bits, client.address, prefix)
+            return (view if view in trusting else 0), True
+    view = compiled.view_matcher.lookup(client.source_bits, client.source_address)
+    return (0 if view is None else view), False
 
 
 def view_of(compiled: CompiledZone, client: ClientContext) -> int:
-    view = compiled.view_matcher.lookup(client.bits, client.address, client.source_prefix)
-    return 0 if view is None else view
+    return view_choice(compiled, client)[0]
 
 
 def network_of(compiled: CompiledZone, client: ClientContext) -> int:
@@ -148,7 +167,7 @@ class QueryEngine:
         snapshot = self.snapshot  # read once: the whole answer comes from one snapshot
         compiled = snapshot.compiled
         client = ClientContext.of(client_ip, query)
-        view = view_of(compiled, client)
+        view, view_by_ecs = view_choice(compiled, client)
         key = query.qname_key
         entry = compiled.exact[view].get((key, query.qtype)) or compiled.other[view].get(key)
         max_size = None if over_tcp else wire.udp_limit(query)
@@ -179,8 +198,8 @@ class QueryEngine:
             if plan.depends_on_client:
                 ecs_scope = client.source_prefix
         if edns is not None and edns.ecs is not None:
-            if ecs_scope is None:
-                ecs_scope = edns.ecs.source_prefix if packed.client_dependent else 0
+            if ecs_scope is None:  # a view chosen by source address does not vary with the ECS subnet
+                ecs_scope = edns.ecs.source_prefix if packed.client_dependent and view_by_ecs else 0
         return wire.build_response(query, packed, max_udp_size=max_size, ecs_scope=ecs_scope)
 
     def answer_slowly(self, query: wire.Query, snapshot: Snapshot, client: ClientContext, view: int,
