@@ -10,6 +10,7 @@ import structlog
 from dnsd import answer as rc
 from dnsd import policy, records, wire
 from dnsd.health import HealthSnapshot
+from dnsd.logs import RateLimitedLog
 from dnsd.model import Config
 from dnsd.netmatch import address_key
 from dnsd.overrides import NO_OVERRIDES, Overrides
@@ -116,6 +117,16 @@ class QueryEngine:
         self.snapshot = snapshot
         self.stats = QueryStats()
         self.cache: dict[tuple[bytes, str, bool], tuple[bytes, tuple]] = {}
+        # per-query events, rate limited (a flood of bad queries must not fill the disk); the
+        # metrics count every query exactly, these only show examples
+        self.failed_log = RateLimitedLog("query_failed", level="error", logger=log)
+        self.refused_log = RateLimitedLog("query_refused", level="info", logger=log)
+        self.malformed_log = RateLimitedLog("query_malformed", level="info", logger=log)
+
+    def flush_logs(self, force: bool = False) -> None:
+        """Emit the due summaries of suppressed per-query events (each second, and at shutdown)."""
+        for limiter in (self.failed_log, self.refused_log, self.malformed_log):
+            limiter.flush(force)
 
     def swap(self, snapshot: Snapshot) -> None:
         # handle() runs to completion on the event loop's thread and swaps happen between calls, so
@@ -140,12 +151,13 @@ class QueryEngine:
                 self.stats.dropped += 1
             else:
                 self.stats.count("", "malformed", 0, err.rcode)
+            self.malformed_log(client=client_ip, error=str(err), rcode=err.rcode, answered=err.reply is not None)
             return err.reply
         cache = self.cache
         try:
             reply = self.answer(query, client_ip, over_tcp)
         except Exception:  # a bug must cost one answer, not the server
-            log.exception("query_failed", client=client_ip, qtype=query.qtype)
+            self.failed_log(client=client_ip, qname=query.qname(), qtype=query.qtype, exc_info=True)
             self.stats.count("", "error", query.qtype, rc.SERVFAIL)
             reply = wire.error_response(query, rc.SERVFAIL)
         else:
@@ -163,6 +175,8 @@ class QueryEngine:
             return wire.error_response(query, rc.BADVERS)  # RFC 6891 §6.1.3
         if query.qclass != records.CLASS_IN or query.qtype in ZONE_TRANSFER_QTYPES:
             count("", "refused", query.qtype, rc.REFUSED)
+            self.refused_log(client=client_ip, qname=query.qname(), qtype=query.qtype, qclass=query.qclass,
+                             reason="zone transfer" if query.qtype in ZONE_TRANSFER_QTYPES else "class")
             return wire.error_response(query, rc.REFUSED)
         snapshot = self.snapshot  # read once: the whole answer comes from one snapshot
         compiled = snapshot.compiled
@@ -176,6 +190,7 @@ class QueryEngine:
         if entry is None:
             if not compiled.in_zone(key):
                 count(view_name, "refused", query.qtype, rc.REFUSED)
+                self.refused_log(client=client_ip, qname=query.qname(), qtype=query.qtype, reason="not in zone")
                 return wire.error_response(query, rc.REFUSED)
             packed = compiled.nxdomain(len(key))
             count(view_name, "nxdomain", query.qtype, rc.NXDOMAIN)
