@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 from dnsd.records import RR
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+NOTAUTH = 9  # a TSIG-signed request with a key we do not have (RFC 8945 section 5.2)
 BADVERS = 16  # extended rcode, only expressible with EDNS
+BADKEY = 17  # TSIG error field: unknown key (RFC 8945)
 RCODE_NAMES = {NOERROR: "NOERROR", FORMERR: "FORMERR", SERVFAIL: "SERVFAIL", NXDOMAIN: "NXDOMAIN",
-               NOTIMP: "NOTIMP", REFUSED: "REFUSED", BADVERS: "BADVERS"}
+               NOTIMP: "NOTIMP", REFUSED: "REFUSED", NOTAUTH: "NOTAUTH", BADVERS: "BADVERS"}
 
 
 @dataclass(frozen=True, slots=True)

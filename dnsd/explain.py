@@ -7,22 +7,45 @@ from dnsd import records
 from dnsd.answer import RCODE_NAMES, Answer
 from dnsd.records import normalize_name
 from dnsd.resolve import resolve
-from dnsd.runtime import ClientContext, Snapshot, choose, network_of, view_of
+from dnsd.netmatch import address_key
+from dnsd.runtime import ClientContext, Snapshot, choose, network_of, view_choice
 
 
 
 def client_context(client: str, ecs: str | None) -> ClientContext:
-    """--client ADDRESS and optional --ecs SUBNET (as a resolver would send it)."""
+    """--client ADDRESS (the packet's source: a client, or the resolver asking for it) and optional
+    --ecs SUBNET (as that resolver would send it)."""
+    source = str(ipaddress.ip_address(client))
     if ecs:
         network = ipaddress.ip_network(ecs, strict=False)
-        return ClientContext(network.max_prefixlen, int(network.network_address), network.prefixlen)
-    return ClientContext.of(str(ipaddress.ip_address(client)))
+        bits, address = address_key(source)
+        return ClientContext(network.max_prefixlen, int(network.network_address), network.prefixlen, bits, address)
+    return ClientContext.of(source)
+
+
+def _address(bits: int, value: int) -> str:
+    return str(ipaddress.IPv4Address(value) if bits == 32 else ipaddress.IPv6Address(value))
+
+
+def _view_reason(client: ClientContext, view: int, by_ecs: bool) -> str:
+    """Why the client got this view, in the words of the rule in runtime.view_choice."""
+    source = _address(client.source_bits, client.source_address)
+    ecs = (f"ECS {_address(client.bits, client.address)}/{client.source_prefix}"
+           if client.source_prefix is not None else None)
+    if by_ecs:
+        if view:
+            return f"{ecs} from {source}, a trusted resolver of this view"
+        return f"{ecs} from trusted resolver {source} is in no view that trusts it"
+    where = f"source address {source} is in its sources" if view else f"source address {source} is in no view"
+    if ecs and client.source_prefix:
+        where += f"; {ecs} is ignored for the view: {source} is no view's trusted resolver"
+    return where
 
 
 def explain(snapshot: Snapshot, qname: str, qtype: int, client: ClientContext) -> tuple[Answer, str]:
     compiled = snapshot.compiled
     config = snapshot.config
-    view = view_of(compiled, client)
+    view, by_ecs = view_choice(compiled, client)
     hops: list[int] = []
 
     def chooser(registry_index: int) -> tuple[int | None, str]:
@@ -31,11 +54,11 @@ def explain(snapshot: Snapshot, qname: str, qtype: int, client: ClientContext) -
 
     result = resolve(compiled.zd, view, normalize_name(qname), qtype, chooser)
     family = "IPv4" if client.bits == 32 else "IPv6"
-    address = ipaddress.ip_address(client.address) if client.bits == 32 else ipaddress.IPv6Address(client.address)
+    address = _address(client.bits, client.address)
     source = (f"ECS {address}/{client.source_prefix}" if client.source_prefix is not None
               else f"source {address}")
     lines = [f"question: {normalize_name(qname)}. {records.type_name(qtype)} from {family} client ({source})",
-             f"view: {compiled.zd.views[view]}" + (" (client in no VNet view)" if view == 0 else "")]
+             f"view: {compiled.zd.views[view]}", f"  why: {_view_reason(client, view, by_ecs)}"]
     network = network_of(compiled, client)
     networks = config.topology.client_networks
     if network < len(networks):

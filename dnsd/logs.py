@@ -1,8 +1,10 @@
-"""structlog setup shared by dnsd and probes: JSON lines in production, readable lines on a terminal."""
+"""structlog setup shared by dnsd and probes (JSON lines in production, readable lines on a terminal),
+and the rate limit for events that can happen once per query."""
 from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import structlog
 
@@ -24,3 +26,60 @@ def configure(json: bool | None = None, level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+class RateLimitedLog:
+    """An event that can happen once per query (query_failed, query_refused, query_malformed), rate
+    limited so that a flood of bad queries cannot fill a disk: the first `burst` events are logged in
+    full; after that they are only counted, and one summary event (`<event>_suppressed`, count=N)
+    per `interval` seconds says how many there were. Full events come back once an interval has
+    passed with none suppressed. flush() emits a due summary without waiting for the next event
+    (the service calls it each second, and with force=True when it stops, so no count is lost).
+
+    Cost per suppressed event: one clock read and an add, no formatting."""
+
+    __slots__ = ("event", "level", "burst", "interval", "_log", "_clock", "_window_start", "_allowance",
+                 "_suppressed")
+
+    def __init__(self, event: str, *, level: str = "warning", burst: int = 5, interval: float = 10.0,
+                 logger=None, clock=time.monotonic) -> None:
+        self.event = event
+        self.level = level
+        self.burst = burst
+        self.interval = interval
+        self._log = logger or structlog.get_logger("dnsd.ratelimit")
+        self._clock = clock
+        self._window_start = clock()
+        self._allowance = burst
+        self._suppressed = 0
+
+    def __call__(self, **fields) -> None:
+        now = self._clock()
+        if now - self._window_start >= self.interval:
+            self._roll(now)
+        if self._allowance > 0:
+            self._allowance -= 1
+            getattr(self._log, self.level)(self.event, **fields)
+        else:
+            self._suppressed += 1
+
+    def flush(self, force: bool = False) -> None:
+        now = self._clock()
+        if force or now - self._window_start >= self.interval:
+            self._roll(now)
+
+    @property
+    def suppressed(self) -> int:
+        """Events counted but not yet reported in a summary."""
+        return self._suppressed
+
+    def _roll(self, now: float) -> None:
+        if self._suppressed:
+            getattr(self._log, self.level)(f"{self.event}_suppressed", count=self._suppressed,
+                                           seconds=round(now - self._window_start, 1))
+            self._suppressed = 0
+            # still flooding: summaries only, until an interval passes with nothing suppressed
+            self._allowance = self.burst if now - self._window_start >= 2 * self.interval else 0
+        else:
+            self._allowance = self.burst
+        self._window_start = now

@@ -187,9 +187,13 @@ class PrivateEndpoints:
 
 @dataclass(frozen=True, slots=True)
 class View:
+    """A VNet's answers. A query gets the view whose sources hold its packet's source address; ECS
+    chooses instead only when the packet comes from one of the view's trusted resolvers."""
+
     name: str
-    sources: tuple[IPNetwork, ...]  # client source addresses or ECS subnets inside the VNet
+    sources: tuple[IPNetwork, ...]  # the VNet's addresses (packet source, or ECS from a trusted resolver)
     endpoints: Mapping[str, PrivateEndpoints]  # registry name -> its private IPs here
+    trusted_resolvers: tuple[IPNetwork, ...] = ()  # resolvers whose ECS may choose this view
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,14 +2,17 @@
 and the per-query path that answers from it."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from time import perf_counter
+from typing import NamedTuple
 
 import structlog
 
 from dnsd import answer as rc
 from dnsd import policy, records, wire
 from dnsd.health import HealthSnapshot
+from dnsd.logs import RateLimitedLog
 from dnsd.model import Config
 from dnsd.netmatch import address_key
 from dnsd.overrides import NO_OVERRIDES, Overrides
@@ -46,26 +49,49 @@ def new_snapshot(config: Config, health: HealthSnapshot | None = None, generatio
     return Snapshot(config, compiled, health, build_plans(config, health, overrides), generation, overrides)
 
 
-@dataclass(frozen=True, slots=True)
-class ClientContext:
-    """Who is asking, as the routing sees it: source address, or the ECS subnet when given."""
+class ClientContext(NamedTuple):  # a tuple: built once per query, a frozen dataclass costs 3x more
+    """Who is asking. Routing sees `bits/address/source_prefix`: the ECS subnet when the query has
+    one (from anyone: it only steers between public replicas), else the source address. The view is
+    chosen by the packet's source address (`source_bits/source_address`), see view_choice."""
 
     bits: int  # 32 or 128
     address: int
     source_prefix: int | None  # ECS source prefix; None when the source address is used
+    source_bits: int  # the packet's source address, which ECS never replaces for the view
+    source_address: int
 
     @classmethod
     def of(cls, client_ip: str, query: wire.Query | None = None) -> ClientContext:
+        bits, address = _source_key(client_ip)
         ecs = query.edns.ecs if query is not None and query.edns is not None else None
         if ecs is not None:
-            return cls(32 if ecs.family == 1 else 128, int(ecs.address), ecs.source_prefix)
-        bits, address = address_key(client_ip)
-        return cls(bits, address, None)
+            return _new_tuple(cls, (32 if ecs.family == 1 else 128, int(ecs.address), ecs.source_prefix, bits, address))
+        return _new_tuple(cls, (bits, address, None, bits, address))
+
+
+_new_tuple = tuple.__new__  # skips NamedTuple's keyword-handling __new__ on the hot path
+# source addresses repeat (a few resolvers ask most queries): parse each once
+_source_key = functools.lru_cache(maxsize=8192)(address_key)
+
+
+def view_choice(compiled: CompiledZone, client: ClientContext) -> tuple[int, bool]:
+    """(view index, whether ECS chose it). The view is the one holding the packet's source address
+    (0: public). Only a query with ECS (source prefix > 0) from a resolver some view lists in
+    trusted_resolvers is placed by its ECS subnet instead: into the view holding that subnet when
+    that view trusts this resolver, else public. So a forged ECS from anyone else never reaches a
+    VNet's private addresses."""
+    prefix = client.source_prefix
+    if prefix:  # the trusted-resolver lookup costs only queries that carry ECS
+        trusting = compiled.trusted_matcher.lookup(client.source_bits, client.source_address)
+        if trusting is not None:
+            view = compiled.view_matcher.lookup(client.bits, client.address, prefix)
+            return (view if view in trusting else 0), True
+    view = compiled.view_matcher.lookup(client.source_bits, client.source_address)
+    return (0 if view is None else view), False
 
 
 def view_of(compiled: CompiledZone, client: ClientContext) -> int:
-    view = compiled.view_matcher.lookup(client.bits, client.address, client.source_prefix)
-    return 0 if view is None else view
+    return view_choice(compiled, client)[0]
 
 
 def network_of(compiled: CompiledZone, client: ClientContext) -> int:
@@ -97,6 +123,16 @@ class QueryEngine:
         self.snapshot = snapshot
         self.stats = QueryStats()
         self.cache: dict[tuple[bytes, str, bool], tuple[bytes, tuple]] = {}
+        # per-query events, rate limited (a flood of bad queries must not fill the disk); the
+        # metrics count every query exactly, these only show examples
+        self.failed_log = RateLimitedLog("query_failed", level="error", logger=log)
+        self.refused_log = RateLimitedLog("query_refused", level="info", logger=log)
+        self.malformed_log = RateLimitedLog("query_malformed", level="info", logger=log)
+
+    def flush_logs(self, force: bool = False) -> None:
+        """Emit the due summaries of suppressed per-query events (each second, and at shutdown)."""
+        for limiter in (self.failed_log, self.refused_log, self.malformed_log):
+            limiter.flush(force)
 
     def swap(self, snapshot: Snapshot) -> None:
         # handle() runs to completion on the event loop's thread and swaps happen between calls, so
@@ -121,12 +157,13 @@ class QueryEngine:
                 self.stats.dropped += 1
             else:
                 self.stats.count("", "malformed", 0, err.rcode)
+            self.malformed_log(client=client_ip, error=str(err), rcode=err.rcode, answered=err.reply is not None)
             return err.reply
         cache = self.cache
         try:
             reply = self.answer(query, client_ip, over_tcp)
         except Exception:  # a bug must cost one answer, not the server
-            log.exception("query_failed", client=client_ip, qtype=query.qtype)
+            self.failed_log(client=client_ip, qname=query.qname(), qtype=query.qtype, exc_info=True)
             self.stats.count("", "error", query.qtype, rc.SERVFAIL)
             reply = wire.error_response(query, rc.SERVFAIL)
         else:
@@ -144,11 +181,13 @@ class QueryEngine:
             return wire.error_response(query, rc.BADVERS)  # RFC 6891 §6.1.3
         if query.qclass != records.CLASS_IN or query.qtype in ZONE_TRANSFER_QTYPES:
             count("", "refused", query.qtype, rc.REFUSED)
+            self.refused_log(client=client_ip, qname=query.qname(), qtype=query.qtype, qclass=query.qclass,
+                             reason="zone transfer" if query.qtype in ZONE_TRANSFER_QTYPES else "class")
             return wire.error_response(query, rc.REFUSED)
         snapshot = self.snapshot  # read once: the whole answer comes from one snapshot
         compiled = snapshot.compiled
         client = ClientContext.of(client_ip, query)
-        view = view_of(compiled, client)
+        view, view_by_ecs = view_choice(compiled, client)
         key = query.qname_key
         entry = compiled.exact[view].get((key, query.qtype)) or compiled.other[view].get(key)
         max_size = None if over_tcp else wire.udp_limit(query)
@@ -157,6 +196,7 @@ class QueryEngine:
         if entry is None:
             if not compiled.in_zone(key):
                 count(view_name, "refused", query.qtype, rc.REFUSED)
+                self.refused_log(client=client_ip, qname=query.qname(), qtype=query.qtype, reason="not in zone")
                 return wire.error_response(query, rc.REFUSED)
             packed = compiled.nxdomain(len(key))
             count(view_name, "nxdomain", query.qtype, rc.NXDOMAIN)
@@ -179,8 +219,8 @@ class QueryEngine:
             if plan.depends_on_client:
                 ecs_scope = client.source_prefix
         if edns is not None and edns.ecs is not None:
-            if ecs_scope is None:
-                ecs_scope = edns.ecs.source_prefix if packed.client_dependent else 0
+            if ecs_scope is None:  # a view chosen by source address does not vary with the ECS subnet
+                ecs_scope = edns.ecs.source_prefix if packed.client_dependent and view_by_ecs else 0
         return wire.build_response(query, packed, max_udp_size=max_size, ecs_scope=ecs_scope)
 
     def answer_slowly(self, query: wire.Query, snapshot: Snapshot, client: ClientContext, view: int,

@@ -329,6 +329,7 @@ async def housekeeping(dnsd: Dnsd, worker: WorkerRole | None = None, period: flo
         if now - last_sample >= SHARE_SAMPLE:
             dnsd.engine.stats.sample(now)
             last_sample = now
+        dnsd.engine.flush_logs()  # summaries of rate-limited per-query events, also after a flood ends
         await asyncio.sleep(period)
 
 
@@ -399,6 +400,7 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None, wor
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        dnsd.engine.flush_logs(force=True)  # no suppressed count is lost at shutdown
         if admin_runner:
             await admin_runner.cleanup()
         await server.stop()

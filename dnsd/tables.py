@@ -46,7 +46,8 @@ def name_key(name: str) -> bytes:
 class CompiledZone:
     zd: ZoneData
     zone_key: bytes
-    view_matcher: PrefixMatcher[int]
+    view_matcher: PrefixMatcher[int]  # VNet addresses -> view index
+    trusted_matcher: PrefixMatcher[frozenset[int]]  # resolver address -> views that trust its ECS
     network_matcher: PrefixMatcher[int]
     default_network: int  # network index for clients in no client network
     exact: tuple[dict[tuple[bytes, int], Entry], ...]  # per view: (name key, qtype) -> entry
@@ -66,10 +67,11 @@ class CompiledZone:
         depends only on the qname's length, so one body per length serves every name."""
         packed = self.negative_cache.get(key_length)
         if packed is None:
-            filler = key_length - len(self.zone_key)
-            labels, remaining = [], filler
+            labels, remaining = [], key_length - len(self.zone_key)
             while remaining > 0:  # '=' never appears in real names, so nothing else compresses into it
-                size = min(63, remaining - 1) or 1
+                size = min(63, remaining - 1)
+                if remaining - size - 1 == 1:  # one byte left could hold no label (a label takes >= 2)
+                    size -= 1
                 labels.append("=" * size)
                 remaining -= size + 1
             synthetic = ".".join(labels + [self.zd.zone])
@@ -115,11 +117,22 @@ def compile_zone(zd: ZoneData) -> CompiledZone:
             other[view][name_key(name)] = entries[0]
 
     view_matcher = PrefixMatcher((net, index + 1) for index, view in enumerate(config.views) for net in view.sources)
+    trusted_matcher = PrefixMatcher(trusted_resolver_entries(config.views))
     networks = config.topology.client_networks
     network_matcher = PrefixMatcher((cn.network, index) for index, cn in enumerate(networks))
-    return CompiledZone(zd=zd, zone_key=name_key(zd.zone), view_matcher=view_matcher,
+    return CompiledZone(zd=zd, zone_key=name_key(zd.zone), view_matcher=view_matcher, trusted_matcher=trusted_matcher,
                         network_matcher=network_matcher, default_network=len(networks),
                         exact=tuple(exact), other=tuple(other), negative_cache={})
+
+
+def trusted_resolver_entries(views) -> list[tuple[object, frozenset[int]]]:
+    """(network, the views trusting every address in it) for each listed resolver network. Listed
+    networks may nest (one view trusts 10.0.0.0/8, another 10.1.0.53/32): each entry also holds the
+    views of the networks around it, so the longest match alone gives every view trusting an address."""
+    listed = {(net, index + 1) for index, view in enumerate(views) for net in view.trusted_resolvers}
+    return [(net, frozenset(v for outer, v in listed
+                            if outer.version == net.version and net.subnet_of(outer)))
+            for net in {net for net, _ in listed}]
 
 
 def _chain(zd: ZoneData, name: str) -> tuple[set[str], set[int]]:

@@ -19,11 +19,12 @@ import functools
 import ipaddress
 import re
 import struct
+import time
 from dataclasses import dataclass
 
 import dnslib
 
-from dnsd.answer import FORMERR, NOTIMP, SERVFAIL, Answer
+from dnsd.answer import BADKEY, FORMERR, NOTAUTH, NOTIMP, SERVFAIL, Answer
 from dnsd.records import (
     AAAA,
     CNAME,
@@ -65,6 +66,8 @@ _U32 = struct.Struct("!I")
 
 _OPT_TYPE = 41
 _ECS_CODE = 8
+_TSIG_TYPE = 250
+_CLASS_ANY = 255
 
 # Header flag bits.
 _QR, _AA, _TC, _RD, _CD = 0x8000, 0x0400, 0x0200, 0x0100, 0x0010
@@ -130,6 +133,14 @@ class Query:
 _PLAIN_LABEL = re.compile(rb"[a-z0-9_\-*]*\Z")
 
 
+def _wire_name_text(wire: bytes) -> str:
+    labels, pos = [], 0
+    while pos < len(wire) and wire[pos]:
+        labels.append(_label_text(wire[pos + 1:pos + 1 + wire[pos]].lower()))
+        pos += wire[pos] + 1
+    return ".".join(labels) + "."
+
+
 def _label_text(label: bytes) -> str:
     if _PLAIN_LABEL.match(label):
         return label.decode("ascii")
@@ -163,10 +174,76 @@ class _Bad(Exception):
 
 
 def _error_reply(qid: int, qflags: int, rcode: int, question: bytes | None,
-                 with_opt: bool) -> bytes:
-    flags = _QR | (qflags & (_OPCODE_MASK | _RD | _CD)) | rcode
-    header = _HDR.pack(qid, flags, 1 if question else 0, 0, 0, 1 if with_opt else 0)
-    return header + (question or b"") + (_OPT_PLAIN if with_opt else b"")
+                 with_opt: bool, tsig: bytes = b"") -> bytes:
+    """Header + question (+ OPT) (+ a TSIG RR). RD and CD are defined for QUERY only: a reply to
+    another opcode copies just the opcode (genreport flags a NOTIMP that echoes them)."""
+    copied = _OPCODE_MASK | _RD | _CD if not qflags & _OPCODE_MASK else _OPCODE_MASK
+    flags = _QR | (qflags & copied) | rcode
+    header = _HDR.pack(qid, flags, 1 if question else 0, 0, 0, (1 if with_opt else 0) + (1 if tsig else 0))
+    return header + (question or b"") + (_OPT_PLAIN if with_opt else b"") + tsig
+
+
+@dataclass(slots=True)
+class _Tsig:
+    """The parts of a request's TSIG RR that an unsigned error reply echoes (RFC 8945 5.3.2)."""
+
+    key_name: bytes  # owner, uncompressed wire form
+    algorithm: bytes  # uncompressed wire form
+    fudge: int
+    original_id: int
+
+
+def _read_name(data: bytes, pos: int, end: int) -> tuple[bytes, int]:
+    """A possibly compressed name at pos -> (its uncompressed wire form, offset after it).
+    Pointers must point backwards, so a loop cannot be built."""
+    out = bytearray()
+    after = None
+    while True:
+        if pos >= end:
+            raise _Bad("truncated name in a TSIG record")
+        length = data[pos]
+        if length >= 0xC0:
+            if pos + 2 > end:
+                raise _Bad("truncated compression pointer in a TSIG record")
+            target = ((length & 0x3F) << 8) | data[pos + 1]
+            if target >= pos:
+                raise _Bad("forward compression pointer in a TSIG record")
+            if after is None:
+                after = pos + 2
+            pos = target
+            continue
+        if length > 63:
+            raise _Bad("bad label type in a TSIG record")
+        out += data[pos:pos + length + 1]
+        if len(out) > 255:
+            raise _Bad("name longer than 255 bytes in a TSIG record")
+        if length == 0:
+            return bytes(out), after if after is not None else pos + 1
+        pos += length + 1
+
+
+def _parse_tsig(data: bytes, owner_at: int, pos: int, end: int) -> _Tsig:
+    key_name, _ = _read_name(data, owner_at, len(data))
+    algorithm, pos = _read_name(data, pos, end)
+    if pos + 10 > end:
+        raise _Bad("truncated TSIG record")
+    fudge, mac_size = struct.unpack_from("!HH", data, pos + 6)
+    pos += 10 + mac_size
+    if pos + 6 > end:
+        raise _Bad("truncated TSIG record")
+    original_id, _error, other_len = struct.unpack_from("!HHH", data, pos)
+    if pos + 6 + other_len != end:
+        raise _Bad("TSIG record data has the wrong length")
+    return _Tsig(key_name, algorithm, fudge, original_id)
+
+
+def _badkey_tsig(tsig: _Tsig) -> bytes:
+    """The unsigned TSIG RR of a BADKEY reply: the request's key and algorithm, our time, its fudge,
+    MAC size 0, its original ID, error BADKEY, no other data."""
+    now = int(time.time())
+    rdata = (tsig.algorithm + struct.pack("!HIH", now >> 32, now & 0xFFFFFFFF, tsig.fudge)
+             + struct.pack("!HHHH", 0, tsig.original_id, BADKEY, 0))
+    return tsig.key_name + struct.pack("!HHIH", _TSIG_TYPE, _CLASS_ANY, 0, len(rdata)) + rdata
 
 
 def _skip_name(data: bytes, pos: int, n: int, opt_seen: bool) -> int:
@@ -243,11 +320,13 @@ def _parse_opt(data: bytes, pos: int, end: int, rclass: int, ttl: int) -> Edns:
     return Edns(rclass if rclass > 512 else 512, version, bool(ttl & 0x8000), ecs)
 
 
-def _walk_records(data: bytes, pos: int, n: int, nother: int, nadd: int) -> Edns | None:
-    """Walk answer/authority (nother) and additional (nadd) records; return the EDNS info."""
+def _walk_records(data: bytes, pos: int, n: int, nother: int, nadd: int) -> tuple[Edns | None, _Tsig | None]:
+    """Walk answer/authority (nother) and additional (nadd) records; return the EDNS and TSIG info."""
     edns = None
+    tsig = None
     opt_seen = False
     for i in range(nother + nadd):
+        owner_at = pos
         if pos < n and data[pos] == 0:
             root = True
             pos += 1
@@ -270,10 +349,17 @@ def _walk_records(data: bytes, pos: int, n: int, nother: int, nadd: int) -> Edns
             if not root:
                 raise _Bad("OPT record owner is not the root", True)
             edns = _parse_opt(data, pos, rdend, rclass, ttl)
+        elif rtype == _TSIG_TYPE:
+            if i != nother + nadd - 1:  # RFC 8945 5.1: only as the last record of the message
+                raise _Bad("TSIG record is not the last record", opt_seen)
+            try:
+                tsig = _parse_tsig(data, owner_at, pos, rdend)
+            except _Bad as exc:
+                raise _Bad(str(exc), opt_seen) from None
         pos = rdend
     if pos != n:
         raise _Bad("%d bytes of trailing garbage after the last record" % (n - pos), opt_seen)
-    return edns
+    return edns, tsig
 
 
 def parse_query(data: bytes) -> Query:
@@ -318,6 +404,7 @@ def parse_query(data: bytes) -> Query:
 
     # The records (also for NOTIMP, to know whether the client speaks EDNS).
     edns = None
+    tsig = None
     rerr = None
     opt_seen = False
     if qerr is None and qdcount <= 1:
@@ -334,13 +421,17 @@ def parse_query(data: bytes) -> Query:
                         None)
         else:
             try:
-                edns = _walk_records(data, pos, n, ancount + nscount, arcount)
+                edns, tsig = _walk_records(data, pos, n, ancount + nscount, arcount)
                 opt_seen = edns is not None
             except _Bad as exc:
                 rerr = str(exc)
                 opt_seen = exc.opt_seen
 
     opcode = (flags >> 11) & 0xF
+    if tsig is not None and rerr is None and qdcount <= 1 and not (ancount or nscount):
+        # we hold no TSIG keys: every signed request is signed with a key we do not know
+        raise WireError("TSIG key %s is unknown (BADKEY)" % _wire_name_text(tsig.key_name), NOTAUTH,
+                        _error_reply(qid, flags, NOTAUTH, question, opt_seen, _badkey_tsig(tsig)))
     if opcode != 0:
         raise WireError("opcode %d not implemented" % opcode, NOTIMP,
                         _error_reply(qid, flags, NOTIMP, question, opt_seen))

@@ -52,15 +52,23 @@ CASES = [
          client="127.0.0.70", answer="""
          contoso.azurecr.test.             300 IN CNAME contoso.privatelink.azurecr.test.
          contoso.privatelink.azurecr.test.  10 IN A     10.1.0.4"""),
-    Case("global, VNet client by ECS", "contoso.azurecr.test", client="192.0.2.1", ecs="10.1.7.0/24",
-         answer="""
+    Case("global, VNet client by ECS from the view's trusted resolver", "contoso.azurecr.test",
+         client="127.0.0.53", ecs="10.1.7.0/24", answer="""
          contoso.azurecr.test.             300 IN CNAME contoso.privatelink.azurecr.test.
          contoso.privatelink.azurecr.test.  10 IN A     10.1.0.4"""),
-    Case("ECS outside the VNet overrides a VNet source address", "contoso.azurecr.test", client="127.0.0.70",
-         ecs="198.51.100.0/24", answer=PUBLIC_CHAIN_HEAD + """
+    Case("forged VNet ECS from anyone else: public chain", "contoso.azurecr.test", client="192.0.2.1",
+         ecs="10.1.7.0/24", answer=PUBLIC_CHAIN_HEAD + """
+         contoso.tm.azurecr.test.              30 IN CNAME contoso.eastus.reg.azurecr.test.
+         contoso.eastus.reg.azurecr.test.      10 IN A     127.0.0.11"""),
+    Case("trusted resolver, ECS outside the VNet: public chain in the ECS region", "contoso.azurecr.test",
+         client="127.0.0.53", ecs="198.51.100.0/24", answer=PUBLIC_CHAIN_HEAD + """
          contoso.tm.azurecr.test.              30 IN CNAME contoso.westeurope.reg.azurecr.test.
          contoso.westeurope.reg.azurecr.test.  10 IN A     127.0.0.12"""),
-    Case("ECS /8 does not reveal enough to match the /16 VNet", "contoso.azurecr.test", client="192.0.2.1",
+    Case("VNet source address with a public ECS: still the VNet view", "contoso.azurecr.test",
+         client="127.0.0.70", ecs="198.51.100.0/24", answer="""
+         contoso.azurecr.test.             300 IN CNAME contoso.privatelink.azurecr.test.
+         contoso.privatelink.azurecr.test.  10 IN A     10.1.0.4"""),
+    Case("ECS /8 does not reveal enough to match the /16 VNet", "contoso.azurecr.test", client="127.0.0.53",
          ecs="10.0.0.0/8", answer=PUBLIC_CHAIN_HEAD + """
          contoso.tm.azurecr.test.              30 IN CNAME contoso.eastus.reg.azurecr.test.
          contoso.eastus.reg.azurecr.test.      10 IN A     127.0.0.11"""),
@@ -151,7 +159,8 @@ def test_public_clients_never_see_a_private_address(engine):
     assert len(names) > 20
     for name in names:
         for qtype in ("A", "AAAA", "ANY", "CNAME", "TXT"):
-            for client, ecs in (("127.0.0.5", None), ("192.0.2.1", None), ("127.0.0.70", "198.51.100.0/24")):
+            for client, ecs in (("127.0.0.5", None), ("192.0.2.1", None), ("127.0.0.53", "198.51.100.0/24"),
+                                ("192.0.2.1", "10.1.7.0/24"), ("127.0.0.5", "127.0.0.64/26")):
                 reply = ask(engine, name, qtype, client=client, ecs=ecs)
                 seen = {rdata.to_text() for rrset in reply.answer for rdata in rrset}
                 assert not seen & private, (name, qtype, client, ecs)

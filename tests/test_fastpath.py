@@ -13,7 +13,7 @@ from dnsd import wire
 from dnsd.health import EndpointHealth, HealthSnapshot, Status
 from dnsd.records import type_number
 from dnsd.resolve import resolve
-from dnsd.runtime import ClientContext, QueryEngine, choose, view_of
+from dnsd.runtime import ClientContext, QueryEngine, choose, view_choice
 from tests.dnstest import engine_from, make_query, variant
 
 NAMES = ["contoso.azurecr.test", "contoso.privatelink.azurecr.test", "contoso.tm.azurecr.test",
@@ -25,7 +25,12 @@ QTYPES = ["A", "AAAA", "CNAME", "ANY", "TXT", "MX", "SOA", "NS", "CAA", "SRV", "
 CLIENTS = [("127.0.0.5", None), ("203.0.113.9", None), ("127.0.0.70", None), ("192.0.2.1", "10.1.4.0/24"),
            ("192.0.2.1", "198.51.100.0/24"), ("192.0.2.1", "198.51.100.0/22"), ("192.0.2.1", "10.0.0.0/8"),
            ("192.0.2.1", "0.0.0.0/0"), ("::1", None), ("192.0.2.1", "2001:db8:100::/48"),
-           ("192.0.2.1", "11.0.7.0/24"), ("192.0.2.1", "11.0.9.0/24")]
+           ("192.0.2.1", "11.0.7.0/24"), ("192.0.2.1", "11.0.9.0/24"),
+           # the example's trusted resolver 127.0.0.53: its ECS chooses the view (VNet, public, /0)
+           ("127.0.0.53", "10.1.4.0/24"), ("127.0.0.53", "198.51.100.0/24"), ("127.0.0.53", "0.0.0.0/0"),
+           ("127.0.0.53", "10.0.0.0/8"), ("127.0.0.53", None),
+           # a VNet source with a public ECS (untrusted: the source decides the view, ECS the region)
+           ("127.0.0.70", "198.51.100.0/24"), ("127.0.0.70", "10.1.4.0/24")]
 
 
 def degraded(*names, trend=""):
@@ -56,7 +61,7 @@ def full_path(engine: QueryEngine, query_wire: bytes, client_ip: str, tcp: bool)
     zd = snapshot.compiled.zd
     if query.qtype in (251, 252) or query.qclass != 1:
         return wire.error_response(query, 5)
-    view = view_of(snapshot.compiled, client)
+    view, view_by_ecs = view_choice(snapshot.compiled, client)
     short = {i for i, plan in enumerate(snapshot.plans) if plan.short_ttl}
     depends = []
 
@@ -69,15 +74,17 @@ def full_path(engine: QueryEngine, query_wire: bytes, client_ip: str, tcp: bool)
         return wire.error_response(query, 5)
     if answer.rcode == 2:
         return wire.error_response(query, 2)
-    # ECS scope: the source prefix when the answer depends on the client (view or routing choice)
-    view_dependent = any(resolve(zd, other, query.qname(), query.qtype, chooser, short_ttl=short) != answer
+    # ECS scope: the source prefix when the answer depends on the ECS subnet (a view ECS chose, or
+    # the routing choice); a view chosen by source address is the same for every subnet
+    others = lambda registry_index: choose(snapshot, client, registry_index)  # noqa: E731 (not in `depends`)
+    view_dependent = any(resolve(zd, other, query.qname(), query.qtype, others, short_ttl=short) != answer
                          for other in range(len(zd.views)) if other != view)
     import dataclasses
     answer = dataclasses.replace(answer, client_dependent=view_dependent)
     packed = wire.encode_answer(answer, len(query.qname_key), query.qname())
     scope = None
     if query.edns is not None and query.edns.ecs is not None:
-        dependent = view_dependent or any(depends)
+        dependent = (view_dependent and view_by_ecs) or any(depends)
         scope = query.edns.ecs.source_prefix if dependent else 0
     return wire.build_response(query, packed, max_udp_size=None if tcp else wire.udp_limit(query), ecs_scope=scope)
 

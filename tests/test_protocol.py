@@ -132,17 +132,22 @@ def test_malformed_input_gets_formerr_or_silence_and_the_engine_keeps_answering(
     assert rcode_text(ask(engine, "contoso.azurecr.test")) == "NOERROR"
 
 
-@pytest.mark.parametrize("name,ecs,scope", [
-    ("contoso.azurecr.test", "198.51.100.0/24", 24),     # region choice depends on the subnet
-    ("contoso.tm.azurecr.test", "203.0.113.0/24", 24),
-    ("contoso.eastus.geo.azurecr.test", "198.51.100.0/24", 24),   # differs in the VNet view
-    ("contoso.eastus.reg.azurecr.test", "198.51.100.0/24", 0),    # the same for everyone
-    ("ns1.azurecr.test", "198.51.100.0/24", 0),
-    ("nothing.azurecr.test", "198.51.100.0/24", 0),
-    ("contoso.azurecr.test", "198.51.100.0/22", 22),
+@pytest.mark.parametrize("name,client,ecs,scope", [
+    ("contoso.azurecr.test", "127.0.0.5", "198.51.100.0/24", 24),     # region choice depends on the subnet
+    ("contoso.tm.azurecr.test", "127.0.0.5", "203.0.113.0/24", 24),
+    # differs in the VNet view, but only a trusted resolver's ECS chooses the view: from anyone else
+    # the answer is the same for every subnet (scope 0)
+    ("contoso.eastus.geo.azurecr.test", "127.0.0.53", "198.51.100.0/24", 24),
+    ("contoso.eastus.geo.azurecr.test", "127.0.0.53", "10.1.2.0/24", 24),
+    ("contoso.eastus.geo.azurecr.test", "127.0.0.5", "198.51.100.0/24", 0),
+    ("contoso.eastus.geo.azurecr.test", "127.0.0.70", "10.1.2.0/24", 0),
+    ("contoso.eastus.reg.azurecr.test", "127.0.0.53", "198.51.100.0/24", 0),    # the same for everyone
+    ("ns1.azurecr.test", "127.0.0.5", "198.51.100.0/24", 0),
+    ("nothing.azurecr.test", "127.0.0.53", "198.51.100.0/24", 0),
+    ("contoso.azurecr.test", "127.0.0.5", "198.51.100.0/22", 22),
 ])
-def test_ecs_reply_carries_scope(engine, name, ecs, scope):
-    reply = ask(engine, name, ecs=ecs)
+def test_ecs_reply_carries_scope(engine, name, client, ecs, scope):
+    reply = ask(engine, name, client=client, ecs=ecs)
     options = [o for o in reply.options if isinstance(o, dns.edns.ECSOption)]
     assert len(options) == 1
     address, source = ecs.split("/")
@@ -155,7 +160,13 @@ def test_no_ecs_in_reply_when_the_query_had_none(engine):
     assert not any(isinstance(o, dns.edns.ECSOption) for o in reply.options)
 
 
-def test_ecs_source_prefix_zero_means_no_client_information(engine):
-    reply = ask(engine, "contoso.azurecr.test", client="127.0.0.70", ecs="0.0.0.0/0")
-    # the resolver hides the client: default region, public view (not the source's VNet view)
-    assert reply.answer[2].to_text().split()[-1] == "contoso.eastus.reg.azurecr.test."
+@pytest.mark.parametrize("client,last", [
+    ("198.51.100.7", "contoso.tm.azurecr.test. 30 IN CNAME contoso.eastus.reg.azurecr.test."),
+    ("127.0.0.53", "contoso.tm.azurecr.test. 30 IN CNAME contoso.eastus.reg.azurecr.test."),
+    ("127.0.0.70", "contoso.privatelink.azurecr.test. 10 IN A 10.1.0.4"),
+])
+def test_ecs_source_prefix_zero_means_no_client_information(engine, client, last):
+    # the resolver hides the client: the default region (not the source's westeurope), and the
+    # view of the packet's source address (a VNet resolver still gets its VNet's answer)
+    reply = ask(engine, "contoso.azurecr.test", client=client, ecs="0.0.0.0/0")
+    assert reply.answer[-2 if len(reply.answer) > 2 else -1].to_text() == last

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+import time
 
 import dns.edns
 import dns.flags
@@ -14,6 +15,7 @@ import dns.opcode
 import dns.rcode
 import dns.rdata
 import dns.rdatatype
+import dns.tsig
 import dns.tsigkeyring
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -197,13 +199,40 @@ def test_parse_query(data, expected):
     assert q.question.lower().startswith(q.qname_key)
 
 
-def test_parse_query_with_tsig_skips_it():
-    msg = dns.message.make_query("example.test", "SOA", id=7)
-    msg.use_edns(0, payload=1400)
-    msg.use_tsig(dns.tsigkeyring.from_text({"key.example.": "c2VjcmV0c2VjcmV0c2VjcmV0"}),
-                 keyname="key.example.")
-    q = parse_query(msg.to_wire())
-    assert q.qtype == 6 and q.edns == wire.Edns(1400, 0, False, None)
+def signed_query(keyname: str = "key.example.", **make) -> dns.message.Message:
+    msg = dns.message.make_query("example.test", "SOA", id=7, **make)
+    msg.use_tsig(dns.tsigkeyring.from_text({keyname: "c2VjcmV0c2VjcmV0c2VjcmV0"}), keyname=keyname)
+    return msg
+
+
+@pytest.mark.parametrize("keyname,edns", [("key.example.", False), ("key.example.", True),
+                                          ("example.test.", False)])  # owner compressed into the qname
+def test_tsig_signed_query_gets_notauth_badkey_unsigned(keyname, edns):
+    """RFC 8945 5.2 / 5.3.2: we hold no keys, so NOTAUTH with TSIG error BADKEY, the TSIG RR echoed
+    with an empty MAC, the request's key and algorithm names and original ID."""
+    msg = signed_query(keyname, use_edns=0 if edns else False)
+    data = msg.to_wire()
+    with pytest.raises(WireError) as info:
+        parse_query(data)
+    assert info.value.rcode == 9 and "BADKEY" in str(info.value)
+    reply = dns.message.from_wire(info.value.reply, keyring=False)  # read the TSIG, do not verify it
+    assert reply.rcode() == dns.rcode.NOTAUTH and reply.id == 7 and (reply.edns == 0) is edns
+    assert reply.keyname == dns.name.from_text(keyname) and reply.keyalgorithm == dns.tsig.HMAC_SHA256
+    assert reply.tsig_error == dns.rcode.BADKEY and reply.mac == b""
+    assert reply.tsig[0].original_id == 7 and abs(reply.tsig[0].time_signed - time.time()) < 5
+    assert reply.tsig[0].fudge == msg.tsig[0].fudge
+    with pytest.raises(dns.tsig.PeerBadKey):  # what a real client with the key concludes
+        dns.message.from_wire(info.value.reply, keyring=msg.keyring, request_mac=msg.mac)
+
+
+def test_tsig_not_last_is_formerr():
+    data = signed_query().to_wire()
+    # append an A record after the TSIG in the additional section
+    extra = b"\x00" + struct.pack("!HHIH", 1, 1, 0, 4) + b"\x7f\x00\x00\x01"
+    bad = data[:10] + struct.pack("!H", struct.unpack_from("!H", data, 10)[0] + 1) + data[12:] + extra
+    with pytest.raises(WireError) as info:
+        parse_query(bad)
+    assert info.value.rcode == FORMERR and "TSIG record is not the last record" in str(info.value)
 
 
 def test_parse_query_escapes_odd_bytes_in_qname():
@@ -323,7 +352,9 @@ def test_malformed_query(data, rcode, replies, echoes, has_opt):
     assert msg.flags & dns.flags.QR
     assert not msg.flags & dns.flags.AA
     assert msg.rcode() == rcode
-    assert (msg.flags & dns.flags.RD) == (qflags & 0x0100)
+    query_opcode = qflags & 0x7800
+    # RD and CD are QUERY flags: copied for QUERY, never for another opcode (genreport's opcodeflg)
+    assert (msg.flags & (dns.flags.RD | dns.flags.CD)) == (0 if query_opcode else qflags & 0x0110)
     assert (err.reply[2] >> 3) & 0xF == (qflags >> 11) & 0xF  # opcode copied
     if echoes:
         assert len(msg.question) == 1

@@ -1,6 +1,7 @@
-"""Shared parts of the attack reproductions (bench/attacks/): a loopback-only guard, a dnsd child
-process (optionally under a lowered open-files limit), a fake probes feed, DNS-over-TCP clients from
-chosen 127.x.y.z sources, and the summary. Everything stays on this machine and is bounded."""
+"""Shared parts of the attack reproductions (bench/attacks/): loopback-only guards, bounded budgets
+(count and time), plain UDP/TCP exchanges with dnspython, a dnsd child process (optionally under a
+lowered open-files limit), a fake probes feed, DNS-over-TCP clients from chosen 127.x.y.z sources, and
+summaries. Everything stays on this machine and is bounded."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import dns.exception
 import dns.message
 import dns.query
 import yaml
@@ -243,7 +245,7 @@ def framed_query(qid: int, name: str = "contoso.azurecr.test") -> bytes:
     return struct.pack("!H", len(wire)) + wire
 
 
-async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, qid: int, timeout: float) -> bool:
+async def ask_framed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, qid: int, timeout: float) -> bool:
     writer.write(framed_query(qid))
     async with asyncio.timeout(timeout):
         (length,) = struct.unpack("!H", await reader.readexactly(2))
@@ -274,7 +276,7 @@ class Holders:
             counted = False
             try:
                 while not self.stop.is_set():
-                    if not await ask(reader, writer, index, 2):
+                    if not await ask_framed(reader, writer, index, 2):
                         break
                     if not counted:
                         counted, self.open = True, self.open + 1
@@ -310,3 +312,80 @@ def describe_latencies(values: list[float]) -> str:
         return "none answered"
     return (f"p50 {statistics.median(values) * 1000:.1f} ms, p99 {percentile(values, 99) * 1000:.1f} ms, "
             f"max {max(values) * 1000:.1f} ms")
+
+
+# --- running-dnsd attacks (target given by --server/--port) -------------------------------------
+
+
+class Budget:
+    """Stops the attack after `max_queries` queries or `seconds` seconds, whichever comes first."""
+
+    def __init__(self, max_queries: int, seconds: float):
+        self.max_queries = max_queries
+        self.deadline = time.monotonic() + seconds
+        self.sent = 0
+
+    def take(self) -> bool:
+        if self.sent >= self.max_queries or time.monotonic() >= self.deadline:
+            return False
+        self.sent += 1
+        return True
+
+
+def parser(description: str, max_queries: int, seconds: float = 60.0) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--server", default="127.0.0.1", help="dnsd address (loopback only)")
+    p.add_argument("--port", type=int, default=5353)
+    p.add_argument("--max-queries", type=int, default=max_queries, help="stop after this many queries")
+    p.add_argument("--seconds", type=float, default=seconds, help="stop after this long")
+    return p
+
+
+def loopback_target(args: argparse.Namespace) -> tuple[str, int]:
+    """Refuse any target but loopback: these scripts are load and abuse generators."""
+    try:
+        address = ipaddress.ip_address(args.server)
+    except ValueError:
+        sys.exit(f"--server must be an IP address, not {args.server!r}")
+    if not address.is_loopback:
+        sys.exit(f"refusing to attack {address}: only loopback targets (127.0.0.0/8, ::1)")
+    return str(address), args.port
+
+
+def ask(target: tuple[str, int], query: dns.message.Message, tcp: bool = False, source: str | None = None,
+        timeout: float = 2.0) -> dns.message.Message | None:
+    """One exchange; None on a timeout (the server may drop what it refuses to answer)."""
+    try:
+        if tcp:
+            return dns.query.tcp(query, target[0], port=target[1], timeout=timeout, source=source)
+        return dns.query.udp(query, target[0], port=target[1], timeout=timeout, source=source)
+    except (dns.exception.Timeout, OSError, EOFError):
+        return None
+
+
+def udp_exchange_raw(target: tuple[str, int], wire: bytes, timeout: float = 2.0) -> bytes | None:
+    """Send raw bytes over UDP and return the raw reply (for malformed or hand-built queries)."""
+    family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(wire, target)
+        try:
+            return sock.recv(65535)
+        except TimeoutError:
+            return None
+
+
+def tcp_exchange_raw(target: tuple[str, int], wire: bytes, timeout: float = 2.0) -> bytes | None:
+    with socket.create_connection(target, timeout=timeout) as sock:
+        sock.sendall(struct.pack("!H", len(wire)) + wire)
+        head = sock.recv(2)
+        if len(head) < 2:
+            return None
+        size = struct.unpack("!H", head)[0]
+        data = b""
+        while len(data) < size:
+            chunk = sock.recv(size - len(data))
+            if not chunk:
+                return None
+            data += chunk
+        return data

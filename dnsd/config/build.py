@@ -736,7 +736,8 @@ class _Builder:
         m = r.mapping(node, open_keys=True, what="a mapping of view name: settings")
         seen_sources: dict[object, str] = {}
         for name, view_node in m or ():
-            vm = r.mapping(view_node, ("sources", "private_endpoints"), required=("sources", "private_endpoints"))
+            vm = r.mapping(view_node, ("sources", "trusted_resolvers", "private_endpoints"),
+                           required=("sources", "private_endpoints"))
             if vm is None:
                 continue
             sources = []
@@ -749,6 +750,15 @@ class _Builder:
                                  "a client must map to one view")
                 seen_sources[network] = name
                 sources.append(network)
+            trusted = []
+            for item in r.sequence(vm.get("trusted_resolvers"), "a list of CIDRs"):
+                network = r.network(item)
+                if network is not None and network.prefixlen == 0:
+                    # ECS from a trusted resolver chooses the view: trusting everyone leaks the VNet
+                    r.fail(item, f"trusted resolver {network} is every address: list only the "
+                                 "resolvers that serve this VNet and send its clients' subnets as ECS")
+                elif network is not None:
+                    trusted.append(network)
             endpoints = {}
             ep_map = r.mapping(vm.get("private_endpoints"), open_keys=True,
                                what="a mapping of registry name: private IPs")
@@ -762,7 +772,8 @@ class _Builder:
                 private = self.private_endpoints(ep_node, registry) if registry else None
                 if private is not None:
                     endpoints[reg_name] = private
-            result.append(View(name=name, sources=tuple(sources), endpoints=frozen_map(endpoints)))
+            extra = {"trusted_resolvers": tuple(trusted)} if vm.get("trusted_resolvers") is not None else {}
+            result.append(View(name=name, sources=tuple(sources), endpoints=frozen_map(endpoints), **extra))
         return result
 
     def private_endpoints(self, node: Node, registry: Registry) -> PrivateEndpoints | None:
