@@ -17,7 +17,7 @@ from dnsd.feedaccess import FeedAccessError, FeedTrust
 from dnsd.files import write_json_atomically
 from dnsd.health import RECOVERING, SUSPECT, EndpointHealth, FeedDocument, HealthSnapshot, Status
 from dnsd.model import HealthFeedSettings
-from dnsd.server import _RateLimitedLog
+from dnsd.logs import LogGate
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +52,7 @@ class HealthFeed:
         self.feeds = [FeedState(url) for url in settings.feeds]
         self.trust = {url: FeedTrust(settings.access_for(url)) for url in settings.feeds}
         # a refused token is logged at once, then at most once a minute per feed while it lasts
-        self._refusals = {url: _RateLimitedLog(interval=60.0, burst=1) for url in settings.feeds}
+        self._refusals = {url: LogGate(interval=60.0, burst=1) for url in settings.feeds}
         self.expired = False  # running on expired health (every feed silent for longer than the TTL)
         self.generation = 0
         self.current: dict[tuple[str, str], EndpointHealth] | None = None

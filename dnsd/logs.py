@@ -28,6 +28,34 @@ def configure(json: bool | None = None, level: str = "info") -> None:
     )
 
 
+class LogGate:
+    """Let through at most `burst` events per `interval` seconds; the next one let through
+    carries the number suppressed in between (``suppressed=N``). For events the caller logs itself
+    (refusals, evictions, feed errors); RateLimitedLog below logs per-query events and their summaries."""
+
+    __slots__ = ("_interval", "_burst", "_window_start", "_count", "_suppressed")
+
+    def __init__(self, interval: float, burst: int) -> None:
+        self._interval = interval
+        self._burst = burst
+        self._window_start = -interval
+        self._count = 0
+        self._suppressed = 0
+
+    def admit(self) -> int | None:
+        """None when this event should be dropped, else how many were dropped before it."""
+        now = time.monotonic()
+        if now - self._window_start >= self._interval:
+            self._window_start = now
+            self._count = 0
+        if self._count >= self._burst:
+            self._suppressed += 1
+            return None
+        self._count += 1
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
+
+
 class RateLimitedLog:
     """An event that can happen once per query (query_failed, query_refused, query_malformed), rate
     limited so that a flood of bad queries cannot fill a disk: the first `burst` events are logged in

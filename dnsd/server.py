@@ -38,12 +38,13 @@ import math
 import os
 import signal
 import socket
-import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import structlog
+
+from dnsd.logs import LogGate
 
 if TYPE_CHECKING:
     from dnsd.rrl import ResponseRateLimiter
@@ -123,33 +124,6 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class _RateLimitedLog:
-    """Let through at most `burst` events per `interval` seconds; the next one let through
-    carries the number suppressed in between (``suppressed=N``)."""
-
-    __slots__ = ("_interval", "_burst", "_window_start", "_count", "_suppressed")
-
-    def __init__(self, interval: float, burst: int) -> None:
-        self._interval = interval
-        self._burst = burst
-        self._window_start = -interval
-        self._count = 0
-        self._suppressed = 0
-
-    def admit(self) -> int | None:
-        """None when this event should be dropped, else how many were dropped before it."""
-        now = time.monotonic()
-        if now - self._window_start >= self._interval:
-            self._window_start = now
-            self._count = 0
-        if self._count >= self._burst:
-            self._suppressed += 1
-            return None
-        self._count += 1
-        suppressed, self._suppressed = self._suppressed, 0
-        return suppressed
-
-
 @dataclass(slots=True)
 class TcpStats:
     """What the TCP admission did since start (counters) and does now (gauges); for metrics and tests."""
@@ -184,13 +158,13 @@ class _Shared:
         self.no_connections = asyncio.Event()
         self.no_connections.set()
         self.stats = TcpStats()
-        self.refusals = _RateLimitedLog(interval=1.0, burst=1)
-        self.evictions = _RateLimitedLog(interval=1.0, burst=1)
-        self.load_log = _RateLimitedLog(interval=10.0, burst=1)  # entering and leaving load may flap
-        self.normal_log = _RateLimitedLog(interval=10.0, burst=1)
-        self.failures = _RateLimitedLog(interval=1.0, burst=10)
-        self.udp_drops = _RateLimitedLog(interval=1.0, burst=1)
-        self.accept_errors = _RateLimitedLog(interval=1.0, burst=1)
+        self.refusals = LogGate(interval=1.0, burst=1)
+        self.evictions = LogGate(interval=1.0, burst=1)
+        self.load_log = LogGate(interval=10.0, burst=1)  # entering and leaving load may flap
+        self.normal_log = LogGate(interval=10.0, burst=1)
+        self.failures = LogGate(interval=1.0, burst=10)
+        self.udp_drops = LogGate(interval=1.0, burst=1)
+        self.accept_errors = LogGate(interval=1.0, burst=1)
         self._sweeper: asyncio.TimerHandle | None = None
 
     # -- admission (right after accept) ----------------------------------------------------

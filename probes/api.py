@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from dnsd.secretfile import SecretFile, SecretUnreadable, bearer_matches
-from dnsd.server import _RateLimitedLog
+from dnsd.logs import LogGate
 from probes.scheduler import ProbeService
 
 log = structlog.get_logger(__name__)
@@ -24,7 +24,7 @@ def etag_of(service: ProbeService) -> str:
 
 def make_app(service: ProbeService, token: SecretFile | None = None, public_metrics: bool = True) -> web.Application:
     protected = {"/v1/health"} | (set() if public_metrics else {"/metrics"})
-    refusals = _RateLimitedLog(interval=10.0, burst=1)
+    refusals = LogGate(interval=10.0, burst=1)
 
     @web.middleware
     async def require_token(request: web.Request, handler):

@@ -125,10 +125,10 @@ def test_malformed_input_gets_formerr_or_silence_and_the_engine_keeps_answering(
     if rcode is None:
         assert reply is None
     else:
-        message = dns.message.from_wire(reply, question_only=True) if len(reply) > 12 else None
+        if len(reply) > 12:
+            dns.message.from_wire(reply, question_only=True)  # the reply's question part must parse
         assert reply[:2] == b"\x12\x34" and reply[3] & 0x0F == dns.rcode.from_text(rcode)
         assert reply[2] & 0x80  # QR
-        del message
     assert rcode_text(ask(engine, "contoso.azurecr.test")) == "NOERROR"
 
 

@@ -337,7 +337,7 @@ class _Builder:
         if latency_node is not None:
             for a, row in latency_node:
                 if a not in known:
-                    self.unknown_region(row, a, known, where=f"latency_ms has a row for")
+                    self.unknown_region(row, a, known, where="latency_ms has a row for")
                     continue
                 row_map = r.mapping(row, open_keys=True, what="a mapping of region: milliseconds")
                 for b, value_node in row_map or ():
@@ -433,7 +433,7 @@ class _Builder:
 
     def check_performance_inputs(self, m: Map, name: str, replicas: list[Replica], topology: Topology) -> None:
         if topology.default_region is None:
-            self.r.fail(m.get("routing") or m, f"performance routing needs clients.default_region "
+            self.r.fail(m.get("routing") or m, "performance routing needs clients.default_region "
                                                "for clients outside every client network")
         locations = {rep.location for rep in replicas}
         client_regions = set(topology.regions)
