@@ -276,7 +276,8 @@ class Lab:
             argv = [sys.executable, "-m", "probes", "serve", "--config", str(self.paths.geotm_config),
                     "--log-format", "json"]
             if name != next(iter(PROBES)):  # the first one is the config's probes.listen
-                argv += ["--listen", f"{PROBES[name]}:{PROBES_PORT}", "--state-file", str(self.paths.probes_state(name))]
+                argv += ["--listen", f"{PROBES[name]}:{PROBES_PORT}",
+                         "--state-file", str(self.paths.probes_state(name))]
             self.probes[name] = Child(name, argv, self._log(name), cwd=self.paths.root, env=self._geotm_env(),
                                       listener=self._geotm_listener)
         for name in [instance] if instance else list(PROBES):
