@@ -27,6 +27,7 @@ import bench as b  # noqa: E402
 import benchlib as bl  # noqa: E402
 
 UNLIMITED = 1_000_000  # responses_per_second no bucket reaches in a run: only the accounting is measured
+ADMIN_TOKEN = "bench-rrl"  # RRL counters are not among the public metrics
 
 
 def dnsd_config(base: str, rate_limit: dict | None, admin_port: int | None) -> str:
@@ -35,7 +36,6 @@ def dnsd_config(base: str, rate_limit: dict | None, admin_port: int | None) -> s
         doc["server"]["rate_limit"] = rate_limit
     if admin_port:
         doc["admin"]["listen"] = f"127.0.0.1:{admin_port}"
-        doc["admin"]["public_metrics"] = True
     return yaml.safe_dump(doc, sort_keys=False)
 
 
@@ -46,6 +46,7 @@ def start_dnsd(name: str, tmp: Path, config_path: Path, rate_limit: dict | None,
     d.mkdir(parents=True, exist_ok=True)
     s.port = b.free_port()
     cfg = d / "geotm.yaml"
+    (d / "admin-token").write_text(ADMIN_TOKEN)  # geotm_bench_config's admin.token_file
     cfg.write_text(dnsd_config(bl.geotm_bench_config(config_path, d, s.port), rate_limit, admin_port))
     dnsd = str(b.ROOT / ".venv" / "bin" / "dnsd")
     s.argv = ["taskset", "-c", b.SERVER_CORE, dnsd, "serve", "--config", str(cfg), "--listen",
@@ -74,7 +75,9 @@ def dnsperf_run(s: b.Server, qfile: Path, seconds: float, extra: list[str], warm
 
 
 def rrl_counters(admin_port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).read().decode()
+    request = urllib.request.Request(f"http://127.0.0.1:{admin_port}/metrics",
+                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    text = urllib.request.urlopen(request, timeout=5).read().decode()
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(geotm_rrl_\S+) (\S+)$", text, re.M)}
 
 

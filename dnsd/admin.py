@@ -1,7 +1,11 @@
 """dnsd's admin API (aiohttp): bearer-token auth; status, explain, config, audit, overrides, reload,
-metrics and the HTML status page."""
+metrics and the HTML status page. The public routes (/metrics, /) show health only unless the
+request carries the token; details (config path, feed URLs, override actors and reasons, query
+counts) need it."""
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import os
 import time
@@ -10,6 +14,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from dnsd import metrics
@@ -23,6 +28,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 PUBLIC_METRICS, PUBLIC_STATUS_PAGE, READ, MUTATE = "metrics", "status_page", "read", "mutate"
+# Bearer for the CLI and Prometheus; Basic (any user name, the token as password) so a browser can
+# open the detailed status page
+CHALLENGE = CIMultiDict([("WWW-Authenticate", 'Bearer realm="geotm"'), ("WWW-Authenticate", 'Basic realm="geotm"')])
 
 
 class UnusableToken:
@@ -48,14 +56,23 @@ def load_token(settings: AdminSettings) -> str | None:
 def make_app(dnsd: Dnsd, settings: AdminSettings, token: str | UnusableToken | None) -> web.Application:
     access: dict[str, str] = {}  # route name -> PUBLIC_METRICS / PUBLIC_STATUS_PAGE / READ / MUTATE
     registry = metrics.make_registry(dnsd)
+    public_registry = metrics.make_registry(dnsd, public=True)
+
+    def kind_of(request: web.Request) -> str:
+        return access.get(request.match_info.route.name or "", MUTATE)  # unlisted: the strictest kind
+
+    def health_only(request: web.Request) -> bool:
+        """A public route asked without a token (or none can be checked): health only, for anyone.
+        Any other request that reaches a handler has passed authenticate, so it sees details."""
+        kind = kind_of(request)
+        public = (kind == PUBLIC_METRICS and settings.public_metrics) or \
+                 (kind == PUBLIC_STATUS_PAGE and settings.public_status_page)
+        return public and ("Authorization" not in request.headers or not isinstance(token, str))
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-        route = request.match_info.route
-        kind = access.get(route.name or "", MUTATE)  # an unlisted route is treated as the strictest kind
-        if kind == PUBLIC_METRICS and settings.public_metrics:
-            return await handler(request)
-        if kind == PUBLIC_STATUS_PAGE and settings.public_status_page:
+        kind = kind_of(request)
+        if health_only(request):
             return await handler(request)
         if isinstance(token, UnusableToken):
             return web.json_response({"error": f"the admin token cannot be read ({token.why}); "
@@ -68,11 +85,9 @@ def make_app(dnsd: Dnsd, settings: AdminSettings, token: str | UnusableToken | N
                                                    "set admin.token_file or the token environment variable"},
                                          status=403)
             return await handler(request)
-        given = request.headers.get("Authorization", "")
-        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip().encode(), token.encode())):
+        if not token_matches(request.headers.get("Authorization", ""), token):
             log.warning("admin_unauthorized", path=request.path, method=request.method, peer=request.remote)
-            return web.json_response({"error": "missing or wrong bearer token"}, status=401,
-                                     headers={"WWW-Authenticate": 'Bearer realm="geotm"'})
+            return web.json_response({"error": "missing or wrong bearer token"}, status=401, headers=CHALLENGE)
         return await handler(request)
 
     @web.middleware
@@ -89,7 +104,8 @@ def make_app(dnsd: Dnsd, settings: AdminSettings, token: str | UnusableToken | N
         access[name] = kind
 
     async def get_metrics(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        chosen = public_registry if health_only(request) else registry
+        return web.Response(body=metrics.render(chosen), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def get_status(request: web.Request) -> web.Response:
         return web.json_response(status_document(dnsd))
@@ -149,11 +165,12 @@ def make_app(dnsd: Dnsd, settings: AdminSettings, token: str | UnusableToken | N
 
     async def status_page(request: web.Request) -> web.Response:
         from dnsd.statuspage import render_status_page
-        return web.Response(text=render_status_page(dnsd), content_type="text/html")
+        return web.Response(text=render_status_page(dnsd, details=not health_only(request)), content_type="text/html")
 
     route("GET", "/metrics", PUBLIC_METRICS, get_metrics, "metrics")
     route("GET", "/", PUBLIC_STATUS_PAGE, status_page, "status_page")
     route("GET", "/status", PUBLIC_STATUS_PAGE, status_page, "status_page_alias")
+    route("GET", "/details", READ, status_page, "status_page_details")  # the same page, always detailed
     route("GET", "/v1/status", READ, get_status, "status")
     route("GET", "/v1/config", READ, get_config, "config")
     route("GET", "/v1/explain", READ, get_explain, "explain")
@@ -163,6 +180,20 @@ def make_app(dnsd: Dnsd, settings: AdminSettings, token: str | UnusableToken | N
     route("DELETE", "/v1/overrides/{registry}/{replica}", MUTATE, delete_override, "override_remove")
     route("POST", "/v1/reload", MUTATE, post_reload, "reload")
     return app
+
+
+def token_matches(given: str, token: str) -> bool:
+    """`Bearer TOKEN`, or `Basic base64(any-user:TOKEN)` from a browser; compared in constant time."""
+    scheme, _, value = given.partition(" ")
+    value = value.strip()
+    if scheme.lower() == "basic":
+        try:
+            value = base64.b64decode(value, validate=True).decode().partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+    elif scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(value.encode(), token.encode())
 
 
 def actor_of(request: web.Request) -> str:

@@ -116,7 +116,7 @@ class HealthFeed:
                             errors={f.url: f.error for f in self.feeds})
             else:
                 log.info("health_restored", feeds=[f.url for f in fresh])
-        needed = self.settings.votes_needed
+        needed = self.settings.votes_needed(len(fresh))
         combined: dict[tuple[str, str], EndpointHealth] = {}
         for key in sorted(self.known):
             verdicts = [(f, f.document.endpoints[key]) for f in fresh if key in f.document.endpoints]

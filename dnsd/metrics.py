@@ -1,5 +1,7 @@
 """dnsd's Prometheus metrics, collected at scrape time from the running state, so the query path
-only bumps plain counters and never calls into the metrics library."""
+only bumps plain counters and never calls into the metrics library. Two views: everything (with the
+admin token) and the public one, health only (PUBLIC_FAMILIES; a new family is private until
+listed there)."""
 from __future__ import annotations
 
 import time
@@ -12,18 +14,31 @@ from prometheus_client.registry import Collector
 from dnsd.health import Status
 from dnsd.stats import LATENCY_BOUNDS, qtype_label
 from dnsd.answer import RCODE_NAMES
+from dnsd.rrl import CLASS_NAMES
 
 if TYPE_CHECKING:
     from dnsd.service import Dnsd
 
 STATUS_VALUE = {Status.ONLINE: 1.0, Status.CHECKING: 0.5, Status.DEGRADED: 0.0}
+# health only: replica status and role in the global name (an override's kind says why a healthy
+# replica is out; its actor and reason are never labels), expiry, all-down. No query counts or
+# latency, no feed URLs, no config path.
+PUBLIC_FAMILIES = frozenset({"geotm_replica_status", "geotm_replica_serving", "geotm_overrides_active",
+                             "geotm_all_down_active", "geotm_all_down_activations", "geotm_health_expired",
+                             "geotm_short_ttl_active"})
 
 
 class DnsdCollector(Collector):
-    def __init__(self, dnsd: Dnsd):
+    def __init__(self, dnsd: Dnsd, public: bool = False):
         self.dnsd = dnsd
+        self.public = public
 
     def collect(self) -> Iterator[Metric]:
+        for family in self._families():
+            if not self.public or family.name in PUBLIC_FAMILIES:
+                yield family
+
+    def _families(self) -> Iterator[Metric]:
         dnsd = self.dnsd
         snapshot = dnsd.engine.snapshot
         config = snapshot.config
@@ -139,9 +154,10 @@ def _tcp_metrics(dnsd: Dnsd) -> Iterator[Metric]:
         counter = CounterMetricFamily(name, help_text)
         counter.add_metric([], value)
         yield counter
+
+
 def _rrl_metrics(dnsd: Dnsd) -> Iterator[Metric]:
     """Response rate limiting of UDP answers; zeros when server.rate_limit is off."""
-    from dnsd.rrl import CLASS_NAMES
     rrl = dnsd.rrl
     dropped = CounterMetricFamily("geotm_rrl_dropped", "UDP answers not sent by response rate limiting, "
                                   "by response class", labels=["response_class"])
@@ -159,9 +175,9 @@ def _rrl_metrics(dnsd: Dnsd) -> Iterator[Metric]:
     yield from (dropped, slipped, episodes, table)
 
 
-def make_registry(dnsd: Dnsd) -> CollectorRegistry:
+def make_registry(dnsd: Dnsd, public: bool = False) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(DnsdCollector(dnsd))
+    registry.register(DnsdCollector(dnsd, public))
     return registry
 
 

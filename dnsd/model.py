@@ -262,16 +262,18 @@ class HealthFeedSettings:
     """How dnsd learns health: which probes instances, how they vote, when their word expires."""
 
     feeds: tuple[str, ...] = ()  # URLs of probes' /v1/health; empty: no probing, everything Online
-    quorum: int = 0  # degraded when at least this many feeds say so; 0 = a majority of feeds
+    quorum: int = 0  # degraded when at least this many feeds say so; 0 = a majority of the answering feeds
     poll_interval: float = 1.0
     ttl: float = 30.0  # a verdict older than this expires: the replica counts as Online (fail open)
     state_file: str | None = None  # last good snapshot, loaded at start so a restart forgets nothing
     access: FeedAccess = field(default_factory=FeedAccess)  # for every feed...
     feed_access: Mapping[str, FeedAccess] = field(default_factory=lambda: frozen_map({}))  # ...or per feed URL
 
-    @property
-    def votes_needed(self) -> int:
-        return self.quorum or (len(self.feeds) // 2 + 1)
+    def votes_needed(self, answering: int) -> int:
+        """Degraded votes needed when `answering` feeds are fresh. A majority counts only those: a
+        silent probes instance is no vote for "online", so losing one of two keeps a failover
+        (the other decides alone) instead of sending clients back to a broken replica."""
+        return self.quorum or (answering // 2 + 1)
 
     def access_for(self, url: str) -> FeedAccess:
         return self.feed_access.get(url, self.access)

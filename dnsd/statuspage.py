@@ -1,5 +1,6 @@
 """The read-only HTML status page: per registry a row per replica (status, reason, age, override,
-recent share of global answers) and a timeline of recent changes. Rendered from status_document."""
+recent share of global answers) and a timeline of recent changes. Rendered from status_document;
+the public variant from health_only(), which keeps health and drops every detail."""
 from __future__ import annotations
 
 import datetime
@@ -46,10 +47,12 @@ def _clock(at: float) -> str:
 def _timeline_text(event: dict) -> str:
     kind = event.get("event", "")
     if kind in ("routing", "routing_changed"):
-        return (f"{event.get('registry')}: global name serves {', '.join(event.get('serving', []))}"
-                f"{' (ALL-DOWN POLICY)' if event.get('all_down') else ''} — {event.get('trigger', '')}")
+        return (f"{event.get('registry')}: global name serves {', '.join(event.get('serving') or [])}"
+                f"{' (ALL-DOWN POLICY)' if event.get('all_down') else ''}"
+                f"{' — ' + event['trigger'] if event.get('trigger') else ''}")
     if kind == "health_changed":
-        return f"{event.get('registry')}/{event.get('replica')} {event.get('status')}: {event.get('reason', '')}"
+        return (f"{event.get('registry')}/{event.get('replica')} {event.get('status')}"
+                f"{': ' + event['reason'] if event.get('reason') else ''}")
     if kind.startswith("override"):
         return (f"{kind.replace('_', ' ')}: {event.get('kind')} {event.get('registry')}/{event.get('replica')}"
                 f"{' by ' + event['actor'] if event.get('actor') else ''}"
@@ -75,15 +78,80 @@ def global_role(rep: dict) -> str:
     return "degraded" if rep["status"] == "degraded" else "not serving"
 
 
-def render_status_page(dnsd: Dnsd) -> str:
+PUBLIC_EVENTS = ("health_changed", "routing", "routing_changed")
+
+
+def health_only(doc: dict) -> dict:
+    """What anyone may see: each replica's status, trend, age and role in the global name, whether
+    health expired, how many feeds fail, and status/routing changes. Not the config path or version,
+    feed URLs or errors, probe reasons (they name internal addresses), override actors or reasons,
+    routing policies, triggers, or traffic shares."""
+    replica_keys = ("name", "location", "status", "trend", "age_seconds", "global_routing", "serving")
+    registries = [{"name": reg["name"], "all_down_active": reg["all_down_active"],
+                   "replicas": [{**{k: rep[k] for k in replica_keys}, "role": global_role(rep)}
+                                for rep in reg["replicas"]]}
+                  for reg in doc["registries"]]
+    timeline = [{k: event.get(k) for k in ("at", "event", "registry", "replica", "status", "serving", "all_down")}
+                for event in doc["timeline"] if event.get("event") in PUBLIC_EVENTS]
+    feeds = doc["health"]["feeds"]
+    return {"health": {"expired": doc["health"]["expired"], "feeds": len(feeds),
+                       "feeds_failing": sum(1 for f in feeds if f["error"])},
+            "registries": registries, "timeline": timeline}
+
+
+def _head() -> list[str]:
+    return ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+            "<meta http-equiv='refresh' content='5'><title>geotm status</title>",
+            f"<style>{STYLE}</style></head><body>", "<h1>geotm status</h1>"]
+
+
+def _timeline(events: list[dict], parts: list[str]) -> None:
+    parts.append("<h2>Recent changes</h2><ol reversed>")
+    events = events[::-1][:40]
+    if not events:
+        parts.append("<li>nothing yet</li>")
+    for event in events:
+        parts.append(f"<li><time>{_clock(event['at'])}</time> {escape(_timeline_text(event))}</li>")
+    parts.append("</ol></body></html>")
+
+
+def render_public_page(doc: dict) -> str:
+    """The page without the token: health only (see health_only)."""
+    parts = _head()
+    parts.append("<div class='meta'>health only · <a href='/details'>details</a> need the admin token</div>")
+    health = doc["health"]
+    if health["expired"]:
+        parts.append("<div class='banner bad'>Health expired: no probe verdict within the TTL — "
+                     "every replica counts as online (fail open).</div>")
+    elif health["feeds_failing"]:
+        parts.append(f"<div class='banner warn'>{health['feeds_failing']} of {health['feeds']} health feeds "
+                     "not answering.</div>")
+    for registry in doc["registries"]:
+        parts.append(f"<h2 id='{escape(registry['name'])}'>{escape(registry['name'])}</h2>")
+        if registry["all_down_active"]:
+            parts.append("<div class='banner bad'>All replicas degraded: the all-down policy decides the "
+                         "global answers.</div>")
+        parts.append("<table><tr><th>replica</th><th>location</th><th>status</th><th>since</th>"
+                     "<th>global</th></tr>")
+        for rep in registry["replicas"]:
+            trend = f" ({escape(rep['trend'])})" if rep["trend"] else ""
+            parts.append(
+                f"<tr><td><b>{escape(rep['name'])}</b></td><td>{escape(rep['location'])}</td>"
+                f"<td><span class='badge {escape(rep['status'])}'>{escape(rep['status'])}</span>{trend}</td>"
+                f"<td>{_age(rep['age_seconds'])}</td><td>{escape(rep['role'])}</td></tr>")
+        parts.append("</table>")
+    _timeline(doc["timeline"], parts)
+    return "".join(parts)
+
+
+def render_status_page(dnsd: Dnsd, details: bool = True) -> str:
     from dnsd.admin import status_document
     doc = status_document(dnsd)
-    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-             "<meta http-equiv='refresh' content='5'><title>geotm status</title>",
-             f"<style>{STYLE}</style></head><body>",
-             "<h1>geotm status</h1>",
-             f"<div class='meta'>config {escape(doc['config']['version'])} from {escape(doc['config']['source'])}"
-             f" · generation {doc['generation']}</div>"]
+    if not details:
+        return render_public_page(health_only(doc))
+    parts = _head()
+    parts.append(f"<div class='meta'>config {escape(doc['config']['version'])} from "
+                 f"{escape(doc['config']['source'])} · generation {doc['generation']}</div>")
     health = doc["health"]
     if health["expired"]:
         parts.append("<div class='banner bad'>Health expired: no probe verdict within the TTL — "
@@ -118,11 +186,5 @@ def render_status_page(dnsd: Dnsd) -> str:
                 f"<td>{_age(rep['age_seconds'])}</td><td>{override_html}</td><td>{serving}</td>"
                 f"<td><span class='bar'><span style='width:{share:.0f}%'></span></span> {share:.0f}%</td></tr>")
         parts.append("</table>")
-    parts.append("<h2>Recent changes</h2><ol reversed>")
-    events = doc["timeline"][::-1][:40]
-    if not events:
-        parts.append("<li>nothing yet</li>")
-    for event in events:
-        parts.append(f"<li><time>{_clock(event['at'])}</time> {escape(_timeline_text(event))}</li>")
-    parts.append("</ol></body></html>")
+    _timeline(doc["timeline"], parts)
     return "".join(parts)

@@ -114,10 +114,12 @@ def run_drill(args) -> int:
     from drills.dockerapi import DockerError
     from drills.lab import Lab, LabError
     from drills.labconfig import AGGRESSIVE, DEFAULT
-    from drills.scenarios import SCENARIOS, SHORT
+    from drills.scenarios import SCENARIOS, SHORT, TWO_PROBES
     from drills.timeline import summary
 
     names = args.scenario or (list(SHORT) if args.short else list(SCENARIOS))
+    if args.compose and not args.scenario:
+        names = [name for name in names if name not in TWO_PROBES]
     timing = AGGRESSIVE if args.aggressive else DEFAULT
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gtdrill-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -118,10 +118,13 @@ class ComposeLab(Lab):
         self.frozen.discard(name)
         return f"docker unpause {name}"
 
-    def stop_probes(self) -> None:
+    def probes_instances(self) -> list[str]:
+        return ["probes"]  # docker-compose.yml runs one
+
+    def stop_probes(self, instance: str | None = None) -> None:
         self.docker.stop(self.containers["probes"])
 
-    def start_probes(self) -> None:
+    def start_probes(self, instance: str | None = None) -> None:
         self.docker.start(self.containers["probes"])
         url = f"http://{PROBES_ADDRESS}:{PROBES_PORT}/healthz"
         from drills.lab import _http_status

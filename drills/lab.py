@@ -34,8 +34,8 @@ import yaml
 from dnsd.budget import Budget, budgets, fail_open_after
 from dnsd.config import load_config
 from drills import image, labconfig, pki
-from drills.labconfig import (DNS_ADDRESS, GLOBAL_NAME, PROBES_ADDRESS, PROBES_PORT, REGISTRY, REPLICAS, REPOSITORY,
-                              TAG, Paths, ReplicaSpec, Timing)
+from drills.labconfig import (DNS_ADDRESS, GLOBAL_NAME, PROBES, PROBES_ADDRESS, PROBES_PORT, REGISTRY, REPLICAS,
+                              REPOSITORY, TAG, Paths, ReplicaSpec, Timing)
 from drills.netns import Namespace, remove_stale
 from drills.proc import Child, parse_timestamp, run
 
@@ -119,7 +119,7 @@ class Lab:
         self.registries: dict[str, Child] = {}
         self.frozen: set[str] = set()
         self.holder: Child | None = None
-        self.probes: Child | None = None
+        self.probes: dict[str, Child] = {}  # probes instance name -> its process
         self.dnsd: Child | None = None
         self.pulls: list[Pull] = []
         self._pulls_lock = threading.Lock()
@@ -267,18 +267,33 @@ class Lab:
             fields = {k: v for k, v in parsed.items() if k not in ("event", "timestamp", "level")}
             self.events.add(at, name, event, **fields)
 
-    def start_probes(self) -> None:
-        self.probes = Child("probes", [sys.executable, "-m", "probes", "serve", "--config",
-                                       str(self.paths.geotm_config), "--log-format", "json"],
-                            self._log("probes"), cwd=self.paths.root, env=self._geotm_env(),
-                            listener=self._geotm_listener)
-        url = f"http://{PROBES_ADDRESS}:{PROBES_PORT}/healthz"
-        if wait_for(lambda: _http_status(url) == 200, 20, 0.2) is None:
-            raise LabError(f"probes did not come up; see {self._log('probes')}")
+    def probes_instances(self) -> list[str]:
+        return list(PROBES)
 
-    def stop_probes(self) -> None:
-        if self.probes is not None:
-            self.probes.stop()
+    def start_probes(self, instance: str | None = None) -> None:
+        """Start every probes instance (or one); each probes the replicas itself, from its own address."""
+        for name in [instance] if instance else list(PROBES):
+            argv = [sys.executable, "-m", "probes", "serve", "--config", str(self.paths.geotm_config),
+                    "--log-format", "json"]
+            if name != next(iter(PROBES)):  # the first one is the config's probes.listen
+                argv += ["--listen", f"{PROBES[name]}:{PROBES_PORT}",
+                         "--state-file", str(self.paths.probes_state(name))]
+            self.probes[name] = Child(name, argv, self._log(name), cwd=self.paths.root, env=self._geotm_env(),
+                                      listener=self._geotm_listener)
+        for name in [instance] if instance else list(PROBES):
+            url = f"http://{PROBES[name]}:{PROBES_PORT}/healthz"
+            if wait_for(lambda: _http_status(url) == 200, 20, 0.2) is None:
+                raise LabError(f"{name} did not come up; see {self._log(name)}")
+
+    def stop_probes(self, instance: str | None = None) -> None:
+        for name, child in self.probes.items():
+            if instance in (None, name):
+                child.stop()
+
+    def kill_probes(self, instance: str) -> str:
+        child = self.probes[instance]
+        child.kill()
+        return f"SIGKILL {instance} pid {child.pid}"
 
     def start_dnsd(self) -> None:
         self.dnsd = Child("dnsd", [sys.executable, "-m", "dnsd", "serve", "--config", str(self.paths.geotm_config),
@@ -502,9 +517,10 @@ class Lab:
 
     # -- state -------------------------------------------------------------------------------
 
-    def probe_statuses(self) -> dict[str, str]:
+    def probe_statuses(self, instance: str | None = None) -> dict[str, str]:
+        address = PROBES[instance] if instance else PROBES_ADDRESS
         try:
-            with urllib.request.urlopen(f"http://{PROBES_ADDRESS}:{PROBES_PORT}/v1/health", timeout=1) as resp:
+            with urllib.request.urlopen(f"http://{address}:{PROBES_PORT}/v1/health", timeout=1) as resp:
                 return {e["replica"]: e["status"] for e in json.load(resp)["endpoints"]}
         except (OSError, ValueError, KeyError):
             return {}
@@ -516,7 +532,7 @@ class Lab:
         """Back to normal before a scenario: every replica serving and online, the global name on
         eastus, a pull served by eastus. Returns what is still wrong, or None."""
         self.ensure_running()
-        ok = wait_for(lambda: set(self.probe_statuses().values()) == {"online"}
+        ok = wait_for(lambda: all(set(self.probe_statuses(p).values()) == {"online"} for p in self.probes_instances())
                       and self.dns_replica() == "eastus", limit, 0.25)
         if ok is None:
             return f"not back to normal within {limit:.0f}s: probes {self.probe_statuses()}, " \
@@ -533,8 +549,9 @@ class Lab:
         for replica in REPLICAS:
             if not self.registries[replica.name].alive():
                 self.start_registry(replica.name)
-        if self.probes is None or not self.probes.alive():
-            self.start_probes()
+        for name in self.probes_instances():
+            if name not in self.probes or not self.probes[name].alive():
+                self.start_probes(name)
 
     def stop_observers(self) -> None:
         self._stop.set()
@@ -547,7 +564,7 @@ class Lab:
 
     def teardown(self) -> None:
         self.stop_observers()
-        for child in [self.dnsd, self.probes, *self.registries.values(), self.holder]:
+        for child in [self.dnsd, *self.probes.values(), *self.registries.values(), self.holder]:
             if child is not None:
                 try:
                     child.stop()

@@ -1,7 +1,8 @@
 """What the drill lab looks like: addresses, timings and the configs it generates (pure functions).
 
 Everything lives inside the drill's own network namespace, on 10.77.0.0/24 addresses put on that
-namespace's loopback device: replicas on .11-.13 (TLS :443, debug/health :5001), probes on .2,
+namespace's loopback device: replicas on .11-.13 (TLS :443, debug/health :5001), two probes
+instances on .2 and .3 (the production shape: dnsd needs a majority of the instances that answer),
 dnsd on .53 (DNS :53, admin :8054). The client resolver is dnsd itself, so nothing caches between
 dnsd and the client: the traffic-manager TTL still counts in the budget, as it would for a client
 behind a caching resolver.
@@ -15,7 +16,8 @@ REGISTRY = "contoso"
 ZONE = "azurecr.test"
 NETWORK = "10.77.0.0/24"
 DNS_ADDRESS = "10.77.0.53"
-PROBES_ADDRESS = "10.77.0.2"
+PROBES_ADDRESS = "10.77.0.2"   # the first probes instance (the one the lab watches)
+PROBES_B_ADDRESS = "10.77.0.3"
 PROBES_PORT = 8053
 ADMIN_PORT = 8054
 REGISTRY_PORT = 443
@@ -47,7 +49,10 @@ class ReplicaSpec:
 REPLICAS = (ReplicaSpec("eastus", "10.77.0.11"), ReplicaSpec("westeurope", "10.77.0.12"),
             ReplicaSpec("southeastasia", "10.77.0.13"))
 GLOBAL_NAME = f"{REGISTRY}.{ZONE}"
-ALL_ADDRESSES = (PROBES_ADDRESS, DNS_ADDRESS) + tuple(r.address for r in REPLICAS)
+# probes instances: name (also its log's and its events' source) -> address; the first uses the
+# config's probes.listen and state_file, the others get --listen and --state-file
+PROBES = {"probes": PROBES_ADDRESS, "probes-b": PROBES_B_ADDRESS}
+ALL_ADDRESSES = (*PROBES.values(), DNS_ADDRESS) + tuple(r.address for r in REPLICAS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +92,9 @@ class Paths:
     @property
     def admin_token(self) -> Path:
         return self.root / "admin-token"
+
+    def probes_state(self, instance: str) -> Path:
+        return self.state / f"{instance}-state.json"
 
     def storage(self, replica: str) -> Path:
         """The replica's storage mount point (a tmpfs in the lab's mount namespace)."""
@@ -148,8 +156,9 @@ def geotm_config(timing: Timing, paths: Paths) -> dict:
         "registries": {REGISTRY: {"routing": "performance", "all_down": "fail_open", "regional_endpoints": True,
                                   "data_endpoints": True, "replicas": replicas}},
         "probes": {"listen": f"{PROBES_ADDRESS}:{PROBES_PORT}", "max_concurrent": 8,
-                   "state_file": str(state / "probes-state.json")},
-        "health": {"feeds": [f"http://{PROBES_ADDRESS}:{PROBES_PORT}/v1/health"], "quorum": "majority",
+                   "state_file": str(paths.probes_state("probes"))},
+        "health": {"feeds": [f"http://{address}:{PROBES_PORT}/v1/health" for address in PROBES.values()],
+                   "quorum": "majority",
                    "poll_interval": _seconds(timing.poll_interval), "ttl": _seconds(timing.health_ttl),
                    "state_file": str(state / "dnsd-health.json")},
         "admin": {"listen": f"{DNS_ADDRESS}:{ADMIN_PORT}", "token_file": str(paths.admin_token),

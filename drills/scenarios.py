@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from drills.lab import REPLICA, Event, Lab, Pull, wait_for
-from drills.labconfig import GLOBAL_NAME
+from drills.labconfig import GLOBAL_NAME, PROBES
 from drills.timeline import Timeline
 
 VICTIM = "eastus"        # the replica nearest the drill's client
@@ -50,8 +50,8 @@ def _add_observed(tl: Timeline, lab: Lab, start: float, end: float) -> None:
     """Every status change, routing change, health expiry and DNS answer change in [start, end]."""
     for event in lab.events.select(start, end):
         f = event.fields
-        if event.source == "probes" and event.kind == "status_changed":
-            tl.mark(event.at, f"probes: {f.get('replica')} {f.get('before')} -> {f.get('after')}",
+        if event.source in PROBES and event.kind == "status_changed":
+            tl.mark(event.at, f"{event.source}: {f.get('replica')} {f.get('before')} -> {f.get('after')}",
                     str(f.get("reason", ""))[:110])
         elif event.source == "dnsd" and event.kind == "routing_changed":
             tl.mark(event.at, f"dnsd: routing changed, serving {','.join(f.get('serving') or [])}",
@@ -273,7 +273,7 @@ def blip(lab: Lab) -> Timeline:
     tl.mark(clean.at if clean else None, "probes: eastus clean again (no failures in a row)")
     tl.mark(end, f"watched {watch:.1f}s after the blip: no change")
     _add_observed(tl, lab, t0, end)
-    if lab.events.first(t0, _is("probes", "status_changed", replica=VICTIM), end):
+    if lab.events.first(t0, lambda e: e.source in PROBES and _is(e.source, "status_changed", replica=VICTIM)(e), end):
         tl.problem("probes changed eastus's status for a blip shorter than fall")
     if _dns_moved(lab, t0, away_from=VICTIM) is not None and (_dns_moved(lab, t0, away_from=VICTIM) or 0) <= end:
         tl.problem("the global name moved during a blip")
@@ -329,6 +329,73 @@ def probes_stopped(lab: Lab) -> Timeline:
     _add_observed(tl, lab, t_fault, end)
     tl.measure("probes restart: settled", t_start, settled, budget.recovery + 2 * budget.feed,
                "detect up + feed + tm TTL (+ startup)")
+    _judge_pulls(tl, lab, t_fault - 1.0, end, [(t_fault, t_dns)])
+    return tl
+
+
+def probes_one_killed(lab: Lab) -> Timeline:
+    """The production shape, two probes instances with a majority quorum: eastus fails -> failover;
+    one probes instance is killed (SIGKILL) mid-outage; past the health TTL the global name must stay
+    away from eastus (the instance left decides alone; dnsd must not fail open), every pull after the
+    failover must work; eastus repaired -> the one instance left brings it back; the killed one restarts."""
+    title = "probes-one-killed: two probes instances, one killed mid-outage: the failover holds"
+    instances = lab.probes_instances()
+    if len(instances) < 2:
+        tl = Timeline(title, origin=time.time())
+        tl.problem(f"needs two probes instances, this lab has {len(instances)}")
+        return tl
+    survivor, victim = instances[0], instances[1]
+    problem = lab.baseline()
+    tl = Timeline(title, origin=time.time())
+    if problem:
+        tl.problem(f"no clean start: {problem}")
+        return tl
+    budget, timing = lab.budget[VICTIM], lab.timing
+    lab.pulling(True)
+    time.sleep(1.0)
+    t_fault = time.time()
+    tl.origin = t_fault
+    tl.mark(t_fault, "fault injected: eastus storage unreadable", lab.storage_unreadable(VICTIM))
+    t_dns = _wait_dns(lab, t_fault, budget.failover + SETTLE, away_from=VICTIM)
+    tl.mark(t_dns, "first DNS answer changed (both probes instances agree)")
+    tl.measure("failover: DNS answer moved", t_fault, t_dns, budget.detect_down + budget.feed, "detect down + feed")
+    if t_dns is None:
+        lab.pulling(False)
+        return tl
+    t_kill = time.time()
+    tl.mark(t_kill, f"{victim} killed mid-outage", lab.kill_probes(victim))
+    # its last verdict expires after health.ttl; watch past the moment a lone feed would have failed open
+    hold = lab.fail_open_after + 2.0
+    time.sleep(hold)
+    back = _dns_moved(lab, t_kill, to=VICTIM)
+    expired = lab.events.first(t_kill, _is("dnsd", "health_expired"))
+    if back is not None:
+        tl.problem(f"the global name went back to the broken eastus {back - t_kill:.1f}s after {victim} was killed")
+    if expired is not None:
+        tl.problem("dnsd logged health_expired with one probes instance still answering")
+    if back is None and expired is None:
+        tl.mark(time.time(), f"failover held {hold:.1f}s after the kill (health ttl {timing.health_ttl:g}s): "
+                             f"global name on {lab.dns_replica()}, {survivor} decides alone")
+    t_cleared = time.time()
+    tl.mark(t_cleared, f"fault cleared: {lab.storage_readable(VICTIM)}")
+    t_restore = wait_for(lambda: lab.replica_healthy(VICTIM), SETTLE, 0.05) or time.time()
+    tl.mark(t_restore, "eastus healthy again (direct check)")
+    t_back = _wait_dns(lab, t_restore, budget.recovery + SETTLE, to=VICTIM)
+    tl.mark(t_back, f"DNS answer back on eastus ({survivor} alone)")
+    tl.measure("recovery with one instance: DNS back", t_restore, t_back, budget.detect_up + budget.feed,
+               "detect up + feed")
+    t_start = time.time()
+    lab.start_probes(victim)
+    tl.mark(t_start, f"{victim} restarted (verdicts from its state file)")
+    settled = wait_for(lambda: set(lab.probe_statuses(victim).values()) == {"online"}
+                       and lab.dns_replica() == VICTIM, budget.recovery + SETTLE, 0.2)
+    tl.mark(settled, f"{victim}: all online again, global name on eastus")
+    if settled is None:
+        tl.problem(f"{victim} did not settle after its restart")
+    end = time.time() + 1.0
+    time.sleep(1.0)
+    lab.pulling(False)
+    _add_observed(tl, lab, t_fault, end)
     _judge_pulls(tl, lab, t_fault - 1.0, end, [(t_fault, t_dns)])
     return tl
 
@@ -395,6 +462,8 @@ SCENARIOS: dict[str, Callable[[Lab], Timeline]] = {
     "process-killed": process_killed,
     "process-frozen": process_frozen,
     "probes-stopped": probes_stopped,
+    "probes-one-killed": probes_one_killed,
     "drain-during-outage": drain_during_outage,
 }
 SHORT = ("storage-failure", "blip")
+TWO_PROBES = ("probes-one-killed",)  # not in the compose stack's default run: it has one probes instance

@@ -1,7 +1,15 @@
 """dnsd's admin API over real HTTP (aiohttp TestClient): auth, status, overrides with expiry and
-persistence, the last-replica guard, reload (good and bad), explain, audit, metrics."""
+persistence, the last-replica guard, reload (good and bad), explain, audit, metrics; and what the
+public pages of a real dnsd process show with and without the token."""
 from __future__ import annotations
 
+import base64
+import json
+import urllib.error
+import urllib.request
+
+import dns.message
+import dns.query
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
@@ -11,7 +19,8 @@ from dnsd.config import load_config
 from dnsd.model import AdminSettings
 from dnsd.overrides import OverrideStore
 from dnsd.service import Dnsd
-from tests.dnstest import ask, example_dict
+from tests import harness
+from tests.dnstest import ask, example_dict, isolated_example
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "X-Geotm-Actor": "alice"}
@@ -68,7 +77,15 @@ AUTH_TABLE = [
     ("POST", "/v1/overrides", {}, {"registry": "contoso", "replica": "eastus", "kind": "drain"}, 401),
     ("POST", "/v1/reload", {"Authorization": "Bearer wrong"}, {}, 401),
     ("GET", "/metrics", {}, None, 200),                                     # public_metrics
+    ("GET", "/metrics", {"Authorization": "Bearer wrong"}, None, 401),      # a wrong token is not ignored
     ("GET", "/", {}, None, 200),                                            # public status page
+    ("GET", "/", {"Authorization": "Bearer wrong"}, None, 401),
+    ("GET", "/details", {}, None, 401),                                     # details need the token
+    ("GET", "/details", AUTH, None, 200),
+    ("GET", "/details", {"Authorization": "Basic " + base64.b64encode(f"ops:{TOKEN}".encode()).decode()},
+     None, 200),                                                            # a browser's Basic auth
+    ("GET", "/details", {"Authorization": "Basic " + base64.b64encode(b"ops:wrong").decode()}, None, 401),
+    ("GET", "/details", {"Authorization": "Basic !!notbase64"}, None, 401),
     ("GET", "/v1/nonexistent", {}, None, 401),                              # unknown paths are not a way in
 ]
 
@@ -79,6 +96,8 @@ async def test_authentication(admin, method, path, headers, body, expected):
     dnsd, client, _, _ = admin
     response = await client.request(method, path, headers=headers, json=body)
     assert response.status == expected
+    if expected == 401:   # a browser asks for the token only when offered Basic
+        assert response.headers.getall("WWW-Authenticate") == ['Bearer realm="geotm"', 'Basic realm="geotm"']
 
 
 async def test_without_a_configured_token_changes_are_refused_and_reads_work(tmp_path):
@@ -264,7 +283,7 @@ async def test_metrics_show_queries_overrides_and_reloads(admin):
         ask(dnsd.engine, "contoso.azurecr.test", ecs="198.51.100.0/24")
     ask(dnsd.engine, "nothing.azurecr.test")
     await client.post("/v1/overrides", headers=AUTH, json={"registry": "contoso", "replica": "eastus", "kind": "drain"})
-    text = await (await client.get("/metrics")).text()
+    text = await (await client.get("/metrics", headers=AUTH)).text()
     assert ('geotm_queries_total{kind="global",qtype="A",rcode="NOERROR",registry="contoso",'
             'replica="westeurope",view="public"} 3.0') in text
     assert 'geotm_queries_total{kind="nxdomain",qtype="A",rcode="NXDOMAIN",registry="",replica="",view="public"} 1.0' in text
@@ -278,7 +297,7 @@ async def test_status_page_shows_replicas_overrides_and_timeline(admin):
     dnsd, client, _, _ = admin
     await client.post("/v1/overrides", headers=AUTH, json={"registry": "contoso", "replica": "eastus",
                                                            "kind": "drain", "reason": "<b>disk swap</b>"})
-    html = await (await client.get("/")).text()
+    html = await (await client.get("/", headers=AUTH)).text()
     assert "<h2 id='contoso'>" in html and "southeastasia" in html
     assert "&lt;b&gt;disk swap&lt;/b&gt;" in html and "<b>disk swap</b>" not in html   # escaped
     assert "override set: drain contoso/eastus" in html
@@ -314,3 +333,89 @@ def test_recent_share_of_global_answers_counts_only_the_window(tmp_path):
     assert shares == {("contoso", "eastus"): 0.75, ("contoso", "westeurope"): 0.25}
     stats.sample(now=SHARE_WINDOW * 2)       # the first sample falls out of the window
     assert stats.recent_shares(dnsd.snapshot) == {}
+
+
+# -- public pages: health only without the token ---------------------------------------------------
+
+PUBLIC_TOKEN = "test-admin-token"   # isolated_example's
+
+
+@pytest.fixture(scope="module")
+def busy_dnsd(tmp_path_factory):
+    """A real dnsd with a health feed that does not answer, a drain with actor and reason, and
+    queries from the public and the VNet view; yields (process, config path, feed URL)."""
+    tmp_path = tmp_path_factory.mktemp("public")
+    feed_url = f"http://127.0.0.1:{harness.free_port()}/v1/health"   # nothing listens there
+    config = isolated_example(tmp_path)
+    data = yaml.safe_load(config.read_text())
+    data["health"]["feeds"] = [feed_url]
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    with harness.dnsd(config) as process:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{process.admin_port}/v1/overrides", method="POST",
+            data=json.dumps({"registry": "contoso", "replica": "westeurope", "kind": "drain",
+                             "reason": "storage migration", "duration": "1h"}).encode(),
+            headers={"Authorization": f"Bearer {PUBLIC_TOKEN}", "Content-Type": "application/json",
+                     "X-Geotm-Actor": "alice"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 201
+        for source in ("127.0.0.1", "127.0.0.70"):      # public view, corp-vnet view
+            dns.query.udp(dns.message.make_query("contoso.azurecr.test", "A"), "127.0.0.1", port=process.port,
+                          source=source, timeout=2)
+        yield process, config, feed_url
+
+
+def fetch(process, path: str, token: str | None) -> str:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{process.admin_port}{path}", headers=headers)
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+        return response.read().decode()
+
+
+# (path, what, text that shows it, shown without the token)
+PUBLIC_TABLE = [
+    ("/", "replica status", "<span class='badge online'>online</span>", True),
+    ("/", "replica role in the global name", "<td>drained</td>", True),
+    ("/", "status changes", "contoso: global name serves eastus, southeastasia", True),
+    ("/", "config file path", "{config}", False),
+    ("/", "config version", "config ", False),
+    ("/", "feed URL", "{feed}", False),
+    ("/", "override actor", "alice@", False),
+    ("/", "override reason", "storage migration", False),
+    ("/", "routing policy", "performance routing", False),
+    ("/", "share of global answers", "recent share of global answers", False),
+    ("/metrics", "replica status", 'geotm_replica_status{registry="contoso",replica="eastus"} 1.0', True),
+    ("/metrics", "replica serving", 'geotm_replica_serving{registry="contoso",replica="westeurope"} 0.0', True),
+    ("/metrics", "health expired", "geotm_health_expired 0.0", True),
+    ("/metrics", "all-down", 'geotm_all_down_active{policy="fail_open",registry="contoso"} 0.0', True),
+    ("/metrics", "override kind", 'geotm_overrides_active{kind="drain",registry="contoso",replica="westeurope"} 1.0',
+     True),
+    ("/metrics", "config file path", "{config}", False),
+    ("/metrics", "feed URL", "{feed}", False),
+    ("/metrics", "per-view query counts", 'view="corp-vnet"', False),
+    ("/metrics", "query latency", "geotm_answer_seconds_count", False),
+    ("/metrics", "config reloads", "geotm_config_reloads_total", False),
+]
+
+
+@pytest.mark.parametrize("with_token", [False, True], ids=["no-token", "token"])
+@pytest.mark.parametrize("path,what,text,public", PUBLIC_TABLE, ids=[f"{p} {w}" for p, w, _, _ in PUBLIC_TABLE])
+def test_public_pages_show_health_only_without_the_token(busy_dnsd, path, what, text, public, with_token):
+    process, config, feed_url = busy_dnsd
+    body = fetch(process, path, PUBLIC_TOKEN if with_token else None)
+    text = text.replace("{config}", str(config)).replace("{feed}", feed_url)
+    if with_token or public:
+        assert text in body, f"{what} missing from {path}"
+    else:
+        assert text not in body, f"{what} shown on {path} without the token"
+
+
+def test_details_page_needs_the_token_and_shows_everything(busy_dnsd):
+    process, config, feed_url = busy_dnsd
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        fetch(process, "/details", None)
+    assert refused.value.code == 401
+    html = fetch(process, "/details", PUBLIC_TOKEN)
+    assert str(config) in html and feed_url in html and "storage migration" in html
+    assert "<a href='/details'>" in fetch(process, "/", None)   # the public page says where details are

@@ -207,3 +207,106 @@ def test_bench_run_end_to_end(tmp_path):
     assert rows["knot"]["ratio"] == pytest.approx(rows["geotm"]["qps"] / rows["knot"]["qps"], rel=0.02)
     assert rows["geotm"]["p99_ms"] is not None
     assert out_json.exists()
+
+
+# -- the soak harness (bench/soak.py) -------------------------------------------------------------
+
+import soak  # noqa: E402
+
+
+def test_soak_mix_covers_every_kind_of_query():
+    lines = {line for stream in soak.STREAMS for line in soak.query_lines(stream)}
+    for wanted in ("contoso.azurecr.test A", "contoso.privatelink.azurecr.test A",
+                   "contoso.eastus.geo.azurecr.test A", "contoso.eastus.data.azurecr.test A",
+                   "contoso.azurecr.test AAAA", "nx0.azurecr.test A"):
+        assert wanted in lines, wanted
+    assert len({s.source for s in soak.STREAMS}) >= 3                      # several source addresses
+    assert any(s.ecs for s in soak.STREAMS)                                # ECS on some queries
+    assert any(s.source == "127.0.0.70" for s in soak.STREAMS)             # the corp-vnet view
+    churn = max(soak.STREAMS, key=lambda s: s.nxdomain)
+    from dnsd.runtime import PACKET_CACHE_SIZE
+    assert churn.nxdomain > PACKET_CACHE_SIZE                              # the packet cache fills and clears
+    assert sum(s.share for s in soak.STREAMS) == pytest.approx(1.0)
+    assert len({line for stream in soak.STREAMS for line in soak.query_lines(stream) if "nx" in line}) == \
+        sum(s.nxdomain for s in soak.STREAMS if s.nx_prefix.startswith("nx"))  # distinct names per stream
+
+
+@pytest.mark.parametrize("total", [50, 77, 1000, 61_234])
+def test_soak_rates_add_up(total):
+    rates = soak.split_qps(total)
+    assert set(rates) == {s.name for s in soak.STREAMS}
+    assert all(rate >= 1 for rate in rates.values()) and sum(rates.values()) == total
+
+
+def test_soak_rate_too_low_is_refused():
+    with pytest.raises(ValueError, match="at least 50"):
+        soak.split_qps(7)
+
+
+def test_soak_dnsperf_runs_are_bounded(tmp_path):
+    ecs = next(s for s in soak.STREAMS if s.ecs)
+    argv = soak.dnsperf_argv(ecs, 5399, tmp_path / "q.txt", 600, 12000)
+    assert argv[argv.index("-l") + 1] == "600" and argv[argv.index("-Q") + 1] == "12000"
+    assert argv[argv.index("-a") + 1] == ecs.source and argv[argv.index("-E") + 1] == "8:00011800cb0071"
+    assert argv[:3] == ["taskset", "-c", "1"]
+    assert "-Q" not in soak.dnsperf_argv(ecs, 5399, tmp_path / "q.txt", 10, None)   # the maximum run
+
+
+def test_soak_config_has_no_rate_limit_feed_or_admin():
+    import yaml
+    example = yaml.safe_load((ROOT / "config" / "example.yaml").read_text())
+    example.setdefault("server", {})["rate_limit"] = {"responses_per_second": 5}
+    data = soak.soak_config(example)
+    assert "rate_limit" not in data["server"] and data["health"] == {} and data["admin"] == {"listen": "off"}
+    assert data["server"]["listen"] == example["server"]["listen"]
+
+
+def _result(sent, lost, **rcodes):
+    return {"queries_sent": sent, "queries_lost": lost, "rcodes": rcodes}
+
+
+FLAT = [(t, 50_000 + (t % 20) * 10) for t in range(0, 600, 10)]
+SHARE = soak.expected_nx_share()
+
+
+def _clean(total=100_000):
+    nx = int(total * SHARE)
+    return {"all": _result(total, 0, NOERROR=total - nx, NXDOMAIN=nx)}
+
+
+@pytest.mark.parametrize("case,samples,results,failing", [
+    ("clean", FLAT, _clean(), []),
+    ("a lost answer", FLAT, {"all": _result(100_000, 1, NOERROR=95_000, NXDOMAIN=int(100_000 * SHARE))}, [0]),
+    ("servfail", FLAT, {"all": _result(100, 0, NOERROR=100 - int(100 * SHARE), NXDOMAIN=int(100 * SHARE),
+                                       SERVFAIL=1)}, [1]),
+    ("no nxdomain", FLAT, {"all": _result(1000, 0, NOERROR=1000)}, [2]),
+    ("growing memory", [(t, 50_000 + t * 10) for t in range(0, 600, 10)], _clean(), [3]),
+    ("growth only in warm-up", [(t, 30_000 if t < 60 else 50_000) for t in range(0, 600, 10)], _clean(), []),
+    ("packet-cache saw-tooth", [(t, 50_000 if t % 30 else 65_000) for t in range(0, 600, 10)], _clean(), []),
+    ("rising peaks", [(t, (50_000 if t % 30 else 65_000) + t * 20) for t in range(0, 600, 10)], _clean(), [3]),
+    ("too short", [(60, 50_000), (65, 50_000)], _clean(), [3]),
+    ("nothing sent", FLAT, {"all": _result(0, 0)}, [0, 2]),
+])
+def test_soak_verdicts(case, samples, results, failing):
+    verdicts = soak.judge(samples, results, warmup=60, max_growth=0.05)
+    assert [i for i, (ok, _) in enumerate(verdicts) if not ok] == failing, verdicts
+
+
+@pytest.mark.parametrize("sent,ok", [(600_000, True), (540_000, True), (530_000, False), (0, False)])
+def test_soak_load_sustained(sent, ok):
+    assert soak.sustained({"all": _result(sent, 0)}, qps=1000, seconds=600)[0] is ok
+
+@pytest.mark.skipif(not shutil.which("dnsperf") or not shutil.which("taskset"), reason="dnsperf not installed")
+def test_soak_runs_end_to_end(tmp_path):
+    """A few seconds of the real thing: dnsd, five dnsperf streams, memory samples, the verdicts."""
+    out = tmp_path / "soak.json"
+    r = subprocess.run([sys.executable, str(BENCH / "soak.py"), "--seconds", "6", "--qps", "3000", "--warmup", "2",
+                        "--sample", "1", "--max-growth", "0.5", "--json", str(out)],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = __import__("json").loads(out.read_text())
+    assert set(report["results"]) == {s.name for s in soak.STREAMS}
+    sent = sum(x["queries_sent"] for x in report["results"].values())
+    assert 6 * 3000 * 0.8 <= sent <= 6 * 3000 * 1.1                       # the rate asked for, bounded in time
+    assert all(x["queries_lost"] == 0 for x in report["results"].values())
+    assert len(report["rss_kib"]) >= 4 and "soak PASSED" in r.stdout

@@ -75,6 +75,18 @@ def test_budgets_of_the_drill_configs(tmp_path):
     assert all(b.failover < 10.0 for b in budgets(load_config(str(path))))
 
 
+def test_the_lab_runs_the_production_shape_two_probes_with_a_majority(tmp_path):
+    path = tmp_path / "geotm.yaml"
+    path.write_text(yaml.safe_dump(labconfig.geotm_config(DEFAULT, Paths(tmp_path))))
+    health = load_config(str(path)).health
+    hosts = [feed.split("/")[2].split(":")[0] for feed in health.feeds]
+    assert hosts == list(labconfig.PROBES.values()) and len(set(hosts)) == 2
+    assert set(hosts) <= set(labconfig.ALL_ADDRESSES)     # both instances have an address in the namespace
+    assert health.quorum == 0                              # majority of the instances that answer
+    from drills.scenarios import SCENARIOS, SHORT, TWO_PROBES
+    assert set(TWO_PROBES) <= set(SCENARIOS) and not set(TWO_PROBES) & set(SHORT)
+
+
 @pytest.mark.parametrize("timing", [DEFAULT, AGGRESSIVE], ids=lambda t: t.name)
 def test_blip_fails_a_round_but_fewer_than_fall(timing):
     length = blip_length(timing.interval, timing.timeout, timing.fall, timing.jitter)

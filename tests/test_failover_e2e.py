@@ -2,7 +2,8 @@
 the global name moves after `fall` rounds while its regional name still answers; restore: it comes
 back after `rise`; stop probes: dnsd keeps the verdict, survives its own restart with it, then fails
 open after the health TTL. Health-aware TTL: the traffic-manager hop's TTL is short exactly while a
-replica is suspect or recovering."""
+replica is suspect or recovering. With two probes instances (the production shape), killing one
+mid-outage keeps the failover."""
 from __future__ import annotations
 
 import json
@@ -32,9 +33,11 @@ INTERVAL, TIMEOUT, FALL, RISE, POLL, TTL = 0.3, 0.25, 2, 2, 0.2, 5.0
 SLACK = 1.5  # process scheduling on a busy 2-core CI machine
 
 
-def write_config(tmp_path) -> tuple[str, int, int]:
+def write_config(tmp_path, probes_ports: tuple[int, ...] = ()) -> tuple[str, int, int]:
+    """The config, the (first) probes port and the backends' control port. With `probes_ports`, dnsd
+    polls every one of them (run the others with --listen)."""
     data = example_dict()
-    probes_port, control_port = harness.free_port(), harness.free_port()
+    probes_port, control_port = (probes_ports or (harness.free_port(),))[0], harness.free_port()
     for name, replica in data["registries"]["contoso"]["replicas"].items():
         address = ADDRESSES[name]
         replica["addresses"] = [address]
@@ -44,7 +47,8 @@ def write_config(tmp_path) -> tuple[str, int, int]:
                                        {"kind": "distribution", "port": harness.free_port(address)}]}
     data["probes"] = {"listen": f"127.0.0.1:{probes_port}", "state_file": str(tmp_path / "probes-state.json")}
     data["admin"] = {"state_file": str(tmp_path / "overrides.json")}
-    data["health"] = {"feeds": [f"http://127.0.0.1:{probes_port}/v1/health"], "poll_interval": f"{POLL}s",
+    data["health"] = {"feeds": [f"http://127.0.0.1:{port}/v1/health" for port in probes_ports or (probes_port,)],
+                      "quorum": "majority", "poll_interval": f"{POLL}s",
                       "ttl": f"{TTL}s", "state_file": str(tmp_path / "dnsd-health.json")}
     path = tmp_path / "e2e.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -224,3 +228,37 @@ def test_short_ttl_while_suspect_or_recovering(tmp_path):
         interval, _fall, rise = TREND_TIMING["westeurope"]
         wait_for(lambda: trend_in_feed(probes_port, "westeurope") == ("online", ""), rise * interval * 1.1 + SLACK)
         wait_for(lambda: seen() == (normal, "0.0"), 1 + SLACK)
+
+
+def test_two_probes_one_killed_mid_outage_keeps_the_failover(tmp_path):
+    ports = (harness.free_port(), harness.free_port())
+    config_path, _, control_port = write_config(tmp_path, ports)
+    budget = {b.replica: b for b in budgets(load_config(config_path))}["eastus"]
+    env = {"PYTHONPATH": str(ROOT)}
+    backends = harness.ServiceProcess(
+        [sys.executable, "-m", "standin.cli", "serve", "--config", config_path, "--control",
+         f"127.0.0.1:{control_port}"], ready=lambda: http_ok(f"http://127.0.0.1:{control_port}/healthz"),
+        name="geotm-backend", env=env, cwd=ROOT)
+    probes = [harness.ServiceProcess(
+        [sys.executable, "-m", "probes", "serve", "--config", config_path, "--listen", f"127.0.0.1:{port}",
+         "--state-file", str(tmp_path / f"probes-{index}.json")],
+        ready=lambda port=port: all_online(port), name=f"probes-{index}", env=env, cwd=ROOT)
+        for index, port in enumerate(ports)]
+    with backends, probes[0], probes[1], harness.dnsd(config_path) as dnsd:
+        wait_for(lambda: address_of(dnsd.port) == ADDRESSES["eastus"], 5)
+        set_mode(control_port, "eastus", "unhealthy")
+        wait_for(lambda: address_of(dnsd.port) == ADDRESSES["westeurope"], budget.detect_down + budget.feed + SLACK)
+
+        probes[1].send_signal(signal.SIGKILL)              # one probes instance dies mid-outage
+        killed_at = time.monotonic()
+        answers = set()
+        while time.monotonic() - killed_at < TTL + 2 * POLL + SLACK:   # well past its verdict's expiry
+            answers.add(address_of(dnsd.port))
+            time.sleep(0.05)
+        assert answers == {ADDRESSES["westeurope"]}, "the failover did not hold with one probes instance left"
+        with urllib.request.urlopen(f"http://127.0.0.1:{dnsd.admin_port}/metrics", timeout=2) as response:
+            assert "geotm_health_expired 0.0" in response.read().decode()
+
+        # the one left also decides the recovery alone
+        set_mode(control_port, "eastus", "healthy")
+        wait_for(lambda: address_of(dnsd.port) == ADDRESSES["eastus"], budget.detect_up + budget.feed + SLACK)

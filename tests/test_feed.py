@@ -199,19 +199,35 @@ async def test_a_trend_change_alone_makes_a_new_snapshot(probes_servers):
         (Status.ONLINE, ""), (Status.ONLINE, "suspect"), (Status.ONLINE, "")]
 
 
-async def test_quorum_counts_only_fresh_feeds(probes_servers):
-    for server in probes_servers:
-        server.serve(document(1, eastus="degraded", westeurope="online"), '"1"')
+SILENT_QUORUM = [
+    # (each feed's vote on eastus, feeds that go silent past the TTL, quorum, expected)
+    (("degraded", "degraded"), (1,), 0, Status.DEGRADED),          # two probes, one dies: the failover holds
+    (("degraded", "online"), (), 0, Status.ONLINE),                # two probes disagree: majority of 2 is 2
+    (("degraded", "degraded", "degraded"), (1, 2), 0, Status.DEGRADED),   # the last one answering decides
+    (("degraded", "degraded", "online"), (0,), 0, Status.ONLINE),  # 1 of the 2 answering: no majority
+    (("online", "degraded", "degraded"), (0,), 0, Status.DEGRADED),
+    (("degraded", "degraded", "degraded"), (1, 2), 2, Status.ONLINE),     # a number is absolute
+    (("degraded", "degraded"), (0, 1), 0, Status.ONLINE),          # all silent: expired, fail open
+]
+
+
+@pytest.mark.parametrize("votes,silent,quorum,expected", SILENT_QUORUM,
+                         ids=[f"{'-'.join(v)}-silent{''.join(map(str, s)) or 'none'}-q{q}"
+                              for v, s, q, _ in SILENT_QUORUM])
+async def test_majority_counts_only_the_feeds_that_answer(probes_servers, votes, silent, quorum, expected):
+    servers = probes_servers[:len(votes)]
+    for server, vote in zip(servers, votes):
+        server.serve(document(1, eastus=vote, westeurope="online"), '"1"')
     clock, applied = Clock(), []
-    feed = make_feed([s.url for s in probes_servers], clock, applied, ttl=5.0)
+    feed = make_feed([s.url for s in servers], clock, applied, ttl=5.0, quorum=quorum)
     async with aiohttp.ClientSession() as session:
         await poll(feed, session)
-        assert status_of(applied) is Status.DEGRADED
-        for server in probes_servers[:2]:
-            await server.server.close()
+        for index in silent:
+            await servers[index].server.close()
         clock.now += 6.0
         await poll(feed, session)
-    assert status_of(applied) is Status.ONLINE   # one fresh vote left, two needed
+    assert status_of(applied) is expected
+    assert feed.expired == (len(silent) == len(votes))
 
 
 async def test_state_survives_a_restart(probes_servers, tmp_path):

@@ -1,5 +1,6 @@
-"""The status page rendered by a real headless browser (Debian's chromium) from a real dnsd; the
-screenshot is kept in test-artifacts/ (or $GEOTM_ARTIFACTS) for people to look at."""
+"""The status page rendered by a real headless browser (Debian's chromium) from a real dnsd: the
+public page (health only) and the details page behind the token (HTTP Basic, as a browser does it);
+the screenshots are kept in test-artifacts/ (or $GEOTM_ARTIFACTS) for people to look at."""
 from __future__ import annotations
 
 import json
@@ -56,19 +57,29 @@ def test_status_page_renders_in_chromium(tmp_path):
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.status == 201
 
+        # without the token: health only (the drain shows as the replica's role, not who or why)
         dom = browse(tmp_path, f"{admin}/", "--dump-dom")
         assert dom.returncode == 0, dom.stderr[-2000:]
         html = dom.stdout
         assert "<title>geotm status</title>" in html
         for replica in ("eastus", "westeurope", "southeastasia"):
             assert f"<b>{replica}</b>" in html
-        assert "storage migration" in html and "override set: drain contoso/westeurope" in html
         assert "<td>drained</td>" in html
+        assert "storage migration" not in html and "browser-test" not in html and str(config) not in html
+
+        # the details page: the browser answers the Basic challenge with the token from the URL
+        details = f"http://operator:test-admin-token@127.0.0.1:{dnsd.admin_port}/details"
+        dom = browse(tmp_path, details, "--dump-dom")
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        html = dom.stdout
+        assert "storage migration" in html and "override set: drain contoso/westeurope" in html
+        assert "<td>drained</td>" in html and str(config) in html
 
         os.makedirs(ARTIFACTS, exist_ok=True)
-        screenshot = os.path.join(ARTIFACTS, "status-page.png")
-        shot = browse(tmp_path, f"{admin}/", f"--screenshot={screenshot}", "--window-size=1280,900",
-                      "--hide-scrollbars")
-        assert shot.returncode == 0, shot.stderr[-2000:]
-        assert png_size(screenshot) == (1280, 900)
-        assert os.path.getsize(screenshot) > 20_000   # a rendered page, not a blank one
+        for name, url in (("status-page.png", f"{admin}/"), ("status-page-details.png", details)):
+            screenshot = os.path.join(ARTIFACTS, name)
+            shot = browse(tmp_path, url, f"--screenshot={screenshot}", "--window-size=1280,900",
+                          "--hide-scrollbars")
+            assert shot.returncode == 0, shot.stderr[-2000:]
+            assert png_size(screenshot) == (1280, 900)
+            assert os.path.getsize(screenshot) > 20_000   # a rendered page, not a blank one

@@ -177,7 +177,9 @@ class Dnsd:
     def metrics(self) -> dict[str, float]:
         values = {}
         with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=2) as response:
+            request = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}/metrics",  # TCP figures need the token
+                                             headers={"Authorization": f"Bearer {self.token}"})
+            with urllib.request.urlopen(request, timeout=2) as response:
                 for line in response.read().decode().splitlines():
                     if line.startswith("geotm_tcp_") or line.startswith("geotm_health_"):
                         name, _, value = line.rpartition(" ")
