@@ -68,9 +68,16 @@ LIMITS = Limits()
 def read_text(path: str | Path, limits: Limits = LIMITS) -> str:
     """A config file's text. Raises ConfigError when it is larger than limits.max_bytes or not UTF-8,
     OSError when it cannot be read."""
+    chunks, size = [], 0
     with open(path, "rb") as file:
-        data = file.read(limits.max_bytes + 1)  # never more, whatever the file claims to be
-    if len(data) > limits.max_bytes:
+        while size <= limits.max_bytes:  # never more than the bound, whatever the file claims to be
+            chunk = file.read(1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    data = b"".join(chunks)
+    if size > limits.max_bytes:
         raise ConfigError([Problem(Mark(str(path), 1, 1), "", f"file too large: more than {limits.max_bytes:,} bytes "
                                    f"(the limit for a config file is {_size(limits.max_bytes)})")])
     try:
@@ -153,12 +160,12 @@ class _Composer:
 
     def _compose(self, next_event) -> yaml.Node | None:
         # one loop with the common case (a plain scalar) inline: this runs once per node of big configs
-        root = None
-        documents = 0
+        root = first_document = None
         stack = self.stack
         max_nodes, max_depth = self.limits.max_nodes, self.limits.max_depth
         resolve = _constructor.resolve
         scalar_node = yaml.ScalarNode
+        tags: dict[tuple[str, tuple[bool, bool]], str] = {}
         while True:
             event = next_event()
             kind = type(event)
@@ -170,8 +177,14 @@ class _Composer:
                     self.refuse(event, self.too_deep())
                 tag = event.tag
                 if tag is None or tag == "!":
-                    tag = resolve(scalar_node, event.value, event.implicit)
-                node = scalar_node(tag, event.value, event.start_mark, event.end_mark, style=event.style)
+                    # the implicit tag depends only on the text: configs repeat keys and values a lot
+                    known_tag = tags.get((event.value, event.implicit))
+                    if known_tag is None:
+                        known_tag = resolve(scalar_node, event.value, event.implicit)
+                        if len(tags) < 4096:
+                            tags[(event.value, event.implicit)] = known_tag
+                    tag = known_tag
+                node = scalar_node(tag, event.value, event.start_mark, None, style=event.style)  # end marks unused
                 if stack:
                     frame = stack[-1]
                     frame.size += 1
@@ -197,10 +210,10 @@ class _Composer:
                 if node is not None and not stack:
                     root = node
             elif kind is yaml.DocumentStartEvent:
-                documents += 1
-                if documents > 1:
-                    raise yaml.composer.ComposerError("expected a single document in the stream", None,
+                if first_document is not None:
+                    raise yaml.composer.ComposerError("expected a single document in the stream", first_document,
                                                       "but found another document", event.start_mark)
+                first_document = event.start_mark
             elif kind is yaml.StreamEndEvent or event is None:
                 return root
 
@@ -247,7 +260,7 @@ class _Composer:
             tag = event.tag
             if tag is None or tag == "!":
                 tag = _constructor.resolve(yaml.ScalarNode, event.value, event.implicit)
-            node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
+            node = yaml.ScalarNode(tag, event.value, event.start_mark, None, style=event.style)
             if anchor is not None:
                 self.anchors[anchor] = (node, 1, 0)
             self.check_depth(event, 0)
