@@ -114,7 +114,9 @@ def parse_yaml(text: str, filename: str, limits: Limits = LIMITS) -> Node | None
     if root is None:
         return None
     problems = Problems()
-    node = _convert(root, filename, "", problems)
+    # a constructor per parse: it remembers every node it constructed, so a shared one would keep every
+    # config's scalars alive forever (and would be shared between threads)
+    node = _convert(root, filename, "", problems, yaml.constructor.SafeConstructor())
     problems.raise_if_any()
     return node
 
@@ -122,8 +124,7 @@ def parse_yaml(text: str, filename: str, limits: Limits = LIMITS) -> Node | None
 # libyaml's parser when PyYAML has it (about 5x faster on big configs); its events keep the same marks
 _PARSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-_constructor = yaml.SafeLoader(  # used only to resolve scalar values (ints, bools, nulls) per YAML rules
-    "")
+_resolver = yaml.resolver.Resolver()  # implicit tags of plain scalars (ints, bools, nulls) per YAML 1.1 rules
 
 
 class _Frame:
@@ -163,7 +164,7 @@ class _Composer:
         root = first_document = None
         stack = self.stack
         max_nodes, max_depth = self.limits.max_nodes, self.limits.max_depth
-        resolve = _constructor.resolve
+        resolve = _resolver.resolve
         scalar_node = yaml.ScalarNode
         tags: dict[tuple[str, tuple[bool, bool]], str] = {}
         while True:
@@ -259,7 +260,7 @@ class _Composer:
         if isinstance(event, yaml.ScalarEvent):
             tag = event.tag
             if tag is None or tag == "!":
-                tag = _constructor.resolve(yaml.ScalarNode, event.value, event.implicit)
+                tag = _resolver.resolve(yaml.ScalarNode, event.value, event.implicit)
             node = yaml.ScalarNode(tag, event.value, event.start_mark, None, style=event.style)
             if anchor is not None:
                 self.anchors[anchor] = (node, 1, 0)
@@ -269,7 +270,7 @@ class _Composer:
         kind = yaml.SequenceNode if isinstance(event, yaml.SequenceStartEvent) else yaml.MappingNode
         tag = event.tag
         if tag is None or tag == "!":
-            tag = _constructor.resolve(kind, None, event.implicit)
+            tag = _resolver.resolve(kind, None, event.implicit)
         node = kind(tag, [], event.start_mark, None, flow_style=event.flow_style)
         if anchor is not None:
             self.anchors[anchor] = None  # open: an alias to it from inside would be a loop
@@ -320,17 +321,18 @@ def _mark(filename: str, node: yaml.Node) -> Mark:
     return Mark(filename, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-def _convert(node: yaml.Node, filename: str, path: str, problems: Problems) -> Node:
+def _convert(node: yaml.Node, filename: str, path: str, problems: Problems,
+             constructor: yaml.constructor.SafeConstructor) -> Node:
     mark = _mark(filename, node)
     if isinstance(node, yaml.ScalarNode):
         try:
-            value = _constructor.construct_object(node, deep=True)
+            value = constructor.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as err:
             problems.add(mark, path, f"bad value: {err.problem}")
             value = None
         return Scalar(mark, path, value)
     if isinstance(node, yaml.SequenceNode):
-        return Seq(mark, path, [_convert(item, filename, child_path(path, index), problems)
+        return Seq(mark, path, [_convert(item, filename, child_path(path, index), problems, constructor)
                                 for index, item in enumerate(node.value)])
     if isinstance(node, yaml.MappingNode):
         result = Map(mark, path)
@@ -347,7 +349,7 @@ def _convert(node: yaml.Node, filename: str, path: str, problems: Problems) -> N
                              f"duplicate key {key!r} (first defined at line {first.line}); "
                              "YAML would silently keep only the last one")
                 continue
-            result.entries[key] = (key_mark, _convert(value_node, filename, sub_path, problems))
+            result.entries[key] = (key_mark, _convert(value_node, filename, sub_path, problems, constructor))
         return result
     problems.add(mark, path, f"unsupported YAML node {type(node).__name__}")
     return Scalar(mark, path, None)
