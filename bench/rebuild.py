@@ -93,6 +93,7 @@ class LiveDnsd:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.log_path = workdir / "dnsd.log"
+        self.log_offset = 0  # where wait_for_event goes on reading
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "dnsd", "serve", "--config", str(config), "--listen",
@@ -120,26 +121,22 @@ class LiveDnsd:
         return self.log_path.read_text(errors="replace")
 
     def wait_for_event(self, names: tuple[str, ...], timeout: float) -> str:
-        """Wait for the next of these log events after the last one waited for; read only new bytes (the
+        """Wait for the next of these log events after the last one waited for; read only new lines (the
         client shares its process with the load thread, so it must stay cheap). Returns the name seen."""
         deadline = time.monotonic() + timeout
-        wanted = [f'"event": "{name}"'.encode() for name in names]
+        wanted = [(name, f'"event": "{name}"'.encode()) for name in names]
         with open(self.log_path, "rb") as log:
-            log.seek(getattr(self, "_offset", 0))
-            pending = b""
+            log.seek(self.log_offset)
             while time.monotonic() < deadline and self.process.poll() is None:
-                chunk = log.read()
-                if not chunk:
+                line = log.readline()
+                if not line.endswith(b"\n"):  # nothing new, or a line still being written
+                    log.seek(self.log_offset)
                     time.sleep(0.05)
                     continue
-                pending += chunk
-                lines = pending.split(b"\n")
-                pending = lines.pop()
-                for index, line in enumerate(lines):
-                    for name, pattern in zip(names, wanted):
-                        if pattern in line:
-                            self._offset = log.tell() - len(pending) - sum(len(rest) + 1 for rest in lines[index + 1:])
-                            return name
+                self.log_offset = log.tell()
+                for name, pattern in wanted:
+                    if pattern in line:
+                        return name
         raise RuntimeError(f"none of {names} within {timeout:g} s:\n{self.log()[-3000:]}")
 
     def stop(self) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import socket
 import threading
 import time
@@ -123,3 +125,16 @@ def test_alias_bomb_reload_is_refused_while_the_old_config_answers_every_query(t
     wrong = [(name, answer) for name, answer in results if answer != before[name]]
     assert not wrong, f"{len(wrong)} answers differ from the old config's, first {wrong[0]}"
     assert after == before
+
+
+def test_attack_script_reports_every_bomb_refused():
+    """bench/attacks/yaml_alias_bomb.py, bounded: its own dnsd on loopback, two reloads (SIGHUP, API)."""
+    script = harness.REPO_ROOT / "bench" / "attacks" / "yaml_alias_bomb.py"
+    done = subprocess.run([sys.executable, str(script), "--attempts", "2", "--rate", "200", "--timeout", "10",
+                           "--json"], capture_output=True, text=True, timeout=120, cwd=harness.REPO_ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["bomb_nodes"] == 9 ** 7
+    assert [(item["via"], item["refused"]) for item in result["attempts"]] == [("sighup", True), ("admin-api", True)]
+    assert "alias *d expands to 7,381 nodes" in result["attempts"][1]["problem"]
+    assert result["refusals_logged"] == 2 and result["queries"]["lost"] == 0 and result["queries"]["answered"] > 50
