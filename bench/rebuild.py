@@ -192,6 +192,12 @@ class PacedLoad:
         period = 1.0 / self.rate
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
+            for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+                try:  # room for replies while this client is not scheduled: a lost reply is the server's fault only
+                    sock.setsockopt(socket.SOL_SOCKET, option, 8 << 20)
+                    break
+                except (OSError, TypeError):
+                    continue
             sock.connect(("127.0.0.1", self.port))
             next_send = time.perf_counter()
             qid = 0
