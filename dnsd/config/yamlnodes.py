@@ -78,8 +78,7 @@ def read_text(path: str | Path, limits: Limits = LIMITS) -> str:
             size += len(chunk)
     data = b"".join(chunks)
     if size > limits.max_bytes:
-        raise ConfigError([Problem(Mark(str(path), 1, 1), "", f"file too large: more than {limits.max_bytes:,} bytes "
-                                   f"(the limit for a config file is {_size(limits.max_bytes)})")])
+        raise _too_large(str(path), limits)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -90,16 +89,18 @@ def read_text(path: str | Path, limits: Limits = LIMITS) -> str:
                           ) from None
 
 
-def _size(count: int) -> str:
-    return f"{count // (1024 * 1024)} MiB" if count % (1024 * 1024) == 0 else f"{count:,} bytes"
+def _too_large(filename: str, limits: Limits) -> ConfigError:
+    size = limits.max_bytes
+    readable = f"{size // (1 << 20)} MiB" if size % (1 << 20) == 0 else f"{size:,} bytes"
+    return ConfigError([Problem(Mark(filename, 1, 1), "", f"file too large: more than {size:,} bytes "
+                                f"(the limit for a config file is {readable})")])
 
 
 def parse_yaml(text: str, filename: str, limits: Limits = LIMITS) -> Node | None:
     """Parse one YAML document. Raises ConfigError for syntax errors, duplicate keys (all of them) and
     the first bound of `limits` crossed."""
     if len(text) > limits.max_bytes or len(text.encode("utf-8")) > limits.max_bytes:
-        raise ConfigError([Problem(Mark(filename, 1, 1), "", f"file too large: more than {limits.max_bytes:,} bytes "
-                                   f"(the limit for a config file is {_size(limits.max_bytes)})")])
+        raise _too_large(filename, limits)
     try:
         root = _Composer(filename, limits).compose(text)
     except yaml.MarkedYAMLError as err:
