@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -286,6 +287,7 @@ def live_reload(count: int, reloads: int = 2, rate: float = 1000.0, baseline_s: 
     finally:
         server.stop()
     log = server.log()
+    shutil.rmtree(workdir, ignore_errors=True)
     return {"registries": count, "rate": rate, "reloads": log.count('"event": "config_reloaded"'),
             "failed": log.count('"event": "config_reload_failed"'),
             "reload_s": [round(b - a, 2) for a, b in windows],
