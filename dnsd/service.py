@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Callable
 
 import structlog
 
+from dnsd import offloop
 from dnsd.config import ConfigError, load_config
 from dnsd.fdlimit import open_descriptors, raise_open_files_limit, tcp_connection_budget
 from dnsd.feed import HealthFeed
@@ -84,10 +87,16 @@ class Dnsd:
 
     def log_routing(self, new: Snapshot, old: Snapshot | None, why: str = "start") -> None:
         """One event per registry whose global routing changed (all of them at start): what and why."""
+        for _ in self.routing_events(new, old, why):
+            pass
+
+    def routing_events(self, new: Snapshot, old: Snapshot | None, why: str) -> Iterator[None]:
+        """log_routing one registry per step (a reload logs them in slices between queries)."""
         old_plans = {p.registry.name: p for p in old.plans} if old is not None else {}
         for plan in new.plans:
             name = plan.registry.name
             before = old_plans.get(name)
+            yield
             if before is not None and (before.serving, before.all_down, before.servfail) == \
                     (plan.serving, plan.all_down, plan.servfail):
                 continue
@@ -196,35 +205,53 @@ class Dnsd:
         async with self._lock:
             old = self.engine.snapshot
             source = path or old.config.source
-            loop = asyncio.get_running_loop()
-            try:
-                config = await loop.run_in_executor(None, load_config, source)
-            except (ConfigError, OSError) as err:
-                problems = tuple(str(p) for p in err.problems) if isinstance(err, ConfigError) else (str(err),)
-                self.reloads["failed"] += 1
-                log.error("config_reload_failed", source=source, actor=actor, problems=list(problems),
-                          keeping=old.config.digest[:12])
-                self.note("config_reload_failed", source=source, problems=len(problems))
-                self.overrides.audit("reload_failed", actor, {"source": source, "problems": len(problems)})
-                return ReloadResult(False, old.config.digest[:12], problems)
-            known = _replica_keys(config)
-            self.overrides.prune(known)
-            overrides = self.overrides.current()
-            health = HealthSnapshot(old.health.generation, MappingProxyType(
-                {key: h for key, h in old.health.endpoints.items() if key in known}))
-            new = await loop.run_in_executor(None, lambda: new_snapshot(config, health, old.generation + 1,
-                                                                        overrides=overrides))
-            self._swap(new, f"config reload by {actor}")
+            with offloop.heavy_work():
+                try:
+                    config = await offloop.in_thread(load_config, source)
+                except (ConfigError, OSError) as err:
+                    problems = tuple(str(p) for p in err.problems) if isinstance(err, ConfigError) else (str(err),)
+                    self.reloads["failed"] += 1
+                    log.error("config_reload_failed", source=source, actor=actor, problems=list(problems),
+                              keeping=old.config.digest[:12])
+                    self.note("config_reload_failed", source=source, problems=len(problems))
+                    self.overrides.audit("reload_failed", actor, {"source": source, "problems": len(problems)})
+                    return ReloadResult(False, old.config.digest[:12], problems)
+                known = _replica_keys(config)
+                self.overrides.prune(known)
+                overrides = self.overrides.current()
+                health = _kept_health(old.health, known)
+                new, changes, restart = await offloop.in_thread(lambda: (
+                    new_snapshot(config, health, old.generation + 1, overrides=overrides),
+                    tuple(_describe_changes(old.config, config)), tuple(_needs_restart(old.config, config))))
+                # health or overrides that changed while it compiled: new plans for them (tables stay)
+                if self.engine.snapshot.health is not old.health or self.overrides.current() != overrides:
+                    health, overrides = _kept_health(self.engine.snapshot.health, known), self.overrides.current()
+                    plans = await offloop.in_thread(build_plans, config, health, overrides)
+                    new = replace(new, health=health, plans=plans, overrides=overrides)
+                new = replace(new, generation=self.engine.snapshot.generation + 1)
+                self.engine.swap(new)
+                offloop.keep_built()
+            await offloop.run_sliced(self.routing_events(new, old, f"config reload by {actor}"))
+            old_config, old_compiled, old = old.config, old.compiled, None
+            if sys.getrefcount(old_compiled) <= 2:  # nobody else holds the old tables: free them in slices
+                zd = old_compiled.zd
+                await offloop.release([*old_compiled.exact, *old_compiled.other, zd.public, *zd.overrides])
+                del zd
+            del old_compiled
             self.reloads["ok"] += 1
-            changes = tuple(_describe_changes(old.config, config))
-            restart = tuple(_needs_restart(old.config, config))
-            log.info("config_reloaded", source=source, actor=actor, version_before=old.config.digest[:12],
+            log.info("config_reloaded", source=source, actor=actor, version_before=old_config.digest[:12],
                      version=config.digest[:12], changes=list(changes), needs_restart=list(restart))
             self.note("config_reloaded", version=config.digest[:12], changes=list(changes))
             self.overrides.audit("reload", actor, {"source": source, "version": config.digest[:12]})
             if self.after_reload is not None and not by_signal:
                 self.after_reload()
             return ReloadResult(True, config.digest[:12], (), changes, restart)
+
+
+def _kept_health(health: HealthSnapshot, known: set[tuple[str, str]]) -> HealthSnapshot:
+    """The health of the replicas a new config still has."""
+    return HealthSnapshot(health.generation, MappingProxyType(
+        {key: h for key, h in health.endpoints.items() if key in known}))
 
 
 def _audit_path(state_file: str | None) -> str | None:
@@ -367,6 +394,7 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None, wor
     import signal
     stop = StopSignals()
     dnsd = Dnsd(config)
+    offloop.keep_built()  # the serving tables: no GC pass walks them again
     if worker is not None:
         structlog.contextvars.bind_contextvars(worker=worker.index)
         if worker.index == 0:

@@ -9,7 +9,7 @@ from dnsd import names, records
 from dnsd.config.errors import ConfigError, Mark, Problem, Problems
 from dnsd.config.reader import Reader
 from dnsd.hostport import parse_host_port
-from dnsd.config.yamlnodes import Map, Node, Scalar, parse_yaml
+from dnsd.config.yamlnodes import Map, Node, Scalar, parse_yaml, read_text
 from dnsd.model import (ALL_DOWN_POLICIES, PROBE_KINDS, ROUTING_METHODS, AllDownPolicy, ClientNetwork,
                         AdminSettings, Config, FeedAccess, HealthFeedSettings, NameTTLs, PrivateEndpoints, ProbeCheck, ProbeSpec,
                         ProbesSettings, RateLimitSettings, Registry, Replica, ServerSettings, Soa, StatusRange, Topology,
@@ -28,7 +28,7 @@ CHECK_KEYS = ("kind", "address", "port", "scheme", "host_header", "path", "metho
 def load_config(path: str | Path) -> Config:
     """Read, validate and build. Raises ConfigError listing every problem, or OSError if unreadable."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     return parse_config_text(text, str(path))
 
 
@@ -48,7 +48,7 @@ def load_admin_settings(path: str | Path) -> AdminSettings:
     """Only the admin section: how CLI commands reach a running dnsd, even when the rest of the file
     is broken (`dnsd reload` must still be able to ask the server, which reports every problem)."""
     path = Path(path)
-    root = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    root = parse_yaml(read_text(path), str(path))
     problems = Problems()
     node = root.get("admin") if isinstance(root, Map) else None
     settings = _Builder(Reader(problems), str(path)).admin_settings(node)
