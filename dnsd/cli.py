@@ -103,7 +103,7 @@ def run_serve(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.workers > 1 and args.worker_index is None:
         from dnsd.workers import supervise
         return supervise(list(argv if argv is not None else sys.argv[1:]), args.workers)
-    from dnsd import server, service
+    from dnsd import lifecycle, service
     worker = None
     if args.worker_index is not None:
         worker = service.WorkerRole(args.worker_index, args.worker_state_dir)
@@ -112,7 +112,7 @@ def run_serve(args: argparse.Namespace, argv: list[str] | None) -> int:
             shared = f"{args.worker_state_dir}/overrides.json"
             config = replace(config, admin=replace(config.admin, state_file=shared))
     try:
-        server.run(service.serve(config, args.listen, worker))
+        lifecycle.run(service.serve(config, args.listen, worker))
     except OSError as err:
         print(f"dnsd: {err}", file=sys.stderr)
         return 1

@@ -32,3 +32,8 @@ def parse_host_port(text: str, default_port: int | None = None, require_ip: bool
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError("port must be 0-65535")
     return host, int(port_text)
+
+
+def format_host_port(host: str, port: int) -> str:
+    """'127.0.0.1:53' or '[::1]:53': the text parse_host_port reads back."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

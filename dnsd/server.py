@@ -36,9 +36,8 @@ import asyncio
 import errno
 import math
 import os
-import signal
 import socket
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -841,36 +840,3 @@ class DnsServer:
             except TimeoutError:
                 log.warning("stop_incomplete", open_connections=len(shared.connections))
 
-
-def run(main: Coroutine[Any, Any, Any]) -> Any:
-    """Run a coroutine to completion on uvloop when it is installed, else on the stock loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main)
-
-
-class StopSignals:
-    """SIGTERM/SIGINT handlers installed at once (a signal during start-up is not lost), awaited later.
-    Every geotm service's main task: `stop = StopSignals()`, start things, `await stop.wait()`."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._received: asyncio.Future[int] = self._loop.create_future()
-        for sig in self.SIGNALS:
-            self._loop.add_signal_handler(sig, self._set, sig)
-
-    def _set(self, sig: int) -> None:
-        if not self._received.done():
-            self._received.set_result(sig)
-
-    async def wait(self) -> int:
-        return await self._received
-
-    def close(self) -> None:
-        for sig in self.SIGNALS:
-            self._loop.remove_signal_handler(sig)

@@ -23,7 +23,8 @@ from dnsd.overrides import DRAIN, FORCE_DOWN, KINDS, Override, OverrideStore
 from dnsd.policy import RoutingPlan, plan as make_plan
 from dnsd.rrl import ResponseRateLimiter
 from dnsd.runtime import QueryEngine, Snapshot, build_plans, new_snapshot
-from dnsd.server import DnsServer, ListenerSettings, StopSignals, TcpStats
+from dnsd.lifecycle import StopSignals
+from dnsd.server import DnsServer, ListenerSettings, TcpStats
 
 log = structlog.get_logger(__name__)
 

@@ -10,6 +10,7 @@ import structlog
 from dnsd import logs
 from dnsd.config import ConfigError, load_config
 from dnsd.config.build import parse_listen
+from dnsd.lifecycle import StopSignals, run, serve_http
 
 log = structlog.get_logger("probes")
 
@@ -50,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"probes: bad --listen: {err}", file=sys.stderr)
         return 2
-    from dnsd.server import run
     try:
         run(serve(config, settings))
     except OSError as err:
@@ -60,9 +60,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def serve(config, settings) -> None:
-    from aiohttp import web
-
-    from dnsd.server import StopSignals
     from probes.api import make_app
     from probes.scheduler import ProbeService, transition_event
     from probes.targets import targets_of
@@ -73,16 +70,9 @@ async def serve(config, settings) -> None:
     tls, token, registry_auth = _trust(settings)
     service = ProbeService(targets_of(config), settings,
                            verdict_ttl=config.health.ttl if config.health.feeds else None, registry_auth=registry_auth)
-    runner = web.AppRunner(make_app(service, token, settings.public_metrics), access_log=None)
-    await runner.setup()
     host, port = settings.listen
-    site = web.TCPSite(runner, host, port, ssl_context=tls)
-    try:
-        await site.start()
-    except OSError as err:
-        await runner.cleanup()
-        raise OSError(err.errno, f"cannot listen on {host}:{port} ({'https' if tls else 'http'}): "
-                                 f"{err.strerror}") from None
+    runner = await serve_http(make_app(service, token, settings.public_metrics), [settings.listen],
+                              "https" if tls else "http", ssl_for=lambda _where: tls)
     await service.start()
     notifier_task = None
     if settings.webhook is not None:

@@ -43,6 +43,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from dnsd.lifecycle import serve_http
+
 log = structlog.get_logger(__name__)
 
 MODES = ("healthy", "unhealthy", "readonly", "slow", "garbage", "refuse")
@@ -252,21 +254,9 @@ class ReplicaBackend:
         """Listen on every address of the replica; all or none (OSError names the address)."""
         if self.runner is not None:
             return
-        runner = web.AppRunner(make_replica_app(self), access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
-        await runner.setup()
-        try:
-            for where in self.target.listeners:
-                context = self.ssl_context if where in self.target.tls else None
-                site = web.TCPSite(runner, where[0], where[1], ssl_context=context, reuse_address=True)
-                try:
-                    await site.start()
-                except OSError as err:
-                    raise OSError(err.errno, f"{self.key}: cannot listen on {_hostport(where)}: "
-                                             f"{err.strerror or err}") from None
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self.runner = runner
+        self.runner = await serve_http(make_replica_app(self), self.target.listeners, self.key,
+                                       ssl_for=lambda where: self.ssl_context if where in self.target.tls else None,
+                                       reuse_address=True, shutdown_timeout=SHUTDOWN_GRACE)
 
     async def unbind(self) -> None:
         runner, self.runner = self.runner, None
@@ -589,15 +579,8 @@ class Backend:
 
     async def start_control(self, host: str = "127.0.0.1", port: int = 5399) -> tuple[str, int]:
         """Serve the control API; returns the address bound (port 0 picks a free one)."""
-        runner = web.AppRunner(self.control_app(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as err:
-            await runner.cleanup()
-            raise OSError(err.errno, f"control: cannot listen on {_hostport((host, port))}: "
-                                     f"{err.strerror or err}") from None
+        runner = await serve_http(self.control_app(), [(host, port)], "control", reuse_address=True,
+                                  shutdown_timeout=SHUTDOWN_GRACE)
         self._control = runner
         bound = runner.addresses[0]
         self.control_address = (bound[0], bound[1])

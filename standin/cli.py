@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from dnsd.hostport import parse_host_port
-from dnsd.server import StopSignals
+from dnsd.lifecycle import StopSignals
 
 from standin.app import MAX_DELAY, MODES, Backend, TokenAuth, make_targets, targets_from_config
 

@@ -22,6 +22,7 @@ import pytest
 import structlog.testing
 
 from dnsd import server as srv
+from dnsd.lifecycle import run
 from dnsd.server import DnsServer, ListenerSettings
 
 try:
@@ -540,7 +541,7 @@ UVLOOP_CASES = [pytest.param(f, (), id=f.__name__.removeprefix("test_")) for f i
 @pytest.mark.parametrize("scenario, args", UVLOOP_CASES)
 def test_on_uvloop(scenario, args):
     uvloop = pytest.importorskip("uvloop")
-    assert srv.run(_on_loop(scenario, args, uvloop.Loop)) is True
+    assert run(_on_loop(scenario, args, uvloop.Loop)) is True
 
 
 async def _on_loop(scenario, args, loop_type) -> bool:
@@ -553,7 +554,8 @@ async def _on_loop(scenario, args, loop_type) -> bool:
 
 CHILD_SERVER = """
 import asyncio, sys
-from dnsd.server import DnsServer, run
+from dnsd.lifecycle import run
+from dnsd.server import DnsServer
 
 def flip_qr(data, client_ip, over_tcp):
     return data[:2] + bytes([data[2] | 0x80]) + data[3:]
@@ -570,7 +572,8 @@ run(main(int(sys.argv[1]), sys.argv[2]))
 
 CHILD_SERVER_FD_STARVED = """
 import asyncio, sys
-from dnsd.server import DnsServer, ListenerSettings, run
+from dnsd.lifecycle import run
+from dnsd.server import DnsServer, ListenerSettings
 
 def flip_qr(data, client_ip, over_tcp):
     return data[:2] + bytes([data[2] | 0x80]) + data[3:]
