@@ -7,9 +7,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import os
-import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 import structlog
@@ -17,40 +14,38 @@ from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from dnsd import metrics
+from dnsd import metrics, records
+from dnsd.admintoken import UnusableToken
+from dnsd.answer import RCODE_NAMES
+from dnsd.config.reader import parse_duration as parse_config_duration
+from dnsd.explain import client_context, explain
 from dnsd.model import AdminSettings
-
-from dnsd.service import AdminError
+from dnsd.service import InvalidChange, NoSuchOverride, Refused, UnknownReplica, WouldLeaveNoReplica
+from dnsd.status import override_json, status_document
+from dnsd.statuspage import render_status_page
 
 if TYPE_CHECKING:
     from dnsd.service import Dnsd
 
 log = structlog.get_logger(__name__)
 
+
+class AdminError(Exception):
+    """A request the admin API itself refuses (bad query or body): `status` is the HTTP status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+# the HTTP status for each refusal of the running dnsd (dnsd.service)
+REFUSAL_STATUS: dict[type[Refused], int] = {InvalidChange: 400, UnknownReplica: 404, NoSuchOverride: 404,
+                                            WouldLeaveNoReplica: 409}
+
 PUBLIC_METRICS, PUBLIC_STATUS_PAGE, READ, MUTATE = "metrics", "status_page", "read", "mutate"
 # Bearer for the CLI and Prometheus; Basic (any user name, the token as password) so a browser can
 # open the detailed status page
 CHALLENGE = CIMultiDict([("WWW-Authenticate", 'Bearer realm="geotm"'), ("WWW-Authenticate", 'Basic realm="geotm"')])
-
-
-class UnusableToken:
-    """A token is configured but cannot be read: DNS keeps serving, every non-public call is refused."""
-
-    def __init__(self, why: str):
-        self.why = why
-
-
-def load_token(settings: AdminSettings) -> str | None:
-    """The bearer token: from token_file if set (must exist), else the environment variable, else None."""
-    if settings.token_file:
-        token = Path(settings.token_file).read_text().strip()
-        if not token:
-            raise ValueError(f"admin token file {settings.token_file} is empty")
-        return token
-    if settings.token_env:
-        token = os.environ.get(settings.token_env, "").strip()
-        return token or None
-    return None
 
 
 def make_app(dnsd: Dnsd, settings: AdminSettings, token: str | UnusableToken | None) -> web.Application:
@@ -96,6 +91,8 @@ def make_app(dnsd: Dnsd, settings: AdminSettings, token: str | UnusableToken | N
             return await handler(request)
         except AdminError as err:
             return web.json_response({"error": str(err)}, status=err.status)
+        except Refused as err:
+            return web.json_response({"error": str(err)}, status=REFUSAL_STATUS[type(err)])
 
     app = web.Application(middlewares=[authenticate, admin_errors])
 
@@ -116,9 +113,6 @@ def make_app(dnsd: Dnsd, settings: AdminSettings, token: str | UnusableToken | N
                                   "generation": dnsd.snapshot.generation, "reloads": dnsd.reloads})
 
     async def get_explain(request: web.Request) -> web.Response:
-        from dnsd import records
-        from dnsd.answer import RCODE_NAMES
-        from dnsd.explain import client_context, explain
         query = request.query
         name = query.get("name")
         if not name:
@@ -164,8 +158,8 @@ def make_app(dnsd: Dnsd, settings: AdminSettings, token: str | UnusableToken | N
         return web.json_response(body, status=200 if result.ok else 422)
 
     async def status_page(request: web.Request) -> web.Response:
-        from dnsd.statuspage import render_status_page
-        return web.Response(text=render_status_page(dnsd, details=not health_only(request)), content_type="text/html")
+        page = render_status_page(status_document(dnsd), details=not health_only(request))
+        return web.Response(text=page, content_type="text/html")
 
     route("GET", "/metrics", PUBLIC_METRICS, get_metrics, "metrics")
     route("GET", "/", PUBLIC_STATUS_PAGE, status_page, "status_page")
@@ -202,18 +196,11 @@ def actor_of(request: web.Request) -> str:
     return f"{actor}@{request.remote}"
 
 
-def override_json(override) -> dict:
-    return {"registry": override.registry, "replica": override.replica, "kind": override.kind,
-            "reason": override.reason, "actor": override.actor, "created_at": override.created_at,
-            "expires_at": override.expires_at}
-
-
 def parse_duration(text: str) -> float:
-    from dnsd.config.reader import _DURATION, _DURATION_UNITS
-    match = _DURATION.match(text.strip())
-    if not match:
+    seconds = parse_config_duration(text)
+    if seconds is None:
         raise AdminError(400, f"duration {text!r}: expected something like 90s, 30m, 2h")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    return seconds
 
 
 async def _json_body(request: web.Request) -> dict:
@@ -239,32 +226,3 @@ def _int_query(request: web.Request, key: str, default: int) -> int:
     except ValueError:
         raise AdminError(400, f"?{key}= must be a number") from None
 
-
-def status_document(dnsd: Dnsd) -> dict:
-    snapshot = dnsd.engine.snapshot
-    now = time.time()
-    registries = []
-    shares = dnsd.engine.stats.recent_shares(snapshot)
-    for plan in snapshot.plans:
-        reg = plan.registry
-        replicas = []
-        for index, rep in enumerate(reg.replicas):
-            health = snapshot.health.of(reg.name, rep.name)
-            override = snapshot.overrides.get((reg.name, rep.name))
-            replicas.append({"name": rep.name, "location": rep.location, "status": health.status.value,
-                             "reason": health.reason, "trend": health.trend,
-                             "age_seconds": round(now - health.since, 1) if health.since else None,
-                             "global_routing": rep.global_routing, "serving": index in plan.serving,
-                             "override": override_json(override) if override else None,
-                             "recent_share": shares.get((reg.name, rep.name), 0.0)})
-        registries.append({"name": reg.name, "routing": reg.routing, "all_down_policy": reg.all_down.mode,
-                           "all_down_active": plan.all_down, "short_ttl": plan.short_ttl, "reason": plan.reason,
-                           "replicas": replicas})
-    feed = dnsd.feed
-    return {"config": {"version": snapshot.config.digest[:12], "source": snapshot.config.source},
-            "generation": snapshot.generation, "timeline": list(dnsd.timeline)[-50:],
-            "health": {"feeds": [{"url": f.url, "error": f.error,
-                                  "age_seconds": round(now - f.fetched_at, 1) if f.fetched_at else None}
-                                 for f in feed.feeds] if feed else [],
-                       "expired": bool(feed and feed.expired)},
-            "registries": registries}

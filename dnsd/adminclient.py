@@ -7,6 +7,7 @@ import socket
 import urllib.error
 import urllib.request
 
+from dnsd.admintoken import load_token
 from dnsd.model import AdminSettings
 
 
@@ -16,7 +17,6 @@ class AdminClientError(Exception):
 
 class AdminClient:
     def __init__(self, settings: AdminSettings, actor: str | None = None, timeout: float = 10.0):
-        from dnsd.admin import load_token
         if settings.listen is None:
             raise AdminClientError("admin.listen is off in the config: there is no admin API to talk to")
         host, port = settings.listen

@@ -103,16 +103,16 @@ def run_serve(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.workers > 1 and args.worker_index is None:
         from dnsd.workers import supervise
         return supervise(list(argv if argv is not None else sys.argv[1:]), args.workers)
-    from dnsd import lifecycle, service
+    from dnsd import app, lifecycle
     worker = None
     if args.worker_index is not None:
-        worker = service.WorkerRole(args.worker_index, args.worker_state_dir)
+        worker = app.WorkerRole(args.worker_index, args.worker_state_dir)
         if config.admin.state_file is None and args.worker_state_dir:
             # workers share overrides through a file: worker 0 writes it, the others follow it
             shared = f"{args.worker_state_dir}/overrides.json"
             config = replace(config, admin=replace(config.admin, state_file=shared))
     try:
-        lifecycle.run(service.serve(config, args.listen, worker))
+        lifecycle.run(app.serve(config, args.listen, worker))
     except OSError as err:
         print(f"dnsd: {err}", file=sys.stderr)
         return 1

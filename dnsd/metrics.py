@@ -126,14 +126,15 @@ class DnsdCollector(Collector):
 
 def _tcp_metrics(dnsd: Dnsd) -> Iterator[Metric]:
     """The DNS listeners' TCP admission: open connections and sources, the cap, refusals, evictions."""
-    if dnsd.tcp_stats is None:
+    admission = dnsd.tcp_admission()
+    if admission is None:
         return
-    tcp = dnsd.tcp_stats()
+    tcp, limit = admission
     for name, help_text, value in (
             ("geotm_tcp_connections", "Open DNS-over-TCP connections", tcp.open),
             ("geotm_tcp_sources", "Sources (address or prefix) holding DNS-over-TCP connections", tcp.sources),
             ("geotm_tcp_connection_limit", "The TCP connection cap in force (server.tcp_max_connections, "
-                                           "lowered to what the open-files limit allows)", dnsd.tcp_limit or 0),
+                                           "lowered to what the open-files limit allows)", limit),
             ("geotm_tcp_under_load", "1 while connections are at 3/4 of the cap or more and the short idle "
                                      "timeout applies", 1.0 if tcp.under_load else 0.0)):
         gauge = GaugeMetricFamily(name, help_text)

@@ -1,5 +1,6 @@
-"""The running dnsd: owns the serving snapshot and every change to it (health, overrides, reload),
-logging what routing changed and why; `serve` wires listeners, health feed and admin API around it."""
+"""The running dnsd's state: owns the serving snapshot and every change to it (health, overrides,
+reload), logging what routing changed and why. No sockets, no HTTP: dnsd.app wires listeners, health
+feed and admin API around it, and dnsd.admin maps the refusals below to HTTP statuses."""
 from __future__ import annotations
 
 import asyncio
@@ -9,34 +10,46 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import structlog
 
 from dnsd import offloop
 from dnsd.config import ConfigError, load_config
-from dnsd.fdlimit import open_descriptors, raise_open_files_limit, tcp_connection_budget
-from dnsd.feed import HealthFeed
 from dnsd.health import HealthSnapshot
-from dnsd.model import Config, ServerSettings
+from dnsd.model import Config
 from dnsd.overrides import DRAIN, FORCE_DOWN, KINDS, Override, OverrideStore
 from dnsd.policy import RoutingPlan, plan as make_plan
 from dnsd.rrl import ResponseRateLimiter
 from dnsd.runtime import QueryEngine, Snapshot, build_plans, new_snapshot
-from dnsd.lifecycle import StopSignals
-from dnsd.server import DnsServer, ListenerSettings, TcpStats
+
+if TYPE_CHECKING:
+    from dnsd.feed import HealthFeed
+    from dnsd.server import TcpStats
 
 log = structlog.get_logger(__name__)
 
 TIMELINE_LENGTH = 200
 
 
-class AdminError(Exception):
-    """A refused admin request: `status` is the HTTP status to answer with."""
+class Refused(Exception):
+    """A change the running dnsd refuses; the message says why and what to do instead."""
 
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+
+class InvalidChange(Refused):
+    """The request itself is wrong: an unknown override kind, a duration that is not positive."""
+
+
+class UnknownReplica(Refused):
+    """The running config has no such registry/replica."""
+
+
+class NoSuchOverride(Refused):
+    """The replica has no override (of the kind asked) to remove."""
+
+
+class WouldLeaveNoReplica(Refused):
+    """Draining or forcing down the last serving replica of a registry, without force."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,21 +69,22 @@ class Dnsd:
     """The running server's state and its changes. Every change builds a new Snapshot and swaps it in
     with one assignment; the query path never sees a half-applied change."""
 
-    def __init__(self, config: Config, overrides: OverrideStore | None = None, clock=time.time):
+    def __init__(self, config: Config, overrides: OverrideStore | None = None, clock=time.time,
+                 after_reload: Callable[[], None] | None = None):
         self.clock = clock
         self.overrides = overrides or OverrideStore(config.admin.state_file,
                                                     _audit_path(config.admin.state_file), clock)
         self.overrides.load()
-        self.overrides.prune(_replica_keys(config))
+        self.overrides.prune(replica_keys(config))
         self.engine = QueryEngine(new_snapshot(config, overrides=self.overrides.current()))
         self.feed: HealthFeed | None = None
         self.all_down_activations: dict[str, int] = {}
         self.reloads = {"ok": 0, "failed": 0}
         self.timeline: collections.deque[dict] = collections.deque(maxlen=TIMELINE_LENGTH)
         self._lock = asyncio.Lock()
-        self.after_reload = None  # worker 0: tell the supervisor to reload the other workers
-        self.tcp_stats: Callable[[], TcpStats] | None = None  # set by serve: the listeners' TCP admission
-        self.tcp_limit: int | None = None  # the TCP connection cap in force (after sizing to the fd limit)
+        self._after_reload = after_reload  # worker 0: tell the supervisor to reload the other workers
+        self._tcp_stats: Callable[[], TcpStats] | None = None  # the listeners' TCP admission (attach_listeners)
+        self._tcp_limit = 0  # the TCP connection cap in force (after sizing to the fd limit)
         rate_limit = config.server.rate_limit
         self.rrl = ResponseRateLimiter(rate_limit) if rate_limit is not None else None  # UDP listeners' RRL
         self.log_routing(self.engine.snapshot, None)
@@ -78,6 +92,21 @@ class Dnsd:
     @property
     def snapshot(self) -> Snapshot:
         return self.engine.snapshot
+
+    # -- what the wiring attaches ------------------------------------------------------------------
+
+    def attach_feed(self, feed: HealthFeed) -> None:
+        """The health feed whose verdicts reach apply_health (its state shows in status and metrics)."""
+        self.feed = feed
+
+    def attach_listeners(self, tcp_stats: Callable[[], TcpStats], tcp_limit: int) -> None:
+        """The DNS listeners' TCP admission counters, and the connection cap they enforce."""
+        self._tcp_stats = tcp_stats
+        self._tcp_limit = tcp_limit
+
+    def tcp_admission(self) -> tuple[TcpStats, int] | None:
+        """(the listeners' TCP counters now, their connection cap), or None before listeners attach."""
+        return None if self._tcp_stats is None else (self._tcp_stats(), self._tcp_limit)
 
     # -- swapping --------------------------------------------------------------------------------
 
@@ -138,9 +167,9 @@ class Dnsd:
         snapshot = self.engine.snapshot
         self._check_replica(snapshot, registry, replica)
         if kind not in KINDS:
-            raise AdminError(400, f"unknown override {kind!r} (one of {', '.join(KINDS)})")
+            raise InvalidChange(f"unknown override {kind!r} (one of {', '.join(KINDS)})")
         if duration is not None and duration <= 0:
-            raise AdminError(400, f"duration must be positive, got {duration:g}s")
+            raise InvalidChange(f"duration must be positive, got {duration:g}s")
         now = self.clock()
         override = Override(registry, replica, kind, reason, actor, now, None if duration is None else now + duration)
         if kind in (DRAIN, FORCE_DOWN) and not force:
@@ -151,7 +180,7 @@ class Dnsd:
             after = make_plan(snapshot.config.registries[index], snapshot.config.topology, snapshot.health,
                               MappingProxyType(trial))
             if after.all_down and not before.all_down:
-                raise AdminError(409, f"{replica} is the last serving replica of {registry}: {kind} would leave "
+                raise WouldLeaveNoReplica(f"{replica} is the last serving replica of {registry}: {kind} would leave "
                                       f"the global name with none (all-down policy {before.registry.all_down.mode} "
                                       "would decide); repeat with force to do it anyway")
         self.overrides.put(override)
@@ -166,7 +195,7 @@ class Dnsd:
         current = self.engine.snapshot.overrides.get((registry, replica))
         if current is None or (kind is not None and current.kind != kind):
             what = f"a {kind} override" if kind else "an override"
-            raise AdminError(404, f"{registry}/{replica} has no {what}"
+            raise NoSuchOverride(f"{registry}/{replica} has no {what}"
                                   + (f" (it has {current.kind})" if current else ""))
         self.overrides.remove(registry, replica, actor, reason)
         self._apply_overrides(f"undo {current.kind} {registry}/{replica} by {actor}")
@@ -184,6 +213,13 @@ class Dnsd:
             self._apply_overrides("expired: " + ", ".join(f"{o.kind} {o.registry}/{o.replica}" for o in gone))
         return gone
 
+    def follow_overrides(self) -> bool:
+        """A follower worker: apply the overrides worker 0 wrote to the shared file, if it changed."""
+        if not self.overrides.reload_if_changed():
+            return False
+        self._apply_overrides("overrides changed by worker 0")
+        return True
+
     def _apply_overrides(self, why: str) -> None:
         old = self.engine.snapshot
         overrides = self.overrides.current()
@@ -196,7 +232,7 @@ class Dnsd:
         try:
             snapshot.config.registry(registry).replica(replica)
         except KeyError:
-            raise AdminError(404, f"no replica {registry}/{replica} in the running config") from None
+            raise UnknownReplica(f"no replica {registry}/{replica} in the running config") from None
 
     # -- reload ----------------------------------------------------------------------------------
 
@@ -217,7 +253,7 @@ class Dnsd:
                     self.note("config_reload_failed", source=source, problems=len(problems))
                     self.overrides.audit("reload_failed", actor, {"source": source, "problems": len(problems)})
                     return ReloadResult(False, old.config.digest[:12], problems)
-                known = _replica_keys(config)
+                known = replica_keys(config)
                 self.overrides.prune(known)
                 overrides = self.overrides.current()
                 health = _kept_health(old.health, known)
@@ -244,8 +280,8 @@ class Dnsd:
                      version=config.digest[:12], changes=list(changes), needs_restart=list(restart))
             self.note("config_reloaded", version=config.digest[:12], changes=list(changes))
             self.overrides.audit("reload", actor, {"source": source, "version": config.digest[:12]})
-            if self.after_reload is not None and not by_signal:
-                self.after_reload()
+            if self._after_reload is not None and not by_signal:
+                self._after_reload()
             return ReloadResult(True, config.digest[:12], (), changes, restart)
 
 
@@ -259,7 +295,8 @@ def _audit_path(state_file: str | None) -> str | None:
     return f"{state_file}.audit.jsonl" if state_file else None
 
 
-def _replica_keys(config: Config) -> set[tuple[str, str]]:
+def replica_keys(config: Config) -> set[tuple[str, str]]:
+    """Every (registry, replica) name pair of the config."""
     return {(reg.name, rep.name) for reg in config.registries for rep in reg.replicas}
 
 
@@ -304,132 +341,3 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
         result.append("health")
     return result
 
-
-async def start_admin(dnsd: Dnsd, config: Config):
-    from aiohttp import web
-
-    from dnsd import admin
-    settings = config.admin
-    try:
-        token = admin.load_token(settings)
-    except (OSError, ValueError) as err:
-        # never take DNS down over an admin file: serve DNS, refuse every non-public admin call
-        log.error("admin_token_unreadable", error=str(err), effect="admin API refuses all but public calls")
-        token = admin.UnusableToken(str(err))
-    runner = web.AppRunner(admin.make_app(dnsd, settings, token), access_log=None)
-    await runner.setup()
-    host, port = settings.listen
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as err:
-        await runner.cleanup()
-        raise OSError(err.errno, f"cannot listen on {host}:{port} (admin http): {err.strerror}") from None
-    log.info("admin_listening", address=f"{host}:{port}",
-             token="unusable" if isinstance(token, admin.UnusableToken) else
-             "configured" if token else "none: reads open, changes refused")
-    return runner
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerRole:
-    """This process is one of `dnsd serve --workers N`."""
-
-    index: int
-    state_dir: str | None
-
-    @property
-    def follower(self) -> bool:
-        return self.index > 0
-
-
-async def housekeeping(dnsd: Dnsd, worker: WorkerRole | None = None, period: float = 1.0) -> None:
-    """Expire overrides (each second), follow worker 0's override file (followers), and sample answer
-    counts for the recent shares (every 10 s)."""
-    from dnsd.stats import SHARE_SAMPLE
-    last_sample = 0.0
-    while True:
-        if worker is not None and worker.follower:
-            if dnsd.overrides.reload_if_changed():
-                dnsd._apply_overrides("overrides changed by worker 0")
-        else:
-            dnsd.expire_overrides()
-        now = time.monotonic()
-        if now - last_sample >= SHARE_SAMPLE:
-            dnsd.engine.stats.sample(now)
-            last_sample = now
-        dnsd.engine.flush_logs()  # summaries of rate-limited per-query events, also after a flood ends
-        await asyncio.sleep(period)
-
-
-def listener_settings(server: ServerSettings, reuse_port: bool) -> ListenerSettings:
-    """The DNS listeners' settings. Raises the soft open-files limit to the hard one first and lowers
-    tcp_max_connections when the descriptors left after server.fd_reserve cannot hold it, so DNS
-    clients can never take the descriptors the health feed, admin API and state files need."""
-    limit = raise_open_files_limit()
-    in_use = open_descriptors()
-    budget = tcp_connection_budget(server.tcp_max_connections, limit.soft, in_use, server.fd_reserve)
-    log.info("open_files_limit", soft_before=limit.soft_before, soft=limit.soft, hard=limit.hard,
-             in_use=in_use, reserve=server.fd_reserve, tcp_max_connections=budget.limit,
-             tcp_max_connections_per_source=min(server.tcp_max_connections_per_source, budget.limit))
-    if limit.error:
-        log.warning("open_files_limit_not_raised", soft=limit.soft, hard=limit.hard, error=limit.error)
-    if budget.reduced:
-        log.warning("tcp_max_connections_reduced", configured=server.tcp_max_connections, using=budget.limit,
-                    soft_limit=limit.soft, in_use=in_use, reserve=server.fd_reserve,
-                    reserve_kept=budget.reserve_kept,
-                    fix="raise the hard open-files limit (ulimit -Hn, systemd LimitNOFILE=, docker --ulimit "
-                        "nofile=) or lower server.tcp_max_connections")
-    return ListenerSettings(
-        tcp_idle_timeout=server.tcp_idle_timeout,
-        tcp_idle_timeout_under_load=min(server.tcp_idle_timeout_under_load, server.tcp_idle_timeout),
-        tcp_max_connections=budget.limit,
-        tcp_max_connections_per_source=server.tcp_max_connections_per_source,
-        tcp_source_prefix_v4=server.tcp_source_prefix_v4,
-        tcp_source_prefix_v6=server.tcp_source_prefix_v6,
-        reuse_port=reuse_port,
-    )
-
-
-async def serve(config: Config, listen: list[tuple[str, int]] | None = None, worker: WorkerRole | None = None) -> None:
-    import os
-    import signal
-    stop = StopSignals()
-    dnsd = Dnsd(config)
-    offloop.keep_built()  # the serving tables: no GC pass walks them again
-    if worker is not None:
-        structlog.contextvars.bind_contextvars(worker=worker.index)
-        if worker.index == 0:
-            # a reload through the admin API reaches the other workers through the supervisor
-            dnsd.after_reload = lambda: os.kill(os.getppid(), signal.SIGUSR1)
-    tasks = [asyncio.create_task(housekeeping(dnsd, worker), name="housekeeping")]
-    if config.health.feeds:
-        dnsd.feed = feed = HealthFeed(config.health, _replica_keys(config), dnsd.apply_health)
-        feed.load_state()
-        feed.refresh()  # apply what was persisted before the first query is answered
-        tasks.append(asyncio.create_task(feed.run(), name="health feed"))
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(dnsd.reload(actor="SIGHUP", by_signal=True)))
-    admin_runner = None
-    settings = listener_settings(config.server, reuse_port=worker is not None)
-    server = DnsServer(dnsd.engine.handle, listen or list(config.server.listen), settings, rate_limiter=dnsd.rrl)
-    dnsd.tcp_stats = server.tcp_stats
-    dnsd.tcp_limit = settings.tcp_max_connections
-    try:
-        admin_runner = await start_admin(dnsd, config) if config.admin.listen else None
-        await server.start()
-        log.info("dnsd_started", config=config.source, version=config.digest[:12], zone=config.zone.name,
-                 registries=len(config.registries), views=len(config.views),
-                 health_feeds=list(config.health.feeds), listen=[f"{h}:{p}" for h, p in server.addresses],
-                 rate_limit=config.server.rate_limit.responses_per_second if config.server.rate_limit else "off")
-        await stop.wait()
-    finally:
-        stop.close()
-        loop.remove_signal_handler(signal.SIGHUP)
-        log.info("dnsd_stopping")
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        dnsd.engine.flush_logs(force=True)  # no suppressed count is lost at shutdown
-        if admin_runner:
-            await admin_runner.cleanup()
-        await server.stop()

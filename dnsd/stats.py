@@ -5,12 +5,8 @@ from __future__ import annotations
 import bisect
 import collections
 import time
-from typing import TYPE_CHECKING
 
 from dnsd import records
-
-if TYPE_CHECKING:
-    from dnsd.runtime import Snapshot
 
 # qtypes counted under their own label; everything else is "other" (bounded metric cardinality)
 COUNTED_QTYPES = frozenset({records.A, records.AAAA, records.CNAME, records.TXT, records.MX, records.NS,
@@ -53,7 +49,7 @@ class QueryStats:
         while self._history and now - self._history[0][0] > SHARE_WINDOW:
             self._history.popleft()
 
-    def recent_shares(self, snapshot: Snapshot) -> dict[tuple[str, str], float]:
+    def recent_shares(self) -> dict[tuple[str, str], float]:
         """Per registry: each replica's fraction of the global answers over the recent window."""
         now_totals = self.chosen_totals()
         base = self._history[0][1] if self._history else {}

@@ -1,14 +1,10 @@
 """The read-only HTML status page: per registry a row per replica (status, reason, age, override,
-recent share of global answers) and a timeline of recent changes. Rendered from status_document;
+recent share of global answers) and a timeline of recent changes. Rendered from the status document (dnsd.status) alone;
 the public variant from health_only(), which keeps health and drops every detail."""
 from __future__ import annotations
 
 import datetime
 from html import escape
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from dnsd.service import Dnsd
 
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#1d2330;background:#f6f7f9}
@@ -144,9 +140,8 @@ def render_public_page(doc: dict) -> str:
     return "".join(parts)
 
 
-def render_status_page(dnsd: Dnsd, details: bool = True) -> str:
-    from dnsd.admin import status_document
-    doc = status_document(dnsd)
+def render_status_page(doc: dict, details: bool = True) -> str:
+    """The page for a status document (dnsd.status); with details=False, its public variant."""
     if not details:
         return render_public_page(health_only(doc))
     parts = _head()

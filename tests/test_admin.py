@@ -329,10 +329,10 @@ def test_recent_share_of_global_answers_counts_only_the_window(tmp_path):
     for _ in range(1):
         ask(dnsd.engine, "contoso.azurecr.test", ecs="198.51.100.0/24")
     stats.sample(now=SHARE_WINDOW / 2)
-    shares = stats.recent_shares(dnsd.snapshot)
+    shares = stats.recent_shares()
     assert shares == {("contoso", "eastus"): 0.75, ("contoso", "westeurope"): 0.25}
     stats.sample(now=SHARE_WINDOW * 2)       # the first sample falls out of the window
-    assert stats.recent_shares(dnsd.snapshot) == {}
+    assert stats.recent_shares() == {}
 
 
 # -- public pages: health only without the token ---------------------------------------------------

@@ -15,6 +15,12 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def parse_duration(text: str) -> float | None:
+    """Seconds from duration text ('90s', '30m', '2h', '500ms', '1d'), or None if it is not one."""
+    match = _DURATION.match(text.strip())
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)] if match else None
+
+
 def kind_of(node: Node) -> str:
     if isinstance(node, Map):
         return "a mapping"

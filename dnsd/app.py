@@ -1,0 +1,144 @@
+"""Wires one dnsd process together (as aiohttp's runner does an app): the Dnsd state, the DNS
+listeners sized to the open-files limit, the health feed, the admin API, housekeeping and the
+signals (SIGTERM/SIGINT stop, SIGHUP reloads); started in order, stopped in reverse."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+
+from dnsd import admin, offloop
+from dnsd.admintoken import UnusableToken, load_token
+from dnsd.fdlimit import open_descriptors, raise_open_files_limit, tcp_connection_budget
+from dnsd.feed import HealthFeed
+from dnsd.lifecycle import StopSignals, TaskSet, serve_http
+from dnsd.model import Config, ServerSettings
+from dnsd.server import DnsServer, ListenerSettings
+from dnsd.service import Dnsd, replica_keys
+from dnsd.stats import SHARE_SAMPLE
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRole:
+    """This process is one of `dnsd serve --workers N`."""
+
+    index: int
+    state_dir: str | None
+
+    @property
+    def follower(self) -> bool:
+        return self.index > 0
+
+
+async def start_admin(dnsd: Dnsd, config: Config) -> web.AppRunner:
+    settings = config.admin
+    try:
+        token: str | UnusableToken | None = load_token(settings)
+    except (OSError, ValueError) as err:
+        # never take DNS down over an admin file: serve DNS, refuse every non-public admin call
+        log.error("admin_token_unreadable", error=str(err), effect="admin API refuses all but public calls")
+        token = UnusableToken(str(err))
+    host, port = settings.listen
+    runner = await serve_http(admin.make_app(dnsd, settings, token), [(host, port)], "admin http")
+    log.info("admin_listening", address=f"{host}:{port}",
+             token="unusable" if isinstance(token, UnusableToken) else
+             "configured" if token else "none: reads open, changes refused")
+    return runner
+
+
+async def housekeeping(dnsd: Dnsd, worker: WorkerRole | None = None, period: float = 1.0) -> None:
+    """Expire overrides (each second), follow worker 0's override file (followers), and sample answer
+    counts for the recent shares (every 10 s)."""
+    last_sample = 0.0
+    while True:
+        if worker is not None and worker.follower:
+            dnsd.follow_overrides()
+        else:
+            dnsd.expire_overrides()
+        now = time.monotonic()
+        if now - last_sample >= SHARE_SAMPLE:
+            dnsd.engine.stats.sample(now)
+            last_sample = now
+        dnsd.engine.flush_logs()  # summaries of rate-limited per-query events, also after a flood ends
+        await asyncio.sleep(period)
+
+
+def listener_settings(server: ServerSettings, reuse_port: bool) -> ListenerSettings:
+    """The DNS listeners' settings. Raises the soft open-files limit to the hard one first and lowers
+    tcp_max_connections when the descriptors left after server.fd_reserve cannot hold it, so DNS
+    clients can never take the descriptors the health feed, admin API and state files need."""
+    limit = raise_open_files_limit()
+    in_use = open_descriptors()
+    budget = tcp_connection_budget(server.tcp_max_connections, limit.soft, in_use, server.fd_reserve)
+    log.info("open_files_limit", soft_before=limit.soft_before, soft=limit.soft, hard=limit.hard,
+             in_use=in_use, reserve=server.fd_reserve, tcp_max_connections=budget.limit,
+             tcp_max_connections_per_source=min(server.tcp_max_connections_per_source, budget.limit))
+    if limit.error:
+        log.warning("open_files_limit_not_raised", soft=limit.soft, hard=limit.hard, error=limit.error)
+    if budget.reduced:
+        log.warning("tcp_max_connections_reduced", configured=server.tcp_max_connections, using=budget.limit,
+                    soft_limit=limit.soft, in_use=in_use, reserve=server.fd_reserve,
+                    reserve_kept=budget.reserve_kept,
+                    fix="raise the hard open-files limit (ulimit -Hn, systemd LimitNOFILE=, docker --ulimit "
+                        "nofile=) or lower server.tcp_max_connections")
+    return ListenerSettings(
+        tcp_idle_timeout=server.tcp_idle_timeout,
+        tcp_idle_timeout_under_load=min(server.tcp_idle_timeout_under_load, server.tcp_idle_timeout),
+        tcp_max_connections=budget.limit,
+        tcp_max_connections_per_source=server.tcp_max_connections_per_source,
+        tcp_source_prefix_v4=server.tcp_source_prefix_v4,
+        tcp_source_prefix_v6=server.tcp_source_prefix_v6,
+        reuse_port=reuse_port,
+    )
+
+
+def _tell_supervisor_to_reload() -> None:
+    # a reload through worker 0's admin API reaches the other workers through the supervisor
+    os.kill(os.getppid(), signal.SIGUSR1)
+
+
+async def serve(config: Config, listen: list[tuple[str, int]] | None = None, worker: WorkerRole | None = None) -> None:
+    stop = StopSignals()
+    dnsd = Dnsd(config, after_reload=_tell_supervisor_to_reload if worker is not None and worker.index == 0 else None)
+    offloop.keep_built()  # the serving tables: no GC pass walks them again
+    if worker is not None:
+        structlog.contextvars.bind_contextvars(worker=worker.index)
+    tasks = TaskSet()
+    tasks.start(housekeeping(dnsd, worker), name="housekeeping")
+    if config.health.feeds:
+        feed = HealthFeed(config.health, replica_keys(config), dnsd.apply_health)
+        dnsd.attach_feed(feed)
+        feed.load_state()
+        feed.refresh()  # apply what was persisted before the first query is answered
+        tasks.start(feed.run(), name="health feed")
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, lambda: tasks.start(dnsd.reload(actor="SIGHUP", by_signal=True),
+                                                               name="SIGHUP reload"))
+    admin_runner = None
+    settings = listener_settings(config.server, reuse_port=worker is not None)
+    server = DnsServer(dnsd.engine.handle, listen or list(config.server.listen), settings, rate_limiter=dnsd.rrl)
+    dnsd.attach_listeners(server.tcp_stats, settings.tcp_max_connections)
+    try:
+        admin_runner = await start_admin(dnsd, config) if config.admin.listen else None
+        await server.start()
+        log.info("dnsd_started", config=config.source, version=config.digest[:12], zone=config.zone.name,
+                 registries=len(config.registries), views=len(config.views),
+                 health_feeds=list(config.health.feeds), listen=[f"{h}:{p}" for h, p in server.addresses],
+                 rate_limit=config.server.rate_limit.responses_per_second if config.server.rate_limit else "off")
+        await stop.wait()
+    finally:
+        stop.close()
+        loop.remove_signal_handler(signal.SIGHUP)
+        log.info("dnsd_stopping")
+        await tasks.close()  # housekeeping, the health feed and any reload still running
+        dnsd.engine.flush_logs(force=True)  # no suppressed count is lost at shutdown
+        if admin_runner:
+            await admin_runner.cleanup()
+        await server.stop()

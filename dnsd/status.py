@@ -1,0 +1,47 @@
+"""The status document (GET /v1/status): the running dnsd's state as JSON-ready data. The admin API
+serves it, the status page renders it, `dnsd status` prints it."""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from dnsd.overrides import Override
+
+if TYPE_CHECKING:
+    from dnsd.service import Dnsd
+
+
+def override_json(override: Override) -> dict:
+    return {"registry": override.registry, "replica": override.replica, "kind": override.kind,
+            "reason": override.reason, "actor": override.actor, "created_at": override.created_at,
+            "expires_at": override.expires_at}
+
+
+def status_document(dnsd: Dnsd) -> dict:
+    snapshot = dnsd.engine.snapshot
+    now = time.time()
+    registries = []
+    shares = dnsd.engine.stats.recent_shares()
+    for plan in snapshot.plans:
+        reg = plan.registry
+        replicas = []
+        for index, rep in enumerate(reg.replicas):
+            health = snapshot.health.of(reg.name, rep.name)
+            override = snapshot.overrides.get((reg.name, rep.name))
+            replicas.append({"name": rep.name, "location": rep.location, "status": health.status.value,
+                             "reason": health.reason, "trend": health.trend,
+                             "age_seconds": round(now - health.since, 1) if health.since else None,
+                             "global_routing": rep.global_routing, "serving": index in plan.serving,
+                             "override": override_json(override) if override else None,
+                             "recent_share": shares.get((reg.name, rep.name), 0.0)})
+        registries.append({"name": reg.name, "routing": reg.routing, "all_down_policy": reg.all_down.mode,
+                           "all_down_active": plan.all_down, "short_ttl": plan.short_ttl, "reason": plan.reason,
+                           "replicas": replicas})
+    feed = dnsd.feed
+    return {"config": {"version": snapshot.config.digest[:12], "source": snapshot.config.source},
+            "generation": snapshot.generation, "timeline": list(dnsd.timeline)[-50:],
+            "health": {"feeds": [{"url": f.url, "error": f.error,
+                                  "age_seconds": round(now - f.fetched_at, 1) if f.fetched_at else None}
+                                 for f in feed.feeds] if feed else [],
+                       "expired": bool(feed and feed.expired)},
+            "registries": registries}
