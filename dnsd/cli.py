@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+import urllib.parse
+from dataclasses import replace
 
 from dnsd import logs, records
 from dnsd.config import ConfigError, load_config
@@ -86,8 +90,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_serve(args: argparse.Namespace, argv: list[str] | None) -> int:
-    from dataclasses import replace
-
     logs.configure(json={"auto": None, "json": True, "console": False}[args.log_format], level=args.log_level)
     try:
         config = load_config(args.config)  # also in the supervisor: a broken config fails before any fork
@@ -101,9 +103,9 @@ def run_serve(args: argparse.Namespace, argv: list[str] | None) -> int:
         print(f"dnsd: bad --admin-listen {args.admin_listen!r}: {err}", file=sys.stderr)
         return 2
     if args.workers > 1 and args.worker_index is None:
-        from dnsd.workers import supervise
+        from dnsd.workers import supervise  # start-up: only the supervisor needs it
         return supervise(list(argv if argv is not None else sys.argv[1:]), args.workers)
-    from dnsd import app, lifecycle
+    from dnsd import app, lifecycle  # start-up: aiohttp, uvloop and the server, for `serve` only
     worker = None
     if args.worker_index is not None:
         worker = app.WorkerRole(args.worker_index, args.worker_state_dir)
@@ -141,10 +143,7 @@ OVERRIDE_KINDS = {"drain": "drain", "force-down": "force_down", "force-up": "for
 
 
 def run_admin(args: argparse.Namespace) -> int:
-    import json
-    import urllib.parse
-
-    from dnsd.adminclient import AdminClient, AdminClientError
+    from dnsd.adminclient import AdminClient, AdminClientError  # start-up: not needed by serve/check-config
     try:
         client = AdminClient(load_admin_settings(args.config), args.actor)
         if args.command == "status":
@@ -184,7 +183,6 @@ def run_admin(args: argparse.Namespace) -> int:
 
 
 def render_admin_answer(command: str, body: dict) -> str:
-    import time
     if command == "status":
         lines = [f"config {body['config']['version']} ({body['config']['source']}), generation {body['generation']}"]
         if body["health"]["expired"]:
@@ -215,8 +213,8 @@ def render_admin_answer(command: str, body: dict) -> str:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from dnsd.explain import client_context, explain
-    from dnsd.runtime import new_snapshot
+    from dnsd.explain import client_context, explain  # start-up: the query engine, for explain only
+    from dnsd.runtime import new_snapshot  # start-up: as above
     try:
         qtype = records.type_number(args.type)
         client = client_context(args.client, args.ecs)
@@ -237,9 +235,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
 def explain_live(args: argparse.Namespace) -> int:
     """Ask the running dnsd: its health, overrides and config, which may differ from the file's."""
-    import urllib.parse
-
-    from dnsd.adminclient import AdminClient, AdminClientError
+    from dnsd.adminclient import AdminClient, AdminClientError  # start-up: not needed by serve/check-config
     query = {"name": args.name, "client": args.client, "type": args.type}
     if args.ecs:
         query["ecs"] = args.ecs

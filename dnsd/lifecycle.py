@@ -13,12 +13,15 @@ from aiohttp import web
 
 from dnsd.hostport import format_host_port
 
+try:
+    import uvloop
+except ImportError:  # an optional dependency (not on Windows)
+    uvloop = None
+
 
 def run(main: Coroutine[Any, Any, Any]) -> Any:
     """Run a coroutine to completion on uvloop when it is installed, else on the stock loop."""
-    try:
-        import uvloop  # optional dependency (not on every platform): only known by trying
-    except ImportError:
+    if uvloop is None:
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from dnsd.budget import render
+from dnsd.config import load_config
+from drills.compose import ComposeLab
+from drills.dockerapi import DockerError
+from drills.lab import Lab, LabError
+from drills.labconfig import AGGRESSIVE, DEFAULT
+from drills.scenarios import SCENARIOS, SHORT, TWO_PROBES
+from drills.timeline import summary
 
 EXIT_PASS, EXIT_FAIL, EXIT_CANNOT_RUN = 0, 1, 3
 TOOLS = {"docker-registry": "docker-registry", "skopeo": "skopeo", "openssl": "openssl", "ip": "iproute2",
@@ -37,7 +47,6 @@ def preflight() -> list[str]:
                        f"(apt-get install -y {' '.join(missing)})")
     else:
         try:
-            import pwd
             pwd.getpwnam("docker-registry")
         except KeyError:
             reasons.append("user docker-registry missing (it comes with the docker-registry package)")
@@ -68,7 +77,6 @@ def compose_preflight() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from drills.scenarios import SCENARIOS, SHORT
     parser = argparse.ArgumentParser(prog="geotm", description="geotm tools")
     sub = parser.add_subparsers(dest="command", required=True)
     drill = sub.add_parser("drill", help="break real registry replicas and measure the failover a client sees",
@@ -109,13 +117,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_drill(args) -> int:
-    from dnsd.budget import render
-    from dnsd.config import load_config
-    from drills.dockerapi import DockerError
-    from drills.lab import Lab, LabError
-    from drills.labconfig import AGGRESSIVE, DEFAULT
-    from drills.scenarios import SCENARIOS, SHORT, TWO_PROBES
-    from drills.timeline import summary
 
     names = args.scenario or (list(SHORT) if args.short else list(SCENARIOS))
     if args.compose and not args.scenario:
@@ -129,7 +130,6 @@ def run_drill(args) -> int:
     say = lambda text: print(text, flush=True)  # noqa: E731
     started = time.monotonic()
     if args.compose:
-        from drills.compose import ComposeLab
         lab = ComposeLab(timing, workdir, say)
         if args.aggressive:
             say("note: --aggressive changes nothing in compose mode: timings come from the stack's config")

@@ -8,14 +8,17 @@ stopped and started. The client container's resolver is dnsd (`dns:` in the comp
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
+import ssl
 import subprocess
 import threading
 from pathlib import Path
 
+from dnsd.config import load_config
 from drills.dockerapi import Docker, DockerError
-from drills.lab import Lab, LabError, wait_for
+from drills.lab import Lab, LabError, http_status, wait_for
 from drills.labconfig import DNS_ADDRESS, GLOBAL_NAME, PROBES_ADDRESS, PROBES_PORT, REPLICAS, Timing
 
 CONFIG = Path(os.environ.get("GEOTM_CONFIG", "/etc/geotm/geotm.yaml"))
@@ -46,7 +49,6 @@ class ComposeLab(Lab):
             self.containers[service] = self.docker.service_container(project, service)
         self.say(f"compose project {project}: " + ", ".join(f"{k} {v[:12]}" for k, v in self.containers.items()))
         self.load_budget()
-        import ssl
         self._ssl = ssl.create_default_context(cafile=str(self.certs_dir / "ca.crt"))
         for replica in REPLICAS:
             if wait_for(lambda r=replica: self.registry_up(r), 60, 0.5) is None:
@@ -64,7 +66,6 @@ class ComposeLab(Lab):
     def load_budget(self) -> None:
         """Budgets and the scenario timings (blip length, fail-open floor) from the stack's config."""
         super().load_budget()
-        from dnsd.config import load_config
         config = load_config(str(self.config_path))
         registry = next(r for r in config.registries if r.name == "contoso")
         spec = next(r for r in registry.replicas if r.name == "eastus").probe
@@ -74,7 +75,6 @@ class ComposeLab(Lab):
 
     def _line_of(self, name: str):
         def on_line(line: str, at: float) -> None:
-            import json
             try:
                 parsed = json.loads(line) if line.startswith("{") else None
             except ValueError:
@@ -127,8 +127,7 @@ class ComposeLab(Lab):
     def start_probes(self, instance: str | None = None) -> None:
         self.docker.start(self.containers["probes"])
         url = f"http://{PROBES_ADDRESS}:{PROBES_PORT}/healthz"
-        from drills.lab import _http_status
-        if wait_for(lambda: _http_status(url) == 200, 30, 0.5) is None:
+        if wait_for(lambda: http_status(url) == 200, 30, 0.5) is None:
             raise LabError("probes did not come back")
 
     def ensure_running(self) -> None:

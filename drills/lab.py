@@ -237,7 +237,7 @@ class Lab:
         """The replica serves again, as its own checks say: /v2/ over TLS and /debug/health both 200."""
         replica = REPLICA[name]
         return self.registry_up(replica) and \
-            _http_status(f"http://{replica.address}:{labconfig.DEBUG_PORT}/debug/health") == 200
+            http_status(f"http://{replica.address}:{labconfig.DEBUG_PORT}/debug/health") == 200
 
     def _write_geotm_config(self) -> None:
         self.paths.admin_token.write_text(secrets.token_urlsafe(24) + "\n")
@@ -282,7 +282,7 @@ class Lab:
                                       listener=self._geotm_listener)
         for name in [instance] if instance else list(PROBES):
             url = f"http://{PROBES[name]}:{PROBES_PORT}/healthz"
-            if wait_for(lambda: _http_status(url) == 200, 20, 0.2) is None:
+            if wait_for(lambda: http_status(url) == 200, 20, 0.2) is None:
                 raise LabError(f"{name} did not come up; see {self._log(name)}")
 
     def stop_probes(self, instance: str | None = None) -> None:
@@ -573,7 +573,7 @@ class Lab:
         self.ns.delete()
 
 
-def _http_status(url: str) -> int | None:
+def http_status(url: str) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=1) as resp:
             return resp.status

@@ -7,10 +7,16 @@ work directory and is valid for two days.
 """
 from __future__ import annotations
 
+import argparse
 import ipaddress
+import os
+import secrets
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from drills.labconfig import REGISTRY, REPLICAS, ZONE
 
 OPENSSL_TIMEOUT = 30.0
 
@@ -74,12 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     config/compose.yaml), the client's trust directory (DIR/client/ca.crt only: skopeo treats a .key
     without a .cert in a cert dir as an error) and a random admin token. Does nothing if DIR/ca.crt
     exists, so restarting the stack keeps its certificates."""
-    import argparse
-    import os
-    import secrets
-    import shutil
 
-    from drills.labconfig import REGISTRY, REPLICAS, ZONE
     parser = argparse.ArgumentParser(prog="python -m drills.pki")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--owner", type=int, help="uid (and gid) that must read the keys and token")

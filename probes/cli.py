@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import ssl
 import sys
+from dataclasses import replace
 
 import structlog
 
 from dnsd import logs
+from dnsd.budget import render
 from dnsd.config import ConfigError, load_config
 from dnsd.config.build import parse_listen
-from dnsd.lifecycle import StopSignals, run, serve_http
+from dnsd.lifecycle import StopSignals, TaskSet, run, serve_http
+from dnsd.secretfile import SecretFile, SecretUnreadable
 
 log = structlog.get_logger("probes")
 
@@ -36,17 +39,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"probes: cannot use {args.config}: {err}", file=sys.stderr)
         return 2
     if args.command == "budget":
-        from dnsd.budget import render
         print(render(config))
         return 0
     logs.configure(json={"auto": None, "json": True, "console": False}[args.log_format])
     settings = config.probes
     try:
         if args.listen:
-            from dataclasses import replace
             settings = replace(settings, listen=parse_listen(args.listen, 8053))
         if args.state_file:
-            from dataclasses import replace
             settings = replace(settings, state_file=args.state_file)
     except ValueError as err:
         print(f"probes: bad --listen: {err}", file=sys.stderr)
@@ -60,11 +60,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def serve(config, settings) -> None:
-    from probes.api import make_app
-    from probes.scheduler import ProbeService, transition_event
-    from probes.targets import targets_of
-    from dnsd.secretfile import SecretFile
-    from probes.webhook import Notifier
+    from probes.api import make_app  # start-up: aiohttp and the probe machinery, not needed by `probes budget`
+    from probes.scheduler import ProbeService, transition_event  # start-up: as above
+    from probes.targets import targets_of  # start-up: as above
+    from probes.webhook import Notifier  # start-up: as above
 
     stop = StopSignals()
     tls, token, registry_auth = _trust(settings)
@@ -74,14 +73,14 @@ async def serve(config, settings) -> None:
     runner = await serve_http(make_app(service, token, settings.public_metrics), [settings.listen],
                               "https" if tls else "http", ssl_for=lambda _where: tls)
     await service.start()
-    notifier_task = None
+    tasks = TaskSet()
     if settings.webhook is not None:
         assert service.session is not None
         secret = SecretFile(settings.webhook.secret_file, "webhook secret") if settings.webhook.secret_file else None
         notifier = Notifier(settings.webhook, service.session, secret=secret)
         service.on_transition.append(lambda target, moved, _state: notifier.notify(
             transition_event(target, moved, service.instance)))
-        notifier_task = asyncio.create_task(notifier.run())
+        tasks.start(notifier.run(), name="webhook")
     log.info("probes_started", config=config.source, targets=len(service.targets), listen=f"{host}:{port}",
              tls=tls is not None, token="required on /v1/health" if token else "none",
              registry_credentials=len(registry_auth.credentials) if registry_auth else None,
@@ -92,8 +91,7 @@ async def serve(config, settings) -> None:
     finally:
         stop.close()
         log.info("probes_stopping")
-        if notifier_task is not None:
-            notifier_task.cancel()
+        await tasks.close()  # the webhook notifier: cancelled and awaited before its session closes
         await service.stop()
         await runner.cleanup()
 
@@ -101,10 +99,8 @@ async def serve(config, settings) -> None:
 def _trust(settings):
     """TLS context, API token and registry credentials from the settings' files, all checked before
     probing starts: a probes that cannot protect its feed refuses to start (OSError with the reason)."""
-    import ssl
 
-    from dnsd.secretfile import SecretFile, SecretUnreadable
-    from probes.registryauth import CredentialsError, RegistryAuth
+    from probes.registryauth import CredentialsError, RegistryAuth  # start-up: aiohttp, not needed by `probes budget`
     tls = None
     if settings.tls_cert_file:
         try:

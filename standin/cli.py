@@ -20,6 +20,8 @@ from typing import Any
 
 import structlog
 
+from dnsd import logs
+from dnsd.config import ConfigError, load_config
 from dnsd.hostport import parse_host_port
 from dnsd.lifecycle import StopSignals
 
@@ -123,7 +125,6 @@ def main(argv: list[str] | None = None) -> int:
 def serve(args: argparse.Namespace) -> int:
     try:
         if args.config:
-            from dnsd.config import ConfigError, load_config
             try:
                 config = load_config(args.config)
             except OSError as err:
@@ -161,7 +162,6 @@ def serve(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as err:
             print(f"geotm-backend: cannot use --token-auth: {err}", file=sys.stderr)
             return 2
-    from dnsd import logs
     logs.configure(json={"auto": None, "json": True, "console": False}[args.log_format], level=args.log_level)
     try:
         asyncio.run(_serve(Backend(targets, context, token_auth), args.control))

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dnsd import names, records
 from dnsd.config.errors import ConfigError, Mark, Problem, Problems
@@ -245,7 +247,7 @@ class _Builder:
         return NameTTLs(**values)
 
     def static_records(self, node: Node | None, zone_name: str | None) -> list[RR]:
-        from dnsd import wire  # the only dnslib user; rdata text -> wire happens there
+        from dnsd import wire  # start-up: wire loads dnslib, needed only to compile records (not by the operator CLI)
         r = self.r
         result: list[RR] = []
         self.record_marks: list[tuple[RR, Node]] = []
@@ -691,7 +693,6 @@ class _Builder:
 
     def check_feed_access(self, url: str, access: FeedAccess, where: Map | None, url_node: Node) -> None:
         """A CA file means TLS; a token over plain HTTP beyond loopback is readable on the path."""
-        from urllib.parse import urlsplit
         parts = urlsplit(url)
         if parts.scheme == "https":
             return
@@ -853,7 +854,6 @@ def _generated_names(reg: Registry, zone: str):
 
 def _loopback(host: str) -> bool:
     """True for localhost and loopback addresses (127.0.0.0/8, ::1): traffic that never leaves the machine."""
-    import ipaddress
     if host.lower() == "localhost":
         return True
     try:
@@ -869,7 +869,6 @@ def _fraction(value: object) -> float:
 
 
 def _http_url(value: object) -> str:
-    from urllib.parse import urlsplit
     text = str(value)
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
