@@ -7,9 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 import structlog
@@ -19,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from dnsd import metrics
 from dnsd.model import AdminSettings
+from dnsd.secretfile import load_admin_token
 
 from dnsd.service import AdminError
 
@@ -40,17 +39,7 @@ class UnusableToken:
         self.why = why
 
 
-def load_token(settings: AdminSettings) -> str | None:
-    """The bearer token: from token_file if set (must exist), else the environment variable, else None."""
-    if settings.token_file:
-        token = Path(settings.token_file).read_text().strip()
-        if not token:
-            raise ValueError(f"admin token file {settings.token_file} is empty")
-        return token
-    if settings.token_env:
-        token = os.environ.get(settings.token_env, "").strip()
-        return token or None
-    return None
+load_token = load_admin_token  # the one reader of the admin token lives in dnsd.secretfile
 
 
 def make_app(dnsd: Dnsd, settings: AdminSettings, token: str | UnusableToken | None) -> web.Application:

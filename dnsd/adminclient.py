@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 
 from dnsd.model import AdminSettings
+from dnsd.secretfile import load_admin_token
 
 
 class AdminClientError(Exception):
@@ -16,7 +17,6 @@ class AdminClientError(Exception):
 
 class AdminClient:
     def __init__(self, settings: AdminSettings, actor: str | None = None, timeout: float = 10.0):
-        from dnsd.admin import load_token
         if settings.listen is None:
             raise AdminClientError("admin.listen is off in the config: there is no admin API to talk to")
         host, port = settings.listen
@@ -24,7 +24,7 @@ class AdminClient:
             host = "127.0.0.1" if host == "0.0.0.0" else "::1"
         self.base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         try:
-            self.token = load_token(settings)
+            self.token = load_admin_token(settings)
         except (OSError, ValueError) as err:
             raise AdminClientError(f"cannot read the admin token: {err}") from None
         self.actor = actor or f"{getpass.getuser()}@{socket.gethostname()}"

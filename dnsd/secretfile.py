@@ -1,10 +1,15 @@
 """Secrets kept in files (bearer tokens, webhook keys): read, re-read when the file changes, compared in
-constant time. Used by dnsd's health feed and by probes (its API token, the webhook secret)."""
+constant time. Used by dnsd's health feed and admin API (and its CLI client), and by probes (its API
+token, the webhook secret)."""
 from __future__ import annotations
 
 import hmac
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dnsd.model import AdminSettings
 
 
 class SecretUnreadable(ValueError):
@@ -44,3 +49,17 @@ def bearer_matches(header: str | None, token: str) -> bool:
     if not header or not header[:7].lower() == "bearer ":
         return False
     return hmac.compare_digest(header[7:].strip().encode(), token.encode())
+
+
+def load_admin_token(settings: AdminSettings) -> str | None:
+    """dnsd's admin bearer token: from token_file if set (must exist), else the environment variable,
+    else None. Here rather than in dnsd.admin so the operator CLI reads it without loading aiohttp."""
+    if settings.token_file:
+        token = Path(settings.token_file).read_text().strip()
+        if not token:
+            raise ValueError(f"admin token file {settings.token_file} is empty")
+        return token
+    if settings.token_env:
+        token = os.environ.get(settings.token_env, "").strip()
+        return token or None
+    return None

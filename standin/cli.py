@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from dnsd.cliutil import add_version, quiet_broken_pipe
 from dnsd.hostport import parse_host_port
 from dnsd.server import StopSignals
 
@@ -65,6 +66,7 @@ def _delay_arg(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geotm-backend",
                                      description="stand-in registry backend with switchable failure modes")
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     control_help = f"control listener (default {DEFAULT_CONTROL[0]}:{DEFAULT_CONTROL[1]})"
 
@@ -103,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@quiet_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
