@@ -90,10 +90,6 @@ def view_choice(compiled: CompiledZone, client: ClientContext) -> tuple[int, boo
     return (0 if view is None else view), False
 
 
-def view_of(compiled: CompiledZone, client: ClientContext) -> int:
-    return view_choice(compiled, client)[0]
-
-
 def network_of(compiled: CompiledZone, client: ClientContext) -> int:
     index = compiled.network_matcher.lookup(client.bits, client.address, client.source_prefix)
     return compiled.default_network if index is None else index
