@@ -1,18 +1,24 @@
 """The dnsd command line: serve, check-config, explain, and the operator commands (status, drain...).
 
 Heavy modules (aiohttp, structlog, prometheus_client, uvloop, dnslib, the engine) are imported inside
-the commands that need them: the operator commands are run by hand and must start fast."""
+the commands that need them, to save start-up time: the operator commands are run by hand and must
+start fast (they need only the config reader and urllib)."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+import urllib.parse
+from dataclasses import replace
 
+from dnsd import records
 from dnsd.cliutil import add_version, quiet_broken_pipe
-from dnsd.config.errors import ConfigError
+from dnsd.config import ConfigError, load_config
+from dnsd.config.build import load_admin_settings, parse_listen
 
 
 def _listen_arg(text: str) -> tuple[str, int]:
-    from dnsd.config.build import parse_listen  # here: the operator commands never need it (start-up time)
     try:
         return parse_listen(text)
     except ValueError as err:
@@ -97,10 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_serve(args: argparse.Namespace, argv: list[str] | None) -> int:
-    from dataclasses import replace
-
-    from dnsd import logs
-    from dnsd.config.build import load_config, parse_listen
+    from dnsd import logs  # structlog: only serve logs (start-up time)
     logs.configure(json={"auto": None, "json": True, "console": False}[args.log_format], level=args.log_level)
     try:
         config = load_config(args.config)  # also in the supervisor: a broken config fails before any fork
@@ -114,9 +117,9 @@ def run_serve(args: argparse.Namespace, argv: list[str] | None) -> int:
         print(f"dnsd: bad --admin-listen {args.admin_listen!r}: {err}", file=sys.stderr)
         return 2
     if args.workers > 1 and args.worker_index is None:
-        from dnsd.workers import supervise
+        from dnsd.workers import supervise  # only a multi-worker serve (start-up time)
         return supervise(list(argv if argv is not None else sys.argv[1:]), args.workers)
-    from dnsd import server, service
+    from dnsd import server, service  # aiohttp, uvloop, the engine: only serve (start-up time)
     worker = None
     if args.worker_index is not None:
         worker = service.WorkerRole(args.worker_index, args.worker_state_dir)
@@ -135,7 +138,6 @@ def run_serve(args: argparse.Namespace, argv: list[str] | None) -> int:
 
 
 def check_config(path: str) -> int:
-    from dnsd.config.build import load_config
     try:
         config = load_config(path)
     except OSError as err:
@@ -155,11 +157,7 @@ OVERRIDE_KINDS = {"drain": "drain", "force-down": "force_down", "force-up": "for
 
 
 def run_admin(args: argparse.Namespace) -> int:
-    import json
-    import urllib.parse
-
-    from dnsd.adminclient import AdminClient, AdminClientError
-    from dnsd.config.build import load_admin_settings
+    from dnsd.adminclient import AdminClient, AdminClientError  # urllib.request: only the admin calls
     try:
         client = AdminClient(load_admin_settings(args.config), args.actor)
         if args.command == "status":
@@ -209,7 +207,6 @@ def render_refusal(command: str, status: int, body: dict) -> str:
 
 
 def render_admin_answer(command: str, body: dict) -> str:
-    import time
     if command == "status":
         lines = [f"config {body['config']['version']} ({body['config']['source']}), generation {body['generation']}"]
         if body["health"]["expired"]:
@@ -240,9 +237,7 @@ def render_admin_answer(command: str, body: dict) -> str:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from dnsd import records
-    from dnsd.config.build import load_config
-    from dnsd.explain import client_context, explain
+    from dnsd.explain import client_context, explain  # the engine: only explain needs it (start-up time)
     from dnsd.runtime import new_snapshot
     try:
         qtype = records.type_number(args.type)
@@ -266,10 +261,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
 def explain_live(args: argparse.Namespace) -> int:
     """Ask the running dnsd: its health, overrides and config, which may differ from the file's."""
-    import urllib.parse
-
     from dnsd.adminclient import AdminClient, AdminClientError
-    from dnsd.config.build import load_admin_settings
     query = {"name": args.name, "client": args.client, "type": args.type}
     if args.ecs:
         query["ecs"] = args.ecs
