@@ -12,10 +12,8 @@ COPY probes ./probes
 COPY standin ./standin
 COPY drills ./drills
 COPY config ./config
-# dnspython: the drills' DNS client (an optional dependency of geotm itself)
-RUN pip install --no-cache-dir . "dnspython>=2.6"
-# the drills run as `python -m drills` even where the installed package list lacks them
-ENV PYTHONPATH=/app PYTHONUNBUFFERED=1
+RUN pip install --no-cache-dir .
+ENV PYTHONUNBUFFERED=1
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/geotm --create-home geotm
 USER geotm
 EXPOSE 53/udp 53/tcp 8053 8054

@@ -1,4 +1,8 @@
-"""The dnsd command line: serve, check-config, explain."""
+"""The dnsd command line: serve, check-config, explain, and the operator commands (status, drain...).
+
+Heavy modules (aiohttp, structlog, prometheus_client, uvloop, dnslib, the engine) are imported inside
+the commands that need them, to save start-up time: the operator commands are run by hand and must
+start fast (they need only the config reader and urllib)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +12,8 @@ import time
 import urllib.parse
 from dataclasses import replace
 
-from dnsd import logs, records
+from dnsd import records
+from dnsd.cliutil import add_version, quiet_broken_pipe
 from dnsd.config import ConfigError, load_config
 from dnsd.config.build import load_admin_settings, parse_listen
 
@@ -22,6 +27,7 @@ def _listen_arg(text: str) -> tuple[str, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dnsd", description="geotm authoritative DNS and traffic manager")
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="answer DNS on the configured addresses")
@@ -37,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info")
 
     check = sub.add_parser("check-config", help="validate a config, list every problem")
-    check.add_argument("config", help="config file (YAML)")
+    check.add_argument("config", nargs="?", help="config file (YAML)")
+    check.add_argument("--config", dest="config_option", metavar="CONFIG", help="the same, as an option")
 
     explain = sub.add_parser("explain", help="show the answer a client would get, and why")
     explain.add_argument("name")
@@ -76,10 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@quiet_broken_pipe
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "check-config":
-        return check_config(args.config)
+        if args.config and args.config_option and args.config != args.config_option:
+            parser.error(f"check-config: two different configs given: {args.config} and --config {args.config_option}")
+        if not (args.config or args.config_option):
+            parser.error("check-config: which config? give its path (or --config PATH)")
+        return check_config(args.config or args.config_option)
     if args.command == "explain":
         return run_explain(args)
     if args.command in ADMIN_COMMANDS:
@@ -90,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_serve(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from dnsd import logs  # start-up: structlog, for `serve` only
     logs.configure(json={"auto": None, "json": True, "console": False}[args.log_format], level=args.log_level)
     try:
         config = load_config(args.config)  # also in the supervisor: a broken config fails before any fork
@@ -174,12 +188,22 @@ def run_admin(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(body, indent=2, sort_keys=True))
     elif status >= 300:
-        print(f"dnsd {args.command}: refused (HTTP {status}): {body.get('error', body)}", file=sys.stderr)
-        for problem in body.get("problems", []):
-            print(f"  {problem}", file=sys.stderr)
+        print(render_refusal(args.command, status, body), file=sys.stderr)
     else:
         print(render_admin_answer(args.command, body))
     return 0 if status < 300 else 1
+
+
+def render_refusal(command: str, status: int, body: dict) -> str:
+    """Why the API said no: its error, or (a refused reload) each problem once, one per line."""
+    problems = body.get("problems") or []
+    if problems:
+        still = f"; still serving version {body['version']}" if body.get("version") else ""
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        head = f"dnsd {command}: refused (HTTP {status}): {body.get('error') or count}{still}"
+    else:
+        head = f"dnsd {command}: refused (HTTP {status}): {body.get('error') or 'no reason given'}"
+    return "\n".join([head] + [f"  {problem}" for problem in problems])
 
 
 def render_admin_answer(command: str, body: dict) -> str:
@@ -229,6 +253,8 @@ def run_explain(args: argparse.Namespace) -> int:
         print(f"dnsd: {err}", file=sys.stderr)
         return 2
     _, text = explain(new_snapshot(config), args.name, qtype, client)
+    print("from the config alone: assumes every replica online and no overrides "
+          "(--live asks the running dnsd for its health and overrides)")
     print(text)
     return 0
 

@@ -43,8 +43,3 @@ def is_subdomain(name: str, zone: str) -> bool:
     return name == zone or name.endswith("." + zone) or zone == ""
 
 
-def relative_to(name: str, zone: str) -> str:
-    """'contoso.azurecr.test' relative to 'azurecr.test' -> 'contoso'; the apex -> '@'."""
-    if name == zone:
-        return "@"
-    return name[: -(len(zone) + 1)]

@@ -90,10 +90,6 @@ def view_choice(compiled: CompiledZone, client: ClientContext) -> tuple[int, boo
     return (0 if view is None else view), False
 
 
-def view_of(compiled: CompiledZone, client: ClientContext) -> int:
-    return view_choice(compiled, client)[0]
-
-
 def network_of(compiled: CompiledZone, client: ClientContext) -> int:
     index = compiled.network_matcher.lookup(client.bits, client.address, client.source_prefix)
     return compiled.default_network if index is None else index
@@ -165,7 +161,7 @@ class QueryEngine:
         except Exception:  # a bug must cost one answer, not the server
             self.failed_log(client=client_ip, qname=query.qname(), qtype=query.qtype, exc_info=True)
             self.stats.count("", "error", query.qtype, rc.SERVFAIL)
-            reply = wire.error_response(query, rc.SERVFAIL)
+            reply = wire.error_response(query, rc.SERVFAIL, self.snapshot.config.server.edns_udp_size)
         else:
             if len(cache) >= PACKET_CACHE_SIZE:
                 cache.clear()
@@ -176,28 +172,29 @@ class QueryEngine:
     def answer(self, query: wire.Query, client_ip: str, over_tcp: bool) -> bytes:
         edns = query.edns
         count = self.stats.count
+        snapshot = self.snapshot  # read once: the whole answer comes from one snapshot
+        udp_size = snapshot.config.server.edns_udp_size  # ours, advertised in every OPT we send
         if edns is not None and edns.version > 0:
             count("", "badvers", query.qtype, rc.BADVERS)
-            return wire.error_response(query, rc.BADVERS)  # RFC 6891 §6.1.3
+            return wire.error_response(query, rc.BADVERS, udp_size)  # RFC 6891 §6.1.3
         if query.qclass != records.CLASS_IN or query.qtype in ZONE_TRANSFER_QTYPES:
             count("", "refused", query.qtype, rc.REFUSED)
             self.refused_log(client=client_ip, qname=query.qname(), qtype=query.qtype, qclass=query.qclass,
                              reason="zone transfer" if query.qtype in ZONE_TRANSFER_QTYPES else "class")
-            return wire.error_response(query, rc.REFUSED)
-        snapshot = self.snapshot  # read once: the whole answer comes from one snapshot
+            return wire.error_response(query, rc.REFUSED, udp_size)
         compiled = snapshot.compiled
         client = ClientContext.of(client_ip, query)
         view, view_by_ecs = view_choice(compiled, client)
         key = query.qname_key
         entry = compiled.exact[view].get((key, query.qtype)) or compiled.other[view].get(key)
-        max_size = None if over_tcp else wire.udp_limit(query)
+        max_size = None if over_tcp else wire.udp_limit(query, udp_size)
         ecs_scope = None
         view_name = compiled.zd.views[view]
         if entry is None:
             if not compiled.in_zone(key):
                 count(view_name, "refused", query.qtype, rc.REFUSED)
                 self.refused_log(client=client_ip, qname=query.qname(), qtype=query.qtype, reason="not in zone")
-                return wire.error_response(query, rc.REFUSED)
+                return wire.error_response(query, rc.REFUSED, udp_size)
             packed = compiled.nxdomain(len(key))
             count(view_name, "nxdomain", query.qtype, rc.NXDOMAIN)
         elif entry.packed is not None:
@@ -207,12 +204,12 @@ class QueryEngine:
             plan = snapshot.plans[entry.registry]
             if entry.slow:
                 count(view_name, entry.kind, query.qtype, 0, plan.registry.name, "")
-                return self.answer_slowly(query, snapshot, client, view, max_size)
+                return self.answer_slowly(query, snapshot, client, view, max_size, udp_size)
             index = plan.choice(network_of(compiled, client),
                                 policy.weighted_slot(client.bits, client.address, client.source_prefix))
             if index is None:
                 count(view_name, entry.kind, query.qtype, rc.SERVFAIL, plan.registry.name, "")
-                return wire.error_response(query, rc.SERVFAIL)
+                return wire.error_response(query, rc.SERVFAIL, udp_size)
             packed = (entry.variants_short if plan.short_ttl else entry.variants)[index]
             count(view_name, entry.kind, query.qtype, packed.rcode, plan.registry.name,
                   plan.registry.replicas[index].name)
@@ -221,15 +218,15 @@ class QueryEngine:
         if edns is not None and edns.ecs is not None:
             if ecs_scope is None:  # a view chosen by source address does not vary with the ECS subnet
                 ecs_scope = edns.ecs.source_prefix if packed.client_dependent and view_by_ecs else 0
-        return wire.build_response(query, packed, max_udp_size=max_size, ecs_scope=ecs_scope)
+        return wire.build_response(query, packed, max_udp_size=max_size, ecs_scope=ecs_scope, udp_size=udp_size)
 
     def answer_slowly(self, query: wire.Query, snapshot: Snapshot, client: ClientContext, view: int,
-                      max_size: int | None) -> bytes:
+                      max_size: int | None, udp_size: int) -> bytes:
         result = resolve(snapshot.compiled.zd, view, query.qname(), query.qtype,
                          lambda registry_index: choose(snapshot, client, registry_index),
                          short_ttl={i for i, plan in enumerate(snapshot.plans) if plan.short_ttl})
         if result.rcode == rc.SERVFAIL:
-            return wire.error_response(query, rc.SERVFAIL)
+            return wire.error_response(query, rc.SERVFAIL, udp_size)
         packed = wire.encode_answer(result, len(query.qname_key), query.qname())
         scope = client.source_prefix if client.source_prefix is not None else None
-        return wire.build_response(query, packed, max_udp_size=max_size, ecs_scope=scope)
+        return wire.build_response(query, packed, max_udp_size=max_size, ecs_scope=scope, udp_size=udp_size)

@@ -1,5 +1,6 @@
 """Secrets kept in files (bearer tokens, webhook keys): read, re-read when the file changes, compared in
-constant time. Used by dnsd's health feed and by probes (its API token, the webhook secret)."""
+constant time. Used by dnsd's health feed and admin API (and its CLI client), and by probes (its API
+token, the webhook secret)."""
 from __future__ import annotations
 
 import hmac

@@ -50,7 +50,8 @@ __all__ = [
     "rdata_from_text",
 ]
 
-# Our own advertised EDNS UDP payload size (DNS flag day 2020 value: avoids IP fragmentation).
+# Our advertised EDNS UDP payload size when none is given: the config's server.edns_udp_size (its
+# default is this DNS flag day 2020 value, which avoids IP fragmentation) is passed per reply.
 EDNS_UDP_SIZE = 1232
 
 _HDR = struct.Struct("!HHHHHH")
@@ -74,14 +75,24 @@ _QR, _AA, _TC, _RD, _CD = 0x8000, 0x0400, 0x0200, 0x0100, 0x0010
 _OPCODE_MASK = 0x7800
 
 
-def _opt_rr(ext_rcode: int, dnssec_ok: bool, options: bytes = b"") -> bytes:
+def _opt_rr(ext_rcode: int, dnssec_ok: bool, options: bytes = b"", udp_size: int = EDNS_UDP_SIZE) -> bytes:
     """Our OPT RR: owner root, our UDP size, version 0, DO as given."""
-    return b"\x00" + _OPT_FIX.pack(_OPT_TYPE, EDNS_UDP_SIZE, ext_rcode, 0,
+    return b"\x00" + _OPT_FIX.pack(_OPT_TYPE, udp_size, ext_rcode, 0,
                                    0x8000 if dnssec_ok else 0, len(options)) + options
 
 
 _OPT_PLAIN = _opt_rr(0, False)
 _OPT_DO = _opt_rr(0, True)
+_OPTS: dict[tuple[int, bool], bytes] = {}  # (udp size, DO) -> our plain OPT, packed once per size
+
+
+def _plain_opt(udp_size: int, dnssec_ok: bool) -> bytes:
+    if udp_size == EDNS_UDP_SIZE:
+        return _OPT_DO if dnssec_ok else _OPT_PLAIN
+    opt = _OPTS.get((udp_size, dnssec_ok))
+    if opt is None:  # sizes are 512-4096 (the config checks), so this stays small
+        opt = _OPTS[(udp_size, dnssec_ok)] = _opt_rr(0, dnssec_ok, udp_size=udp_size)
+    return opt
 
 
 # --------------------------------------------------------------------------------------------
@@ -646,14 +657,14 @@ def with_ttls(packed: PackedAnswer, patches: list[tuple[int, int]]) -> PackedAns
 # 3. Replies (hot path)
 # --------------------------------------------------------------------------------------------
 
-def udp_limit(query: Query) -> int:
+def udp_limit(query: Query, udp_size: int = EDNS_UDP_SIZE) -> int:
     """The largest UDP reply we may send: 512 without EDNS, else the client's size capped at
-    ours (the floor of 512 is already applied when parsing)."""
+    ours, udp_size (the floor of 512 is already applied when parsing)."""
     edns = query.edns
     if edns is None:
         return 512
     size = edns.udp_size
-    return EDNS_UDP_SIZE if size > EDNS_UDP_SIZE else (size if size > 512 else 512)
+    return udp_size if size > udp_size else (size if size > 512 else 512)
 
 
 def _ecs_option(ecs: ClientSubnet, scope: int) -> bytes:
@@ -670,8 +681,8 @@ def _ecs_option(ecs: ClientSubnet, scope: int) -> bytes:
 
 
 def build_response(query: Query, packed: PackedAnswer, *, max_udp_size: int | None,
-                   ecs_scope: int | None) -> bytes:
-    """header + the query's question + packed body (+ OPT when the query had EDNS).
+                   ecs_scope: int | None, udp_size: int = EDNS_UDP_SIZE) -> bytes:
+    """header + the query's question + packed body (+ OPT advertising udp_size when the query had EDNS).
 
     max_udp_size None means TCP (no limit); otherwise an oversized reply is sent with TC=1 and
     only the question (and the OPT). An rcode above 15 without EDNS is sent as SERVFAIL."""
@@ -691,11 +702,11 @@ def build_response(query: Query, packed: PackedAnswer, *, max_udp_size: int | No
     else:
         ecs = edns.ecs
         if ecs is not None and ecs_scope is not None:
-            opt = _opt_rr(rcode >> 4, edns.dnssec_ok, _ecs_option(ecs, ecs_scope))
+            opt = _opt_rr(rcode >> 4, edns.dnssec_ok, _ecs_option(ecs, ecs_scope), udp_size)
         elif rcode < 16:
-            opt = _OPT_DO if edns.dnssec_ok else _OPT_PLAIN
+            opt = _plain_opt(udp_size, edns.dnssec_ok)
         else:
-            opt = _opt_rr(rcode >> 4, edns.dnssec_ok)
+            opt = _opt_rr(rcode >> 4, edns.dnssec_ok, udp_size=udp_size)
     question = query.question
     body = packed.body
     if max_udp_size is not None and 12 + len(question) + len(body) + len(opt) > max_udp_size:
@@ -706,7 +717,7 @@ def build_response(query: Query, packed: PackedAnswer, *, max_udp_size: int | No
     return b"".join((header, question, body, opt))
 
 
-def error_response(query: Query, rcode: int) -> bytes:
+def error_response(query: Query, rcode: int, udp_size: int = EDNS_UDP_SIZE) -> bytes:
     """A reply with just the question (and OPT when the query had EDNS), AA=0, RD/CD copied.
     Extended rcodes (BADVERS=16) go in the OPT; without EDNS they are sent as SERVFAIL."""
     flags = _QR | (query.opcode << 11)
@@ -720,9 +731,9 @@ def error_response(query: Query, rcode: int) -> bytes:
         if rcode > 15:
             rcode = SERVFAIL
     elif rcode < 16:
-        opt = _OPT_DO if edns.dnssec_ok else _OPT_PLAIN
+        opt = _plain_opt(udp_size, edns.dnssec_ok)
     else:
-        opt = _opt_rr(rcode >> 4, edns.dnssec_ok)
+        opt = _opt_rr(rcode >> 4, edns.dnssec_ok, udp_size=udp_size)
     header = _HDR.pack(query.id, flags | (rcode & 15), 1, 0, 0, 1 if opt else 0)
     return header + query.question + opt
 

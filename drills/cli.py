@@ -25,6 +25,7 @@ from drills.lab import Lab, LabError
 from drills.labconfig import AGGRESSIVE, DEFAULT
 from drills.scenarios import SCENARIOS, SHORT, TWO_PROBES
 from drills.timeline import summary
+from dnsd.cliutil import add_version, quiet_broken_pipe
 
 EXIT_PASS, EXIT_FAIL, EXIT_CANNOT_RUN = 0, 1, 3
 TOOLS = {"docker-registry": "docker-registry", "skopeo": "skopeo", "openssl": "openssl", "ip": "iproute2",
@@ -78,6 +79,7 @@ def compose_preflight() -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geotm", description="geotm tools")
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     drill = sub.add_parser("drill", help="break real registry replicas and measure the failover a client sees",
                            description="Runs real registries, probes and dnsd in a network namespace of its "
@@ -102,6 +104,7 @@ def _terminate(signum, _frame):
     raise SystemExit(128 + signum)
 
 
+@quiet_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     reasons = compose_preflight() if args.compose else preflight()

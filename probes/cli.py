@@ -10,6 +10,7 @@ import structlog
 
 from dnsd import logs
 from dnsd.budget import render
+from dnsd.cliutil import add_version, quiet_broken_pipe
 from dnsd.config import ConfigError, load_config
 from dnsd.config.build import parse_listen
 from dnsd.lifecycle import StopSignals, TaskSet, run, serve_http
@@ -20,6 +21,7 @@ log = structlog.get_logger("probes")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="probes", description="geotm deep-health probes for registry replicas")
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="probe every replica and serve the verdicts to dnsd")
     serve.add_argument("--config", required=True)
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@quiet_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -22,8 +22,6 @@ class ProbeMetrics:
                               ["registry", "replica", "result"], registry=self.registry)
         self.status = Gauge("geotm_probe_status", "1 online, 0.5 checking, 0 degraded",
                             ["registry", "replica"], registry=self.registry)
-        self.transitions = Counter("geotm_probe_transitions_total", "Status changes",
-                                   ["registry", "replica", "to"], registry=self.registry)
         self.webhook = Counter("geotm_probe_webhook_total", "Webhook deliveries, by outcome",
                                ["outcome"], registry=self.registry)
 

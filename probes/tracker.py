@@ -14,7 +14,6 @@ class TrackerState:
     successes: int = 0  # consecutive good rounds
     failures: int = 0  # consecutive failed rounds
     checked_at: float = 0.0  # when the last round finished
-    last_result: str = ""  # the last round's own reason, good or bad
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,12 +29,12 @@ def observe(state: TrackerState, ok: bool, reason: str, now: float, fall: int, r
     """Apply one round. Degraded after `fall` consecutive failures, Online after `rise` consecutive
     successes; a single result never flips a decided status unless the threshold is 1."""
     if ok:
-        state = replace(state, successes=state.successes + 1, failures=0, checked_at=now, last_result=reason)
+        state = replace(state, successes=state.successes + 1, failures=0, checked_at=now)
         if state.status is not Status.ONLINE and state.successes >= rise:
             why = f"{state.successes} consecutive good checks (rise {rise}): {reason}"
             return _moved(state, Status.ONLINE, why, now)
         return state, None
-    state = replace(state, failures=state.failures + 1, successes=0, checked_at=now, last_result=reason)
+    state = replace(state, failures=state.failures + 1, successes=0, checked_at=now)
     if state.status is not Status.DEGRADED and state.failures >= fall:
         why = f"{state.failures} consecutive failed checks (fall {fall}): {reason}"
         return _moved(state, Status.DEGRADED, why, now)

@@ -47,7 +47,6 @@ class Notifier:
         self.session = session
         self.queue: asyncio.Queue[dict] = asyncio.Queue(queue_size)
         self.dropped = 0
-        self.delivered = 0
         self.failed = 0
 
     def notify(self, event: dict) -> None:
@@ -74,7 +73,6 @@ class Notifier:
                     async with self.session.post(self.webhook.url, data=body, headers=headers,
                                                  allow_redirects=False) as response:
                         if 200 <= response.status < 300:
-                            self.delivered += 1
                             return True
                         error = f"HTTP {response.status}"
             except (aiohttp.ClientError, TimeoutError, OSError, SecretUnreadable) as err:

@@ -558,10 +558,6 @@ class Backend:
         self._control: web.AppRunner | None = None
         self.control_address: tuple[str, int] | None = None
 
-    @classmethod
-    def from_config(cls, config: Any, ssl_context: ssl.SSLContext | None = None) -> Backend:
-        return cls(targets_from_config(config), ssl_context)
-
     async def start(self) -> None:
         """Bind every replica's listeners (all or none: on failure the ones bound are closed)."""
         try:

@@ -22,6 +22,7 @@ import structlog
 
 from dnsd import logs
 from dnsd.config import ConfigError, load_config
+from dnsd.cliutil import add_version, quiet_broken_pipe
 from dnsd.hostport import parse_host_port
 from dnsd.lifecycle import StopSignals
 
@@ -67,6 +68,7 @@ def _delay_arg(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geotm-backend",
                                      description="stand-in registry backend with switchable failure modes")
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     control_help = f"control listener (default {DEFAULT_CONTROL[0]}:{DEFAULT_CONTROL[1]})"
 
@@ -105,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@quiet_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

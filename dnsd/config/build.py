@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -31,15 +32,17 @@ def load_config(path: str | Path) -> Config:
     """Read, validate and build. Raises ConfigError listing every problem, or OSError if unreadable."""
     path = Path(path)
     text = read_text(path)
-    return parse_config_text(text, str(path))
+    return parse_config_text(text, str(path), path.parent)
 
 
-def parse_config_text(text: str, filename: str = "<config>") -> Config:
+def parse_config_text(text: str, filename: str = "<config>", base_dir: str | Path | None = None) -> Config:
+    """base_dir: where relative file paths in the config point (the config file's folder);
+    None leaves them relative to the working directory."""
     root = parse_yaml(text, filename)
     problems = Problems()
     if root is None:
         raise ConfigError([Problem(Mark(filename, 1, 1), "", "the config is empty")])
-    builder = _Builder(Reader(problems), filename)
+    builder = _Builder(Reader(problems), filename, base_dir)
     config = builder.build(root, hashlib.sha256(text.encode()).hexdigest())
     problems.raise_if_any()
     assert config is not None
@@ -53,7 +56,7 @@ def load_admin_settings(path: str | Path) -> AdminSettings:
     root = parse_yaml(read_text(path), str(path))
     problems = Problems()
     node = root.get("admin") if isinstance(root, Map) else None
-    settings = _Builder(Reader(problems), str(path)).admin_settings(node)
+    settings = _Builder(Reader(problems), str(path), path.parent).admin_settings(node)
     problems.raise_if_any()
     assert settings is not None
     return settings
@@ -65,9 +68,10 @@ def parse_listen(text: str, default_port: int = 5353) -> tuple[str, int]:
 
 
 class _Builder:
-    def __init__(self, reader: Reader, filename: str):
+    def __init__(self, reader: Reader, filename: str, base_dir: str | Path | None = None):
         self.r = reader
         self.filename = filename
+        self.base_dir = os.path.abspath(base_dir) if base_dir is not None else None
 
     def build(self, root: Node, digest: str) -> Config | None:
         r = self.r
@@ -560,7 +564,7 @@ class _Builder:
         values = dict(host_header=r.string(m.get("host_header")), path=r.string(m.get("path"), ""),
                       method=(r.string(m.get("method"), "GET") or "GET").upper(), body_contains=r.string(m.get("body_contains")),
                       json_path=r.string(m.get("json_path")), json_equals=r.string(m.get("json_equals")),
-                      tls_verify=r.boolean(m.get("tls_verify"), True), ca_file=r.string(m.get("ca_file")),
+                      tls_verify=r.boolean(m.get("tls_verify"), True), ca_file=self.file_name(m.get("ca_file")),
                       write_canary=r.string(m.get("write_canary")))
         if m.get("path") is not None and values["path"] is not None and not values["path"].startswith("/"):
             r.fail(m.get("path"), f"path must start with '/', got {values['path']!r}")
@@ -608,17 +612,20 @@ class _Builder:
         if listen is None or max_concurrent is None or public_metrics is None:
             return None
         return ProbesSettings(listen=listen, max_concurrent=max_concurrent, webhook=webhook,
-                              state_file=r.string(m.get("state_file")), tls_cert_file=cert_file,
+                              state_file=self.file_name(m.get("state_file")), tls_cert_file=cert_file,
                               tls_key_file=key_file, token_file=token_file, public_metrics=public_metrics,
                               registry_credentials=registry_credentials)
 
     def file_name(self, node: Node | None) -> str | None:
-        """A path to a file (read at run time, so a config stays checkable on another machine)."""
+        """A path to a file (read at run time, so a config stays checkable on another machine).
+        Relative paths are relative to the config file's folder, whatever the working directory."""
         text = self.r.string(node)
         if text is not None and not text.strip():
             self.r.fail(node, "expected a file name, got an empty string")
             return None
-        return text
+        if text is None or self.base_dir is None or os.path.isabs(text):
+            return text
+        return os.path.normpath(os.path.join(self.base_dir, text))
 
     def feed_access(self, m: Map, defaults: FeedAccess) -> FeedAccess:
         return FeedAccess(ca_file=self.file_name(m.get("ca_file")) or defaults.ca_file,
@@ -645,9 +652,9 @@ class _Builder:
                       public_status_page=r.boolean(m.get("public_status_page"), True))
         if None in values.values():
             return None
-        return AdminSettings(listen=listen, token_file=r.string(m.get("token_file")),
+        return AdminSettings(listen=listen, token_file=self.file_name(m.get("token_file")),
                              token_env=r.string(m.get("token_env"), defaults.token_env),
-                             state_file=r.string(m.get("state_file")), **values)
+                             state_file=self.file_name(m.get("state_file")), **values)
 
     def health_settings(self, node: Node | None) -> HealthFeedSettings | None:
         r = self.r
@@ -688,7 +695,7 @@ class _Builder:
         if values["ttl"] < values["poll_interval"]:
             r.fail(m.get("ttl"), f"ttl {values['ttl']:g}s is shorter than poll_interval {values['poll_interval']:g}s: "
                                  "health would expire between polls")
-        return HealthFeedSettings(feeds=tuple(feeds), quorum=quorum, state_file=r.string(m.get("state_file")),
+        return HealthFeedSettings(feeds=tuple(feeds), quorum=quorum, state_file=self.file_name(m.get("state_file")),
                                   access=access, feed_access=frozen_map(per_feed), **values)
 
     def check_feed_access(self, url: str, access: FeedAccess, where: Map | None, url_node: Node) -> None:
