@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import os
 import re
-import shutil
 import socket
 import ssl
 import subprocess
@@ -25,6 +24,7 @@ from aiohttp import web
 
 from dnsd.model import ProbeCheck, StatusRange
 from probes.checks import CANARY_CONTENT, CANARY_DIGEST, MAX_BODY, ProbeResult, make_session, run_check
+from tests.tools import require_tool
 
 HOST = "127.0.0.1"
 KNOWN_BLOB = "sha256:" + hashlib.sha256(b"canary blob").hexdigest()
@@ -526,8 +526,7 @@ async def test_session_keeps_no_cookies() -> None:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A CA and a leaf for registry.test and 127.0.0.1, signed by it (openssl command line)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
+    require_tool("openssl", "to make the test CA and leaf certificate")
     d = tmp_path_factory.mktemp("pki")
     ext = d / "leaf.ext"
     ext.write_text("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
