@@ -89,7 +89,8 @@ def test_sighup_reload_under_load_answers_every_query_correctly(tmp_path):
             path.write_text(yaml.safe_dump(make(), sort_keys=False))
             process.send_signal(signal.SIGHUP)
         worker.join(30)
-        time.sleep(0.5)
+        harness.wait_until(lambda: process.log_text().count('"config_reload') >= len(sequence), 10,
+                           "every reload logged")
         log = process.log_text()
     assert len(results) >= 1000, f"only {len(results)} queries ran"
     lost = [name for name, reply in results if reply is None]
