@@ -78,6 +78,7 @@ def check(reply_wire: bytes, query: bytes, full: bool = True) -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_every_length_under_every_parent_over_udp(server):
     problems = []
     count = 0

@@ -128,6 +128,7 @@ def test_alias_bomb_reload_is_refused_while_the_old_config_answers_every_query(t
     assert after == before
 
 
+@pytest.mark.slow
 def test_attack_script_reports_every_bomb_refused():
     """bench/attacks/yaml_alias_bomb.py, bounded: its own dnsd on loopback, two reloads (SIGHUP, API)."""
     script = harness.REPO_ROOT / "bench" / "attacks" / "yaml_alias_bomb.py"

@@ -434,6 +434,7 @@ def test_tcp_is_never_limited_and_metrics_count(limited_dnsd):
     assert len(starts) == 1 and '"event": "rate_limited"' in starts[0]  # one event, not one per query
 
 
+@pytest.mark.slow
 def test_amplification_script_against_the_limited_dnsd(limited_dnsd):
     """bench/attacks/amplification.py, bounded and on loopback: with RRL the flood gets back fewer
     bytes than it sent (without it, the script shows x4.76)."""

@@ -10,6 +10,7 @@ import struct
 import subprocess
 import urllib.request
 
+import pytest
 
 from tests import harness
 from tests.dnstest import ROOT, isolated_example
@@ -41,6 +42,7 @@ def png_size(path: str) -> tuple[int, int]:
     return struct.unpack(">II", header[16:24])
 
 
+@pytest.mark.slow
 def test_status_page_renders_in_chromium(tmp_path):
     chromium()
     config = isolated_example(tmp_path)

@@ -255,6 +255,7 @@ FD_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hard, clients", FD_CASES, ids=[f"nofile-{h}-clients-{c}" for h, c in FD_CASES])
 def test_tcp_clients_past_the_open_files_limit_never_change_routing(tmp_path, hard, clients):
     with FakeFeed() as feed:

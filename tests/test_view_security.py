@@ -57,6 +57,7 @@ def private_addresses_in(reply: dns.message.Message) -> set[str]:
             if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA) for rdata in rrset} & PRIVATE
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(source=sources, ecs=ecs_subnets, name=names, qtype=qtypes, tcp=st.booleans(),
        mixed_case=st.booleans())
@@ -95,7 +96,8 @@ ATTACKS = [
 ]
 
 
-@pytest.mark.parametrize("args,status,expected", [a[1:] for a in ATTACKS], ids=[a[0] for a in ATTACKS])
+@pytest.mark.parametrize("args,status,expected", [  # the first in the fast suite, the others slow
+    pytest.param(*a[1:], id=a[0], marks=() if a is ATTACKS[0] else pytest.mark.slow) for a in ATTACKS])
 def test_ecs_attack_script_against_a_real_dnsd(server, args, status, expected):
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "attacks" / "ecs_private_leak.py"),
                              "--port", str(server.port), *args], capture_output=True, text=True, timeout=120)

@@ -10,6 +10,7 @@ import socket
 import urllib.request
 
 import dns.message
+import pytest
 
 from tests import harness
 from tests.dnstest import isolated_example, make_query
@@ -36,6 +37,7 @@ def worker_pids(log: str) -> dict[int, int]:
     return pids
 
 
+@pytest.mark.slow
 def test_two_workers(tmp_path):
     config = isolated_example(tmp_path)
     with harness.dnsd(config, extra_args=["--workers", "2", "--log-format", "json"]) as supervisor:

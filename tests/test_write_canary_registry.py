@@ -77,6 +77,7 @@ def blob_data(root: Path, digest: str) -> Path:
     return root / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
 
 
+@pytest.mark.slow
 def test_rounds_leave_the_storage_as_it_was(tmp_path):
     storage = tmp_path / "storage"
     port = harness.free_port()
