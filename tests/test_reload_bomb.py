@@ -74,7 +74,7 @@ def admin_reload(port: int) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
-@pytest.mark.parametrize("how", ["sighup", "admin-api"])
+@pytest.mark.parametrize("how", ["sighup", pytest.param("admin-api", marks=pytest.mark.slow)])
 def test_alias_bomb_reload_is_refused_while_the_old_config_answers_every_query(tmp_path, how):
     path = isolated_example(tmp_path)
     good = path.read_text()

@@ -163,7 +163,8 @@ NEWCOMERS = [
 ]
 
 
-@pytest.mark.parametrize("ask", [a for _, a in NEWCOMERS], ids=[n for n, _ in NEWCOMERS])
+@pytest.mark.parametrize("ask", [  # plain TCP in the fast suite, the other clients slow
+    pytest.param(a, id=n, marks=() if n == "tcp" else pytest.mark.slow) for n, a in NEWCOMERS])
 def test_a_source_at_its_limit_does_not_keep_others_out(tmp_path, ask):
     path = write_config(tmp_path, {"tcp_max_connections": 64, "tcp_max_connections_per_source": 8})
     with harness.dnsd(path) as dnsd:

@@ -381,7 +381,12 @@ STARTUP_CASES = [
 ]
 
 
-@pytest.mark.parametrize("settings,message", [c[1:] for c in STARTUP_CASES], ids=[c[0] for c in STARTUP_CASES])
+# each starts probes (about 1 s): one token and one TLS refusal in the fast suite, the others slow
+FAST_STARTUP_CASES = {"token-file-missing", "tls-key-missing"}
+
+
+@pytest.mark.parametrize("settings,message", [
+    pytest.param(*c[1:], id=c[0], marks=() if c[0] in FAST_STARTUP_CASES else pytest.mark.slow) for c in STARTUP_CASES])
 def test_probes_refuses_to_start_without_usable_trust_files(pki, tmp_path, settings, message) -> None:
     import subprocess
     empty = tmp_path / "empty"
