@@ -24,6 +24,7 @@ from aiohttp import web
 
 from dnsd.model import ProbeCheck, StatusRange
 from probes.checks import CANARY_CONTENT, CANARY_DIGEST, MAX_BODY, ProbeResult, make_session, run_check
+from tests import harness
 from tests.tools import require_tool
 
 HOST = "127.0.0.1"
@@ -84,6 +85,7 @@ def web_server() -> Server:
                                   "items": [{"name": "db", "state": "green"}, {"name": "cache", "state": "red"}]})
 
     async def slow(_r):
+        server.seen.append(("GET", "/slow"))  # in flight
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(server.release.wait(), 5)
         return web.Response(text="late")
@@ -486,7 +488,7 @@ async def test_cancellation_propagates() -> None:
     server = web_server()
     async with make_session() as session, serving(server) as port:
         task = asyncio.create_task(run_check(make_check("http", port, path="/slow"), session, 5))
-        await asyncio.sleep(0.1)
+        await harness.wait_until_async(lambda: ("GET", "/slow") in server.seen, 5, "the check in flight")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
