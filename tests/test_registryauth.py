@@ -199,6 +199,7 @@ def test_token_flow_against_the_standin(token_standin, credentials, fields, ok, 
     assert reason.replace("PORT", str(port)) in result.reason, result
 
 
+@pytest.mark.slow  # waits out the tokens' lifetime
 def test_tokens_are_cached_until_they_expire(token_standin) -> None:
     port, control, work, _proc = token_standin
     auth = _auth_for("right", work, port)
