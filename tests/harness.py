@@ -6,6 +6,7 @@ processes) is in a process group whose id is the child's PID, and is killed with
 """
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import signal
@@ -42,6 +43,27 @@ def free_port(host: str = "127.0.0.1") -> int:
                     continue
                 return port
     raise RuntimeError(f"no port free for both UDP and TCP on {host} after 50 tries")
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = _POLL_INTERVAL) -> float:
+    """Poll `condition()` until it is true; returns the seconds that took. Fails (AssertionError
+    naming `what`) once `timeout` seconds pass: tests wait for a condition, never a fixed time."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started >= timeout:
+            raise AssertionError(f"{what}: not reached within {timeout:g} s")
+        time.sleep(interval)
+    return time.monotonic() - started
+
+
+async def wait_until_async(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> float:
+    """wait_until for a test that runs in the event loop (sleeps with asyncio, so the loop runs on)."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started >= timeout:
+            raise AssertionError(f"{what}: not reached within {timeout:g} s")
+        await asyncio.sleep(interval)
+    return time.monotonic() - started
 
 
 def udp_answers(host: str, port: int, qname: str = "azurecr.test.", qtype: str = "SOA", timeout: float = 0.5) -> bool:

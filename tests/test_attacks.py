@@ -23,8 +23,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("script, args, code, printed", CASES,
-                         ids=[f"{s.removesuffix('.py')}-{i}" for i, (s, *_) in enumerate(CASES)])
+@pytest.mark.parametrize("script, args, code, printed", [  # the real attacks (exit 0) run seconds: slow
+    pytest.param(*c, id=f"{c[0].removesuffix('.py')}-{i}", marks=pytest.mark.slow if c[2] == 0 else ())
+    for i, c in enumerate(CASES)])
 def test_attack_script(script, args, code, printed):
     run = subprocess.run([sys.executable, str(ATTACKS / script), *args], capture_output=True, text=True,
                          timeout=120, cwd=ROOT)

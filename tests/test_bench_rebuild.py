@@ -7,9 +7,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests import harness
 
 
+@pytest.mark.slow
 def test_live_reload_bench_finishes_at_a_thousand_registries():
     script = harness.REPO_ROOT / "bench" / "rebuild.py"
     done = subprocess.run([sys.executable, str(script), "--live", "--live-only", "--counts", "1000", "--reloads", "1",

@@ -4,12 +4,13 @@ output. One optional end-to-end test runs bench/run when knotd and dnsperf are i
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.tools import require_tool, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -128,7 +129,7 @@ def test_geotm_bench_config(tmp_path):
 def test_geotm_bench_config_is_valid(tmp_path):
     dnsd = ROOT / ".venv" / "bin" / "dnsd"
     if not dnsd.exists():
-        pytest.skip("no .venv/bin/dnsd")
+        unavailable("no .venv/bin/dnsd (scripts/test makes the .venv)")
     cfg = tmp_path / "geotm.yaml"
     cfg.write_text(bl.geotm_bench_config(ROOT / "config" / "example.yaml", tmp_path, 5303))
     r = subprocess.run([str(dnsd), "check-config", str(cfg)], capture_output=True, text=True, timeout=60)
@@ -193,10 +194,10 @@ def test_table_round_trip():
     assert parsed[1]["lost"] == 2 and parsed[1]["ratio"] == 0.39 and parsed[1]["p99_ms"] is None
 
 
-@pytest.mark.skipif(not (shutil.which("knotd") or Path("/usr/sbin/knotd").exists()) or not shutil.which("dnsperf")
-                    or not shutil.which("dig") or not shutil.which("taskset"),
-                    reason="knotd, dnsperf, dig or taskset not installed")
+@pytest.mark.slow
 def test_bench_run_end_to_end(tmp_path):
+    for tool, package in (("knotd", "knot"), ("dnsperf", "dnsperf"), ("dig", "dnsutils"), ("taskset", "util-linux")):
+        require_tool(tool, "for the real benchmark run against Knot", package=package)
     out_json = tmp_path / "latest.json"
     r = subprocess.run([str(BENCH / "run"), "--seconds", "1", "--runs", "1", "--only", "knot,geotm", "--skip-install",
                         "--json", str(out_json)], capture_output=True, text=True, timeout=300)
@@ -296,9 +297,11 @@ def test_soak_verdicts(case, samples, results, failing):
 def test_soak_load_sustained(sent, ok):
     assert soak.sustained({"all": _result(sent, 0)}, qps=1000, seconds=600)[0] is ok
 
-@pytest.mark.skipif(not shutil.which("dnsperf") or not shutil.which("taskset"), reason="dnsperf not installed")
+@pytest.mark.slow
 def test_soak_runs_end_to_end(tmp_path):
     """A few seconds of the real thing: dnsd, five dnsperf streams, memory samples, the verdicts."""
+    require_tool("dnsperf", "for the soak's load")
+    require_tool("taskset", "to pin the soak's processes", package="util-linux")
     out = tmp_path / "soak.json"
     r = subprocess.run([sys.executable, str(BENCH / "soak.py"), "--seconds", "6", "--qps", "3000", "--warmup", "2",
                         "--sample", "1", "--max-growth", "0.5", "--json", str(out)],

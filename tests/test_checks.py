@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import os
 import re
-import shutil
 import socket
 import ssl
 import subprocess
@@ -25,6 +24,8 @@ from aiohttp import web
 
 from dnsd.model import ProbeCheck, StatusRange
 from probes.checks import CANARY_CONTENT, CANARY_DIGEST, MAX_BODY, ProbeResult, make_session, run_check
+from tests import harness
+from tests.tools import require_tool
 
 HOST = "127.0.0.1"
 KNOWN_BLOB = "sha256:" + hashlib.sha256(b"canary blob").hexdigest()
@@ -84,6 +85,7 @@ def web_server() -> Server:
                                   "items": [{"name": "db", "state": "green"}, {"name": "cache", "state": "red"}]})
 
     async def slow(_r):
+        server.seen.append(("GET", "/slow"))  # in flight
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(server.release.wait(), 5)
         return web.Response(text="late")
@@ -486,7 +488,7 @@ async def test_cancellation_propagates() -> None:
     server = web_server()
     async with make_session() as session, serving(server) as port:
         task = asyncio.create_task(run_check(make_check("http", port, path="/slow"), session, 5))
-        await asyncio.sleep(0.1)
+        await harness.wait_until_async(lambda: ("GET", "/slow") in server.seen, 5, "the check in flight")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -526,8 +528,7 @@ async def test_session_keeps_no_cookies() -> None:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A CA and a leaf for registry.test and 127.0.0.1, signed by it (openssl command line)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
+    require_tool("openssl", "to make the test CA and leaf certificate")
     d = tmp_path_factory.mktemp("pki")
     ext = d / "leaf.ext"
     ext.write_text("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"

@@ -16,6 +16,7 @@ import yaml
 
 from dnsd.config import load_config
 from drills import labconfig, pki
+from tests.tools import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -160,13 +161,12 @@ def test_compose_cli_validates_when_installed(tmp_path):
     if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True,
                                                  timeout=30).returncode == 0:
         argv, path = ["docker", "compose"], COMPOSE
-    elif shutil.which("docker-compose"):
+    else:
         path = tmp_path / "docker-compose.yml"
         path.write_text("\n".join(line for line in COMPOSE.read_text().splitlines()
                                   if not line.startswith("name:")) + "\n")
-        argv = ["docker-compose"]
-    else:
-        pytest.skip("no compose CLI installed (docker compose or docker-compose); the static checks above ran")
+        argv = [require_tool("docker-compose", "to check the compose file against the compose spec "
+                             "(or docker compose v2); the static checks above ran")]
     result = subprocess.run([*argv, "-f", str(path), "--project-directory", str(ROOT), "config", "-q"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -59,7 +59,9 @@ GENERATED = [
 ]
 
 
-@pytest.mark.parametrize("name,content,expected", GENERATED, ids=[case[0] for case in GENERATED])
+@pytest.mark.parametrize("name,content,expected", [  # a million nodes takes seconds to parse: slow
+    pytest.param(*case, id=case[0], marks=pytest.mark.slow if case[0] == "too-many-nodes" else ())
+    for case in GENERATED])
 def test_generated_bad_file_is_refused_with_file_line(tmp_path, name, content, expected):
     path = tmp_path / f"{name}.yaml"
     path.write_bytes(content())
@@ -152,6 +154,7 @@ def test_anchors_within_the_bounds_load_like_their_expansion():
     assert with_aliases.registries == without.registries
 
 
+@pytest.mark.slow
 def test_a_thousand_registry_config_is_well_within_the_bounds():
     import sys
     sys.path.insert(0, str(ROOT / "bench"))

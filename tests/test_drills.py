@@ -23,6 +23,7 @@ from drills.lab import Pull
 from drills.labconfig import AGGRESSIVE, DEFAULT, Paths
 from drills.scenarios import _judge_pulls, blip_length
 from drills.timeline import Measurement, Timeline, summary
+from tests.tools import require_tool, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -196,8 +197,8 @@ def test_certificate_names_cover_every_name_a_client_uses():
     assert pki.san_extension(names[:1], ("10.77.0.11",)) == "subjectAltName=DNS:contoso.azurecr.test,IP:10.77.0.11"
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl missing (apt-get install openssl)")
 def test_pki_makes_certificates_the_ca_verifies(tmp_path):
+    require_tool("openssl", "to make and verify the drill's certificates")
     ca = pki.make_ca(tmp_path)
     cert = pki.make_server_cert(tmp_path, "eastus", ca, pki.replica_names("contoso", "azurecr.test", "eastus"),
                                 ("10.77.0.11",))
@@ -209,8 +210,8 @@ def test_pki_makes_certificates_the_ca_verifies(tmp_path):
     assert "DNS:contoso.azurecr.test" in text and "IP Address:10.77.0.11" in text
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl missing (apt-get install openssl)")
 def test_pki_command_writes_what_the_compose_stack_mounts(tmp_path):
+    require_tool("openssl", "to make the compose stack's certificates")
     out = tmp_path / "pki"
     assert pki.main(["--out", str(out)]) == 0
     for name in ("ca.crt", "client/ca.crt", "admin-token", "eastus.crt", "eastus.key", "westeurope.key",
@@ -234,16 +235,14 @@ def _cannot_run() -> list[str]:
     return preflight()
 
 
+@pytest.mark.slow
 def test_geotm_drill_short_runs_for_real():
-    """The CI drill: storage failure + blip with real registries, probes, dnsd and skopeo. Skipped,
-    with the reason printed, when this machine cannot create network namespaces or lacks the Debian
-    packages (also under GEOTM_REQUIRE_TOOLS=1: CI says why instead of failing)."""
+    """The CI drill: storage failure + blip with real registries, probes, dnsd and skopeo. Skipped with
+    the reason when this machine cannot create network namespaces or lacks the Debian packages; fails
+    for that reason under GEOTM_REQUIRE_TOOLS=1 (CI)."""
     reasons = _cannot_run()
     if reasons:
-        message = "geotm drill --short cannot run here: " + "; ".join(reasons)
-        if os.environ.get("GEOTM_REQUIRE_TOOLS") == "1":
-            print(f"\nGEOTM_REQUIRE_TOOLS=1 but {message}", file=sys.stderr)
-        pytest.skip(message)
+        unavailable("geotm drill --short cannot run here: " + "; ".join(reasons))
     result = subprocess.run([sys.executable, "-m", "drills", "drill", "--short"], capture_output=True, text=True,
                             timeout=600, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     output = result.stdout + result.stderr

@@ -96,6 +96,7 @@ def set_mode(control_port: int, replica: str, mode: str) -> None:
         assert response.status == 200
 
 
+@pytest.mark.slow
 def test_failover_recovery_expiry_and_restart(tmp_path):
     config_path, probes_port, control_port = write_config(tmp_path)
     budget = {b.replica: b for b in budgets(load_config(config_path))}["eastus"]
@@ -186,6 +187,7 @@ def trend_in_feed(probes_port: int, replica: str) -> tuple[str, str]:
     return entry["status"], entry["trend"]
 
 
+@pytest.mark.slow
 def test_short_ttl_while_suspect_or_recovering(tmp_path):
     config_path, probes_port, control_port = write_trend_config(tmp_path)
     config = load_config(config_path)
@@ -230,6 +232,7 @@ def test_short_ttl_while_suspect_or_recovering(tmp_path):
         wait_for(lambda: seen() == (normal, "0.0"), 1 + SLACK)
 
 
+@pytest.mark.slow
 def test_two_probes_one_killed_mid_outage_keeps_the_failover(tmp_path):
     ports = (harness.free_port(), harness.free_port())
     config_path, _, control_port = write_config(tmp_path, ports)

@@ -97,6 +97,7 @@ def comparable(reply: bytes) -> tuple:
             tuple(sorted(r.to_text() for r in message.additional)), message.edns, message.payload, options)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_fast_path_equals_full_path(scenario):
     data, health = SCENARIOS[scenario]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -16,17 +15,12 @@ import pytest
 
 from tests import harness
 from tests.dnstest import EXAMPLE, ROOT, isolated_example, make_query
+from tests.tools import require_tool
 
-REQUIRE_TOOLS = os.environ.get("GEOTM_REQUIRE_TOOLS") == "1"  # CI: a missing tool fails, never skips
 
 
 def need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        if REQUIRE_TOOLS:
-            pytest.fail(f"{tool} is not installed (CI installs it in .ci/run)")
-        pytest.skip(f"{tool} not installed")
-    return path
+    return require_tool(tool, "to query the real server as users do", package={"dig": "dnsutils"}.get(tool))
 
 
 @pytest.fixture(scope="module")

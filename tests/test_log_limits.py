@@ -127,6 +127,7 @@ def faulty_dnsd(tmp_path_factory):
         yield process
 
 
+@pytest.mark.slow
 def test_ten_thousand_bad_queries_of_each_kind_write_a_bounded_log(faulty_dnsd):
     before = len(faulty_dnsd.log_text().encode())
     for kind in ("query_failed", "query_refused", "query_malformed"):
@@ -149,6 +150,7 @@ def test_ten_thousand_bad_queries_of_each_kind_write_a_bounded_log(faulty_dnsd):
     assert [e["reason"] for e in events if e["event"] == "query_refused"][0] == "not in zone"
 
 
+@pytest.mark.slow
 def test_the_server_still_answers_after_the_flood(tmp_path):
     """Rate limiting drops log lines, never answers."""
     with harness.dnsd(isolated_example(tmp_path)) as process:

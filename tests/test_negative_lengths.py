@@ -78,6 +78,7 @@ def check(reply_wire: bytes, query: bytes, full: bool = True) -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_every_length_under_every_parent_over_udp(server):
     problems = []
     count = 0
@@ -99,7 +100,8 @@ def test_every_length_under_every_parent_over_udp(server):
     assert "query_failed" not in server.log_text()
 
 
-@pytest.mark.parametrize("qtype", ["A", "TXT", "TYPE666"])
+@pytest.mark.parametrize("qtype", ["A", pytest.param("TXT", marks=pytest.mark.slow),
+                                   pytest.param("TYPE666", marks=pytest.mark.slow)])
 def test_every_length_under_the_apex_over_tcp(server, qtype):
     problems = []
     with socket.create_connection(("127.0.0.1", server.port), timeout=3) as sock:

@@ -11,6 +11,7 @@ import time
 
 import dns.message
 import dns.rcode
+import pytest
 import yaml
 
 from tests import harness
@@ -74,6 +75,7 @@ def load(port: int, count: int, results: list, stop_after: float) -> None:
                 results.append((name, None))
 
 
+@pytest.mark.slow
 def test_sighup_reload_under_load_answers_every_query_correctly(tmp_path):
     path = tmp_path / "geotm.yaml"
     path.write_text(yaml.safe_dump(config_a(), sort_keys=False))
@@ -89,7 +91,8 @@ def test_sighup_reload_under_load_answers_every_query_correctly(tmp_path):
             path.write_text(yaml.safe_dump(make(), sort_keys=False))
             process.send_signal(signal.SIGHUP)
         worker.join(30)
-        time.sleep(0.5)
+        harness.wait_until(lambda: process.log_text().count('"config_reload') >= len(sequence), 10,
+                           "every reload logged")
         log = process.log_text()
     assert len(results) >= 1000, f"only {len(results)} queries ran"
     lost = [name for name, reply in results if reply is None]
@@ -115,6 +118,7 @@ def address_of(port: int, name: str, ecs: str | None = None) -> str:
     return reply.answer[-1][0].address
 
 
+@pytest.mark.slow
 def test_operator_cli_against_a_running_dnsd(tmp_path):
     admin_port = harness.free_port()
     token = tmp_path / "token"

@@ -17,6 +17,7 @@ from probes.scheduler import ProbeService, transition_event
 from probes.targets import Target
 from probes.tracker import Transition
 from probes.webhook import Notifier
+from tests import harness
 
 
 def target(replica: str, interval=0.05, timeout=0.04, fall=2, rise=2) -> Target:
@@ -47,9 +48,13 @@ async def test_max_concurrent_bounds_rounds_in_flight():
         return ProbeResult(True, "ok", 0.03)
 
     await service.start(runner)
-    await asyncio.sleep(0.4)
+    await harness.wait_until_async(lambda: peak >= 3, 5, "three rounds in flight")
     await service.stop()
     assert peak == 3
+
+
+def status_of(service: ProbeService) -> Status:
+    return service.states[("contoso", "eastus")].status
 
 
 async def test_a_hung_round_fails_by_timeout_and_probing_goes_on():
@@ -63,7 +68,8 @@ async def test_a_hung_round_fails_by_timeout_and_probing_goes_on():
 
     service_timeout = 0.05 + 1.0  # the scheduler allows the checks' timeout plus 1 s of slack
     await service.start(runner)
-    await asyncio.sleep(2 * service_timeout + 0.4)
+    await harness.wait_until_async(lambda: calls >= 2 and status_of(service) is Status.DEGRADED,
+                                   2 * service_timeout + 3, "two hung rounds ended by the deadline")
     await service.stop()
     state = service.states[("contoso", "eastus")]
     assert calls >= 2 and state.status is Status.DEGRADED and "timeout" in state.reason
@@ -76,7 +82,7 @@ async def test_a_crashing_check_counts_as_a_failure_not_a_dead_loop():
         raise RuntimeError("boom")
 
     await service.start(runner)
-    await asyncio.sleep(0.2)
+    await harness.wait_until_async(lambda: status_of(service) is Status.DEGRADED, 3, "the crashing check counted")
     await service.stop()
     state = service.states[("contoso", "eastus")]
     assert state.status is Status.DEGRADED and "probe error: RuntimeError: boom" in state.reason
@@ -184,10 +190,7 @@ async def test_webhook_retries_with_backoff_then_delivers():
         notifier = Notifier(Webhook(str(server.make_url("/hook")), timeout=1, retries=4, backoff=0.05), session)
         task = asyncio.create_task(notifier.run())
         notifier.notify({"event": "status_changed", "replica": "eastus"})
-        for _ in range(100):
-            if received:
-                break
-            await asyncio.sleep(0.02)
+        await harness.wait_until_async(lambda: received, 2, "the webhook delivered")
         task.cancel()
     assert received == [{"event": "status_changed", "replica": "eastus"}]
     assert len(attempts) == 3 and attempts[2] - attempts[1] >= 0.09  # backoff doubled: 0.05 then 0.1

@@ -8,8 +8,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -23,8 +21,8 @@ from probes.checks import make_session, run_check
 from probes.registryauth import (Challenge, Credentials, CredentialsError, RegistryAuth, load_credentials,
                                  parse_challenges)
 from tests import harness
+from tests.tools import require_tool
 
-REQUIRE_TOOLS = os.environ.get("GEOTM_REQUIRE_TOOLS") == "1"  # CI: a missing tool fails, never skips
 USER, PASSWORD = "prober", "s3cret:with colon"
 
 
@@ -201,6 +199,7 @@ def test_token_flow_against_the_standin(token_standin, credentials, fields, ok, 
     assert reason.replace("PORT", str(port)) in result.reason, result
 
 
+@pytest.mark.slow  # waits out the tokens' lifetime
 def test_tokens_are_cached_until_they_expire(token_standin) -> None:
     port, control, work, _proc = token_standin
     auth = _auth_for("right", work, port)
@@ -328,12 +327,8 @@ def test_probes_process_authenticates_with_the_credentials_file(token_standin, p
 
 @pytest.fixture(scope="module")
 def htpasswd_registry(tmp_path_factory: pytest.TempPathFactory):
-    missing = [tool for tool in ("docker-registry", "htpasswd") if shutil.which(tool) is None]
-    if missing:
-        message = f"{', '.join(missing)} not installed (apt-get install docker-registry apache2-utils)"
-        if REQUIRE_TOOLS:
-            pytest.fail(message)
-        pytest.skip(message)
+    registry = require_tool("docker-registry", "for a real registry with Basic auth")
+    require_tool("htpasswd", "to write the registry's bcrypt password file", package="apache2-utils")
     work = tmp_path_factory.mktemp("htpasswd-registry")
     subprocess.run(["htpasswd", "-B", "-b", "-c", str(work / "htpasswd"), USER, PASSWORD], check=True,
                    capture_output=True, timeout=30)
@@ -352,7 +347,7 @@ def htpasswd_registry(tmp_path_factory: pytest.TempPathFactory):
             return err.code == 401
         return False
 
-    with harness.ServiceProcess(["docker-registry", "serve", str(work / "config.yml")], ready, "docker-registry",
+    with harness.ServiceProcess([registry, "serve", str(work / "config.yml")], ready, "docker-registry",
                                 timeout=20):
         yield port, work
 

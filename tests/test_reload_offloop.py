@@ -44,6 +44,7 @@ def watch_builds(monkeypatch) -> list[dict]:
     return seen
 
 
+@pytest.mark.slow
 async def test_the_build_runs_in_a_niced_thread_with_a_short_switch_interval_and_no_gc(big, monkeypatch):
     dnsd, path = big
     path.write_text(config_text(300, seed=3))
@@ -64,6 +65,7 @@ async def test_the_build_runs_in_a_niced_thread_with_a_short_switch_interval_and
     assert os.getpriority(os.PRIO_PROCESS, 0) == nice_before  # the loop's thread is not niced
 
 
+@pytest.mark.slow
 async def test_health_that_changes_during_the_build_is_kept(big, monkeypatch):
     dnsd, path = big
     path.write_text(config_text(300, seed=4))
@@ -90,6 +92,7 @@ async def _apply(dnsd: Dnsd, health: HealthSnapshot) -> None:
     dnsd.apply_health(health)
 
 
+@pytest.mark.slow
 async def test_old_tables_are_emptied_in_slices_after_the_swap(big, monkeypatch):
     dnsd, path = big
     old = dnsd.snapshot.compiled

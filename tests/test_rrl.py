@@ -392,11 +392,15 @@ def _net(source: str) -> str:
 
 
 @pytest.mark.parametrize("plan", [
-    # (source, queries), all sent at once: the first bursts, the others ask the same name
-    [("127.0.1.5", BURST), ("127.0.2.5", RATE - 1), ("127.0.3.5", RATE - 1)],
-    [("127.0.4.5", BURST), ("127.0.4.77", 5), ("127.0.6.1", RATE)],  # .77: the burst's /24 and bucket
-    [("127.0.9.5", BURST), ("127.0.9.6", BURST)],  # exempt network: never limited
-], ids=["other-prefixes", "same-prefix", "exempt"])
+    # (source, queries), all sent at once: the first bursts, the others ask the same name; each case
+    # sends for about 1 s: same-prefix in the fast suite, the others slow
+    pytest.param([("127.0.1.5", BURST), ("127.0.2.5", RATE - 1), ("127.0.3.5", RATE - 1)],
+                 id="other-prefixes", marks=pytest.mark.slow),
+    pytest.param([("127.0.4.5", BURST), ("127.0.4.77", 5), ("127.0.6.1", RATE)],  # .77: the burst's /24 and bucket
+                 id="same-prefix"),
+    pytest.param([("127.0.9.5", BURST), ("127.0.9.6", BURST)],  # exempt network: never limited
+                 id="exempt", marks=pytest.mark.slow),
+])
 def test_burst_from_one_prefix_is_limited_others_answered(limited_dnsd, plan):
     results, sending = udp_load(limited_dnsd.port, plan)
     burst_net = _net(plan[0][0])
@@ -434,6 +438,7 @@ def test_tcp_is_never_limited_and_metrics_count(limited_dnsd):
     assert len(starts) == 1 and '"event": "rate_limited"' in starts[0]  # one event, not one per query
 
 
+@pytest.mark.slow
 def test_amplification_script_against_the_limited_dnsd(limited_dnsd):
     """bench/attacks/amplification.py, bounded and on loopback: with RRL the flood gets back fewer
     bytes than it sent (without it, the script shows x4.76)."""

@@ -377,7 +377,9 @@ UNDER_LOAD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("opened, left", UNDER_LOAD_CASES, ids=[f"{o}-of-4" for o, _ in UNDER_LOAD_CASES])
+@pytest.mark.parametrize("opened, left", [  # each waits 1.5 s: 3 of 4 in the fast suite, the others slow
+    pytest.param(*c, id=f"{c[0]}-of-4", marks=() if c is UNDER_LOAD_CASES[1] else pytest.mark.slow)
+    for c in UNDER_LOAD_CASES])
 async def test_tcp_idle_timeout_is_shortened_near_the_cap(opened, left):
     settings = ListenerSettings(tcp_max_connections=4, tcp_idle_timeout=30, tcp_idle_timeout_under_load=0.3)
     async with serving(settings) as server:
@@ -531,7 +533,8 @@ UVLOOP_SCENARIOS = [
     test_udp_and_tcp_share_the_port_picked_for_port_zero,
 ]
 UVLOOP_CASES = [pytest.param(f, (), id=f.__name__.removeprefix("test_")) for f in UVLOOP_SCENARIOS] + [
-    pytest.param(f, case, id=f"{f.__name__.removeprefix('test_')}-{i}")
+    pytest.param(f, case, id=f"{f.__name__.removeprefix('test_')}-{i}",
+                 marks=pytest.mark.slow if f is test_tcp_idle_timeout_is_shortened_near_the_cap else ())
     for f, cases in ((test_tcp_per_source_limit, PER_SOURCE_CASES),
                      (test_tcp_at_the_limit_the_longest_idle_connection_makes_room, EVICTION_CASES),
                      (test_tcp_idle_timeout_is_shortened_near_the_cap, UNDER_LOAD_CASES))
@@ -598,7 +601,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to read CPU time")
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("loop", ["asyncio", pytest.param("uvloop", marks=pytest.mark.slow)])
 def test_accept_out_of_descriptors_pauses_instead_of_spinning(loop):
     if loop == "uvloop":
         pytest.importorskip("uvloop")

@@ -5,7 +5,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import shutil
 import signal
 import ssl
 import subprocess
@@ -24,6 +23,7 @@ from dnsd.model import ProbeCheck
 from probes.checks import make_session, run_check
 from standin import cli
 from standin.app import Backend, Target, make_targets, targets_from_config
+from tests.tools import require_tool
 
 try:
     from tests import harness
@@ -312,8 +312,7 @@ async def test_rebind_failure_keeps_refusing() -> None:
 
 
 async def test_tls_listener(tmp_path: Path) -> None:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
+    require_tool("openssl", "to make the listener's certificate")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                     "-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj", "/CN=registry.test",
                     "-addext", "subjectAltName=DNS:registry.test"], cwd=tmp_path, check=True, capture_output=True,

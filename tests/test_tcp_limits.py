@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import resource
-import shutil
 import socket
 import struct
 import subprocess
@@ -29,6 +28,7 @@ from dnsd.fdlimit import TcpBudget, tcp_connection_budget
 from dnsd.health import EndpointHealth, FeedDocument, Status
 from tests import harness
 from tests.dnstest import isolated_example
+from tests.tools import require_tool
 
 TOKEN = "test-admin-token"  # what isolated_example writes
 EASTUS, WESTEUROPE = "127.0.0.11", "127.0.0.12"  # the example's replica addresses
@@ -148,9 +148,8 @@ def ask_udp_then_tcp(port: int) -> float:
 
 
 def ask_dig(port: int) -> float:
-    if shutil.which("dig") is None:
-        pytest.skip("dig is not installed")
-    out = subprocess.run(["dig", "@127.0.0.1", "-p", str(port), "-b", "127.0.0.3", "+tcp", "+tries=1",
+    dig = require_tool("dig", "to ask over TCP as a real client does", package="dnsutils")
+    out = subprocess.run([dig, "@127.0.0.1", "-p", str(port), "-b", "127.0.0.3", "+tcp", "+tries=1",
                           "+time=1", GLOBAL_NAME, "A"], capture_output=True, text=True, timeout=10).stdout
     assert "status: NOERROR" in out and "ANSWER SECTION" in out, out
     return int(re.search(r";; Query time: (\d+) msec", out).group(1)) / 1000  # dig's own timing
@@ -164,7 +163,8 @@ NEWCOMERS = [
 ]
 
 
-@pytest.mark.parametrize("ask", [a for _, a in NEWCOMERS], ids=[n for n, _ in NEWCOMERS])
+@pytest.mark.parametrize("ask", [  # plain TCP in the fast suite, the other clients slow
+    pytest.param(a, id=n, marks=() if n == "tcp" else pytest.mark.slow) for n, a in NEWCOMERS])
 def test_a_source_at_its_limit_does_not_keep_others_out(tmp_path, ask):
     path = write_config(tmp_path, {"tcp_max_connections": 64, "tcp_max_connections_per_source": 8})
     with harness.dnsd(path) as dnsd:
@@ -256,6 +256,7 @@ FD_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hard, clients", FD_CASES, ids=[f"nofile-{h}-clients-{c}" for h, c in FD_CASES])
 def test_tcp_clients_past_the_open_files_limit_never_change_routing(tmp_path, hard, clients):
     with FakeFeed() as feed:

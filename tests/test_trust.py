@@ -230,7 +230,12 @@ def _tm_target(dns_port: int) -> str:
     return str(reply.answer[0][0].target)
 
 
-@pytest.mark.parametrize("health,applied,error,event", [c[1:] for c in FEED_CASES], ids=[c[0] for c in FEED_CASES])
+# each refusal waits out 10 feed polls: one of them in the fast suite, the others slow
+FAST_FEED_CASES = {"right-token-and-ca", "settings-for-all-feeds", "wrong-token"}
+
+
+@pytest.mark.parametrize("health,applied,error,event", [
+    pytest.param(*c[1:], id=c[0], marks=() if c[0] in FAST_FEED_CASES else pytest.mark.slow) for c in FEED_CASES])
 def test_dnsd_applies_only_an_authenticated_verified_feed(probes, pki, tmp_path, health, applied, error, event) -> None:
     port, _context, _probes_proc = probes
     mapping = {"port": str(port), **{k: str(v) for k, v in pki.items()}}
@@ -347,6 +352,7 @@ def _lookup(config, path: str):
     return node
 
 
+@pytest.mark.slow
 def test_forged_feed_attack_script_shows_every_attack_refused() -> None:
     """bench/attacks/forged_feed.py: real probes, dnsd and an impostor feed server, all on loopback."""
     import subprocess
@@ -375,7 +381,12 @@ STARTUP_CASES = [
 ]
 
 
-@pytest.mark.parametrize("settings,message", [c[1:] for c in STARTUP_CASES], ids=[c[0] for c in STARTUP_CASES])
+# each starts probes (about 1 s): one token and one TLS refusal in the fast suite, the others slow
+FAST_STARTUP_CASES = {"token-file-missing", "tls-key-missing"}
+
+
+@pytest.mark.parametrize("settings,message", [
+    pytest.param(*c[1:], id=c[0], marks=() if c[0] in FAST_STARTUP_CASES else pytest.mark.slow) for c in STARTUP_CASES])
 def test_probes_refuses_to_start_without_usable_trust_files(pki, tmp_path, settings, message) -> None:
     import subprocess
     empty = tmp_path / "empty"

@@ -57,6 +57,7 @@ def private_addresses_in(reply: dns.message.Message) -> set[str]:
             if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA) for rdata in rrset} & PRIVATE
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(source=sources, ecs=ecs_subnets, name=names, qtype=qtypes, tcp=st.booleans(),
        mixed_case=st.booleans())
@@ -95,6 +96,7 @@ ATTACKS = [
 ]
 
 
+@pytest.mark.slow  # test_attack_scripts runs the same script against a real dnsd in the fast suite
 @pytest.mark.parametrize("args,status,expected", [a[1:] for a in ATTACKS], ids=[a[0] for a in ATTACKS])
 def test_ecs_attack_script_against_a_real_dnsd(server, args, status, expected):
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "attacks" / "ecs_private_leak.py"),

@@ -858,6 +858,7 @@ mutation = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=2000, deadline=None)
 @given(st.sampled_from(SEED_QUERIES), st.lists(mutation, min_size=1, max_size=4))
 def test_property_mutated_queries(seed, mutations):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -20,9 +19,12 @@ import yaml
 from dnsd.model import ProbeCheck
 from probes.checks import CANARY_DIGEST, ProbeResult, make_session, run_check
 from tests import harness
+from tests.tools import require_tool, unavailable
 
-REGISTRY = shutil.which("docker-registry")
-pytestmark = pytest.mark.skipif(REGISTRY is None, reason="docker-registry missing (apt-get install docker-registry)")
+
+
+def registry_program() -> str:
+    return require_tool("docker-registry", "for the real CNCF registry")
 HOST = "127.0.0.1"
 ROUNDS = 100
 TMPFS_SIZE = "1m"
@@ -75,11 +77,12 @@ def blob_data(root: Path, digest: str) -> Path:
     return root / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
 
 
+@pytest.mark.slow
 def test_rounds_leave_the_storage_as_it_was(tmp_path):
     storage = tmp_path / "storage"
     port = harness.free_port()
     config = registry_config(tmp_path / "registry.yml", storage, port)
-    with harness.ServiceProcess([REGISTRY, "serve", str(config)], ready=lambda: v2_ok(port), name="registry"):
+    with harness.ServiceProcess([registry_program(), "serve", str(config)], ready=lambda: v2_ok(port), name="registry"):
         first = rounds(port, 1)
         assert first[0].ok and "canary write ok" in first[0].reason, first
         before = storage_listing(storage)
@@ -112,17 +115,19 @@ FAULTS = [
 ]
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("nsenter")),
-                    reason="needs root, unshare and nsenter (a tmpfs in a private mount namespace)")
 @pytest.mark.parametrize("inject,repair,reason", [f[1:] for f in FAULTS], ids=[f[0] for f in FAULTS])
 def test_full_or_read_only_storage_fails_the_round(tmp_path, inject, repair, reason):
+    if os.geteuid() != 0:
+        unavailable("needs root (a tmpfs in a private mount namespace)")
+    for tool in ("unshare", "nsenter"):
+        require_tool(tool, "for a tmpfs in a private mount namespace", package="util-linux")
     mount = tmp_path / "storage"
     mount.mkdir()
     storage = mount / "data"
     port = harness.free_port()
     config = registry_config(tmp_path / "registry.yml", storage, port)
     script = (f"mount -t tmpfs -o size={TMPFS_SIZE},mode=0755 geotm-canary-test {mount} && mkdir {storage} && "
-              f"exec {REGISTRY} serve {config}")
+              f"exec {registry_program()} serve {config}")
     registry = harness.ServiceProcess(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script],
                                       ready=lambda: v2_ok(port), name="registry")
     with registry:
