@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import dns.message
 import dns.query
+
+from dnsd.health import EndpointHealth, FeedDocument, Status
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -258,3 +263,44 @@ def dnsd(config_path: str | os.PathLike[str], port: int | None = None, extra_arg
     proc.port = port
     proc.admin_port = admin_port
     return proc
+
+
+class FakeFeed(ThreadingHTTPServer):
+    """A probes stand-in on loopback: GET /v1/health is a document saying `degraded` is down and the
+    rest are up; counts the polls (tests and bench/attacks)."""
+
+    daemon_threads = True
+
+    def __init__(self, registry: str, replicas: list[str], degraded: str):
+        now = time.time()
+        endpoints = {(registry, rep): EndpointHealth(Status.DEGRADED if rep == degraded else Status.ONLINE,
+                                                     "fake feed", now) for rep in replicas}
+        self.body = json.dumps(FeedDocument("attack-fake-feed", 1, now, endpoints).to_json()).encode()
+        self.polls = 0
+        super().__init__(("127.0.0.1", 0), _FeedHandler)
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1/health"
+
+    def __enter__(self) -> FakeFeed:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _FeedHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        self.server.polls += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.server.body)))
+        self.end_headers()
+        self.wfile.write(self.server.body)
+
+    def log_message(self, *args) -> None:
+        pass

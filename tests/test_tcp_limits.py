@@ -10,11 +10,9 @@ import resource
 import socket
 import struct
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dns.flags
@@ -25,7 +23,6 @@ import pytest
 import yaml
 
 from dnsd.fdlimit import TcpBudget, tcp_connection_budget
-from dnsd.health import EndpointHealth, FeedDocument, Status
 from tests import harness
 from tests.dnstest import isolated_example
 from tests.tools import require_tool
@@ -191,46 +188,6 @@ def test_a_source_at_its_limit_does_not_keep_others_out(tmp_path, ask):
 # --- file descriptors: TCP clients past the open-files limit ---------------------------------------
 
 
-class FakeFeed(ThreadingHTTPServer):
-    """A probes stand-in on loopback that always says eastus is degraded, and counts the polls."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        endpoints = {("contoso", "eastus"): EndpointHealth(Status.DEGRADED, "fake feed: eastus is down", 1.0),
-                     ("contoso", "westeurope"): EndpointHealth(Status.ONLINE, "fake feed", 1.0),
-                     ("contoso", "southeastasia"): EndpointHealth(Status.ONLINE, "fake feed", 1.0)}
-        self.body = json.dumps(FeedDocument("fake", 1, time.time(), endpoints).to_json()).encode()
-        self.polls = 0
-        super().__init__(("127.0.0.1", 0), _FeedHandler)
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1/health"
-
-    def __enter__(self) -> FakeFeed:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.shutdown()
-        self.server_close()
-
-
-class _FeedHandler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        self.server.polls += 1
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(self.server.body)))
-        self.end_headers()
-        self.wfile.write(self.server.body)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 def open_files_limit(soft: int, hard: int):
     def apply() -> None:  # in the child, before exec
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
@@ -259,7 +216,7 @@ FD_CASES = [
 @pytest.mark.slow
 @pytest.mark.parametrize("hard, clients", FD_CASES, ids=[f"nofile-{h}-clients-{c}" for h, c in FD_CASES])
 def test_tcp_clients_past_the_open_files_limit_never_change_routing(tmp_path, hard, clients):
-    with FakeFeed() as feed:
+    with harness.FakeFeed("contoso", ["eastus", "westeurope", "southeastasia"], degraded="eastus") as feed:
         path = write_config(tmp_path, {}, health={"feeds": [feed.url], "poll_interval": f"{POLL}s",
                                                   "ttl": f"{TTL}s", "state_file": str(tmp_path / "health.json")})
         with harness.dnsd(path, preexec_fn=open_files_limit(64, hard)) as dnsd:

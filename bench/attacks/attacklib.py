@@ -18,10 +18,8 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dns.exception
@@ -33,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dnsd.health import EndpointHealth, FeedDocument, Status  # noqa: E402  (needs ROOT on sys.path)
+from tests import harness  # noqa: E402  (needs ROOT on sys.path)
+
+FakeFeed = harness.FakeFeed  # the probes stand-in that fd_exhaustion.py serves to dnsd
 
 EXAMPLE = ROOT / "config" / "example.yaml"
 MAX_CONNECTIONS = 20_000  # hard bounds: these scripts never go past them, whatever the flags say
@@ -195,46 +195,6 @@ def example_config(**server) -> dict:
 
 
 # --- a fake probes feed ----------------------------------------------------------------------------
-
-
-class FakeFeed(ThreadingHTTPServer):
-    """GET /v1/health: a probes document saying `degraded` is down and the rest are up; counts polls."""
-
-    daemon_threads = True
-
-    def __init__(self, registry: str, replicas: list[str], degraded: str):
-        now = time.time()
-        endpoints = {(registry, rep): EndpointHealth(Status.DEGRADED if rep == degraded else Status.ONLINE,
-                                                     "fake feed", now) for rep in replicas}
-        self.body = json.dumps(FeedDocument("attack-fake-feed", 1, now, endpoints).to_json()).encode()
-        self.polls = 0
-        super().__init__(("127.0.0.1", 0), _FeedHandler)
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1/health"
-
-    def __enter__(self) -> FakeFeed:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.shutdown()
-        self.server_close()
-
-
-class _FeedHandler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
-        self.server.polls += 1
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(self.server.body)))
-        self.end_headers()
-        self.wfile.write(self.server.body)
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 # --- DNS over TCP clients ----------------------------------------------------------------------------
