@@ -25,6 +25,9 @@ import dns.message
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from tests.harness import free_port  # noqa: E402  (the one free-port helper)
+
 MAX_SECONDS = 10
 MAX_RATE = 100_000
 SOURCE = "127.0.66.6"  # the "victim": any 127/8 address works as a source on Linux loopback
@@ -117,7 +120,7 @@ def flood(port: int, query: bytes, seconds: float, rate: int) -> dict:
 def start_dnsd(tmp: Path, name: str, rate_limit: dict | None) -> tuple[subprocess.Popen, int]:
     sys.path.insert(0, str(ROOT / "bench"))
     import benchlib as bl
-    port = _free_port()
+    port = free_port()
     doc = yaml.safe_load(bl.geotm_bench_config(ROOT / "config" / "example.yaml", tmp, port))
     if rate_limit is not None:
         doc["server"]["rate_limit"] = rate_limit
@@ -139,20 +142,6 @@ def start_dnsd(tmp: Path, name: str, rate_limit: dict | None) -> tuple[subproces
             time.sleep(0.2)
     _stop(proc)
     raise SystemExit(f"dnsd ({name}) did not start:\n{(tmp / (name + '.log')).read_text()[-2000:]}")
-
-
-def _free_port() -> int:
-    """A loopback port free for both UDP and TCP right now."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
-                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            u.bind(("127.0.0.1", 0))
-            try:
-                t.bind(("127.0.0.1", u.getsockname()[1]))
-            except OSError:
-                continue
-            return u.getsockname()[1]
-    raise RuntimeError("no free port")
 
 
 def _stop(proc: subprocess.Popen) -> None:

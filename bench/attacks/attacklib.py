@@ -35,6 +35,7 @@ from tests import harness  # noqa: E402  (needs ROOT on sys.path)
 
 FakeFeed = harness.FakeFeed  # the probes stand-in that fd_exhaustion.py serves to dnsd
 
+
 EXAMPLE = ROOT / "config" / "example.yaml"
 MAX_CONNECTIONS = 20_000  # hard bounds: these scripts never go past them, whatever the flags say
 MAX_DURATION = 600.0
@@ -70,20 +71,6 @@ def source_address(index: int, per_source: int, first: int = 2) -> str:
     return f"127.{first + n // 62500}.{(n // 250) % 250}.{1 + n % 250}"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
-
-
 def raise_own_open_files_limit() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and soft < hard:
@@ -100,7 +87,7 @@ class Dnsd:
 
     def __init__(self, config: dict, nofile: int | None = None, workdir: str | None = None):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="geotm-attack-"))
-        self.port, self.admin_port = free_port(), free_port()
+        self.port, self.admin_port = harness.free_port(), harness.free_port()
         self.token = "attack-token"
         (self.workdir / "token").write_text(self.token + "\n")
         config = dict(config)

@@ -34,6 +34,9 @@ sys.path.insert(0, str(BENCH))
 
 from rebuild import ROOT, LiveDnsd, PacedLoad, query_wires, summarize  # noqa: E402
 
+sys.path.insert(0, str(ROOT))
+from tests.harness import free_port  # noqa: E402  (UDP and TCP both free, the one helper)
+
 TOKEN = "attack-admin-token"
 
 
@@ -73,13 +76,6 @@ def admin_reload(port: int, timeout: float) -> dict:
             return json.loads(response.read())
     except urllib.error.HTTPError as err:
         return json.loads(err.read())
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def attack(levels: int, width: int, attempts: int, rate: float, timeout: float) -> dict:
