@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dnsd.config import parse_config_text  # noqa: E402
-from dnsd.health import EndpointHealth, HealthSnapshot, Status  # noqa: E402
-from dnsd.runtime import build_plans, new_snapshot  # noqa: E402
+from dnsd.routing.health import EndpointHealth, HealthSnapshot, Status  # noqa: E402
+from dnsd.serving.runtime import build_plans, new_snapshot  # noqa: E402
 
 REGIONS = ["eastus", "westus", "westeurope", "northeurope", "southeastasia", "japaneast"]
 

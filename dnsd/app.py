@@ -12,15 +12,16 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import web
 
-from dnsd import admin, offloop
-from dnsd.admintoken import UnusableToken, load_token
-from dnsd.fdlimit import open_descriptors, raise_open_files_limit, tcp_connection_budget
-from dnsd.feed import HealthFeed
-from dnsd.lifecycle import StopSignals, TaskSet, serve_http
+from dnsd.ops import admin
+from dnsd.serving import offloop
+from dnsd.ops.admintoken import UnusableToken, load_token
+from dnsd.protocol.fdlimit import open_descriptors, raise_open_files_limit, tcp_connection_budget
+from dnsd.routing.feed import HealthFeed
+from dnsd.common.lifecycle import StopSignals, TaskSet, serve_http
 from dnsd.model import Config, ServerSettings
-from dnsd.server import DnsServer, ListenerSettings
-from dnsd.service import Dnsd, replica_keys
-from dnsd.stats import SHARE_SAMPLE
+from dnsd.protocol.server import DnsServer, ListenerSettings
+from dnsd.serving.service import Dnsd, replica_keys
+from dnsd.serving.stats import SHARE_SAMPLE
 
 log = structlog.get_logger(__name__)
 

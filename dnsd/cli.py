@@ -12,8 +12,8 @@ import time
 import urllib.parse
 from dataclasses import replace
 
-from dnsd import records
-from dnsd.cliutil import add_version, quiet_broken_pipe
+from dnsd.answers import records
+from dnsd.common.cliutil import add_version, quiet_broken_pipe
 from dnsd.config import ConfigError, load_config
 from dnsd.config.build import load_admin_settings, parse_listen
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_serve(args: argparse.Namespace, argv: list[str] | None) -> int:
-    from dnsd import logs  # start-up: structlog, for `serve` only
+    from dnsd.common import logs  # start-up: structlog, for `serve` only
     logs.configure(json={"auto": None, "json": True, "console": False}[args.log_format], level=args.log_level)
     try:
         config = load_config(args.config)  # also in the supervisor: a broken config fails before any fork
@@ -117,9 +117,10 @@ def run_serve(args: argparse.Namespace, argv: list[str] | None) -> int:
         print(f"dnsd: bad --admin-listen {args.admin_listen!r}: {err}", file=sys.stderr)
         return 2
     if args.workers > 1 and args.worker_index is None:
-        from dnsd.workers import supervise  # start-up: only the supervisor needs it
+        from dnsd.protocol.workers import supervise  # start-up: only the supervisor needs it
         return supervise(list(argv if argv is not None else sys.argv[1:]), args.workers)
-    from dnsd import app, lifecycle  # start-up: aiohttp, uvloop and the server, for `serve` only
+    from dnsd import app  # start-up: aiohttp, uvloop and the server, for `serve` only
+    from dnsd.common import lifecycle  # start-up: with app, for `serve` only
     worker = None
     if args.worker_index is not None:
         worker = app.WorkerRole(args.worker_index, args.worker_state_dir)
@@ -157,7 +158,7 @@ OVERRIDE_KINDS = {"drain": "drain", "force-down": "force_down", "force-up": "for
 
 
 def run_admin(args: argparse.Namespace) -> int:
-    from dnsd.adminclient import AdminClient, AdminClientError  # start-up: not needed by serve/check-config
+    from dnsd.ops.adminclient import AdminClient, AdminClientError  # start-up: not needed by serve/check-config
     try:
         client = AdminClient(load_admin_settings(args.config), args.actor)
         if args.command == "status":
@@ -237,8 +238,8 @@ def render_admin_answer(command: str, body: dict) -> str:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from dnsd.explain import client_context, explain  # start-up: the query engine, for explain only
-    from dnsd.runtime import new_snapshot  # start-up: as above
+    from dnsd.answers.explain import client_context, explain  # start-up: the query engine, for explain only
+    from dnsd.serving.runtime import new_snapshot  # start-up: as above
     try:
         qtype = records.type_number(args.type)
         client = client_context(args.client, args.ecs)
@@ -261,7 +262,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
 def explain_live(args: argparse.Namespace) -> int:
     """Ask the running dnsd: its health, overrides and config, which may differ from the file's."""
-    from dnsd.adminclient import AdminClient, AdminClientError  # start-up: not needed by serve/check-config
+    from dnsd.ops.adminclient import AdminClient, AdminClientError  # start-up: not needed by serve/check-config
     query = {"name": args.name, "client": args.client, "type": args.type}
     if args.ecs:
         query["ecs"] = args.ecs

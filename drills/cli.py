@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dnsd.budget import render
+from dnsd.routing.budget import render
 from dnsd.config import load_config
 from drills.compose import ComposeLab
 from drills.dockerapi import DockerError
@@ -25,7 +25,7 @@ from drills.lab import Lab, LabError
 from drills.labconfig import AGGRESSIVE, DEFAULT
 from drills.scenarios import SCENARIOS, SHORT, TWO_PROBES
 from drills.timeline import summary
-from dnsd.cliutil import add_version, quiet_broken_pipe
+from dnsd.common.cliutil import add_version, quiet_broken_pipe
 
 EXIT_PASS, EXIT_FAIL, EXIT_CANNOT_RUN = 0, 1, 3
 TOOLS = {"docker-registry": "docker-registry", "skopeo": "skopeo", "openssl": "openssl", "ip": "iproute2",

@@ -31,7 +31,7 @@ import dns.query
 import dns.rdatatype
 import yaml
 
-from dnsd.budget import Budget, budgets, fail_open_after
+from dnsd.routing.budget import Budget, budgets, fail_open_after
 from dnsd.config import load_config
 from drills import image, labconfig, pki
 from drills.labconfig import (DNS_ADDRESS, GLOBAL_NAME, PROBES, PROBES_ADDRESS, PROBES_PORT, REGISTRY, REPLICAS,

@@ -11,8 +11,8 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from dnsd.secretfile import SecretFile, SecretUnreadable, bearer_matches
-from dnsd.logs import LogGate
+from dnsd.common.secretfile import SecretFile, SecretUnreadable, bearer_matches
+from dnsd.common.logs import LogGate
 from probes.scheduler import ProbeService
 
 log = structlog.get_logger(__name__)

@@ -8,13 +8,13 @@ from dataclasses import replace
 
 import structlog
 
-from dnsd import logs
-from dnsd.budget import render
-from dnsd.cliutil import add_version, quiet_broken_pipe
+from dnsd.common import logs
+from dnsd.routing.budget import render
+from dnsd.common.cliutil import add_version, quiet_broken_pipe
 from dnsd.config import ConfigError, load_config
 from dnsd.config.build import parse_listen
-from dnsd.lifecycle import StopSignals, TaskSet, run, serve_http
-from dnsd.secretfile import SecretFile, SecretUnreadable
+from dnsd.common.lifecycle import StopSignals, TaskSet, run, serve_http
+from dnsd.common.secretfile import SecretFile, SecretUnreadable
 
 log = structlog.get_logger("probes")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from dnsd.health import Status
+from dnsd.routing.health import Status
 
 STATUS_VALUE = {Status.ONLINE: 1, Status.CHECKING: 0.5, Status.DEGRADED: 0}
 

@@ -13,7 +13,7 @@ from typing import Awaitable, Callable
 import aiohttp
 import structlog
 
-from dnsd.health import RECOVERING, SUSPECT, EndpointHealth, FeedDocument, Status
+from dnsd.routing.health import RECOVERING, SUSPECT, EndpointHealth, FeedDocument, Status
 from dnsd.model import ProbesSettings
 from probes import checks, state as state_file
 from probes.checks import ProbeResult

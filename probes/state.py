@@ -6,8 +6,8 @@ from pathlib import Path
 
 import structlog
 
-from dnsd.files import write_json_atomically
-from dnsd.health import Status
+from dnsd.common.files import write_json_atomically
+from dnsd.routing.health import Status
 from probes.tracker import TrackerState
 
 log = structlog.get_logger(__name__)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from dnsd.health import Status
+from dnsd.routing.health import Status
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ import aiohttp
 import structlog
 
 from dnsd.model import Webhook
-from dnsd.secretfile import SecretFile, SecretUnreadable
+from dnsd.common.secretfile import SecretFile, SecretUnreadable
 
 log = structlog.get_logger(__name__)
 

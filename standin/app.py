@@ -43,7 +43,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from dnsd.lifecycle import serve_http
+from dnsd.common.lifecycle import serve_http
 
 log = structlog.get_logger(__name__)
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import structlog
 
-from dnsd import logs
+from dnsd.common import logs
 from dnsd.config import ConfigError, load_config
-from dnsd.cliutil import add_version, quiet_broken_pipe
-from dnsd.hostport import parse_host_port
-from dnsd.lifecycle import StopSignals
+from dnsd.common.cliutil import add_version, quiet_broken_pipe
+from dnsd.common.hostport import parse_host_port
+from dnsd.common.lifecycle import StopSignals
 
 from standin.app import MAX_DELAY, MODES, Backend, TokenAuth, make_targets, targets_from_config
 

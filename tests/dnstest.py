@@ -14,8 +14,8 @@ import dns.rdatatype
 import yaml
 
 from dnsd.config import parse_config_text
-from dnsd.health import HealthSnapshot
-from dnsd.runtime import QueryEngine, new_snapshot
+from dnsd.routing.health import HealthSnapshot
+from dnsd.serving.runtime import QueryEngine, new_snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "example.yaml"

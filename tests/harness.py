@@ -25,7 +25,7 @@ from typing import Any
 import dns.message
 import dns.query
 
-from dnsd.health import EndpointHealth, FeedDocument, Status
+from dnsd.routing.health import EndpointHealth, FeedDocument, Status
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

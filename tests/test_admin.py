@@ -14,11 +14,11 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
-from dnsd.admin import make_app
+from dnsd.ops.admin import make_app
 from dnsd.config import load_config
 from dnsd.model import AdminSettings
-from dnsd.overrides import OverrideStore
-from dnsd.service import Dnsd
+from dnsd.routing.overrides import OverrideStore
+from dnsd.serving.service import Dnsd
 from tests import harness
 from tests.dnstest import ask, example_dict, isolated_example
 
@@ -318,7 +318,7 @@ async def test_reload_can_turn_regional_endpoints_off_and_on(admin):
 
 
 def test_recent_share_of_global_answers_counts_only_the_window(tmp_path):
-    from dnsd.stats import SHARE_WINDOW
+    from dnsd.serving.stats import SHARE_WINDOW
     dnsd = make_dnsd(write_config(tmp_path), Clock())
     stats = dnsd.engine.stats
     for _ in range(10):                      # old traffic, all to eastus

@@ -225,7 +225,7 @@ def test_soak_mix_covers_every_kind_of_query():
     assert any(s.ecs for s in soak.STREAMS)                                # ECS on some queries
     assert any(s.source == "127.0.0.70" for s in soak.STREAMS)             # the corp-vnet view
     churn = max(soak.STREAMS, key=lambda s: s.nxdomain)
-    from dnsd.runtime import PACKET_CACHE_SIZE
+    from dnsd.serving.runtime import PACKET_CACHE_SIZE
     assert churn.nxdomain > PACKET_CACHE_SIZE                              # the packet cache fills and clears
     assert sum(s.share for s in soak.STREAMS) == pytest.approx(1.0)
     assert len({line for stream in soak.STREAMS for line in soak.query_lines(stream) if "nx" in line}) == \

@@ -153,8 +153,8 @@ def test_a_refused_reload_prints_each_problem_once_without_the_raw_answer(served
 
 # -- the operator commands start fast: no server modules ----------------------------------------------
 
-HEAVY = ("aiohttp", "prometheus_client", "uvloop", "dnslib", "structlog", "dnsd.service", "dnsd.server",
-         "dnsd.runtime", "dnsd.admin", "dnsd.wire")
+HEAVY = ("aiohttp", "prometheus_client", "uvloop", "dnslib", "structlog", "dnsd.serving.service", "dnsd.protocol.server",
+         "dnsd.serving.runtime", "dnsd.ops.admin", "dnsd.protocol.wire")
 
 
 @pytest.mark.parametrize("args", [

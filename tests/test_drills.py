@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dnsd.budget import budgets
+from dnsd.routing.budget import budgets
 from dnsd.config import load_config
 from drills import image, labconfig, pki
 from drills.dockerapi import demux

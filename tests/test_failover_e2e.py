@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from dnsd import names
-from dnsd.budget import budgets
+from dnsd.routing.budget import budgets
 from dnsd.config import load_config
 from tests import harness
 from tests.dnstest import ROOT, example_dict

@@ -9,11 +9,11 @@ import dns.edns
 import dns.message
 import pytest
 
-from dnsd import wire
-from dnsd.health import EndpointHealth, HealthSnapshot, Status
-from dnsd.records import type_number
-from dnsd.resolve import resolve
-from dnsd.runtime import ClientContext, QueryEngine, choose, view_choice
+from dnsd.protocol import wire
+from dnsd.routing.health import EndpointHealth, HealthSnapshot, Status
+from dnsd.answers.records import type_number
+from dnsd.answers.resolve import resolve
+from dnsd.serving.runtime import ClientContext, QueryEngine, choose, view_choice
 from tests.dnstest import engine_from, make_query, variant
 
 NAMES = ["contoso.azurecr.test", "contoso.privatelink.azurecr.test", "contoso.tm.azurecr.test",
@@ -127,7 +127,7 @@ def test_the_reference_really_differs_from_a_wrong_answer():
 def test_packet_cache_hits_are_counted_and_a_swap_empties_it():
     import dataclasses
 
-    from dnsd.runtime import build_plans
+    from dnsd.serving.runtime import build_plans
     engine = engine_from()
     query = make_query("contoso.azurecr.test", ecs="127.0.0.0/24", qid=7).to_wire()
     first = engine.handle(query, "192.0.2.1", False)

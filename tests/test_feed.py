@@ -9,8 +9,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from dnsd.feed import HealthFeed
-from dnsd.health import EndpointHealth, FeedDocument, Status
+from dnsd.routing.feed import HealthFeed
+from dnsd.routing.health import EndpointHealth, FeedDocument, Status
 from dnsd.model import HealthFeedSettings
 
 KNOWN = {("contoso", "eastus"), ("contoso", "westeurope")}

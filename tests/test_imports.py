@@ -40,7 +40,7 @@ def module_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
 
 def imported_modules(node: ast.Import | ast.ImportFrom, importer: str, is_package: bool,
                      known: set[str]) -> set[str]:
-    """The project modules an import statement names (`from dnsd import admin` names dnsd.admin)."""
+    """The project modules an import statement names (`from dnsd import admin` names dnsd.ops.admin)."""
     if isinstance(node, ast.Import):
         names = [alias.name for alias in node.names]
     else:
@@ -193,4 +193,4 @@ def test_probes_and_standin_do_not_import_the_dns_listeners(importer):
         if module not in reached:
             reached.add(module)
             todo.extend(graph[module])
-    assert "dnsd.server" not in reached
+    assert "dnsd.protocol.server" not in reached

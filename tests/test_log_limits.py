@@ -12,7 +12,7 @@ import sys
 import dns.message
 import pytest
 
-from dnsd.logs import RateLimitedLog
+from dnsd.common.logs import RateLimitedLog
 from tests import harness
 from tests.dnstest import isolated_example
 
@@ -69,7 +69,7 @@ def test_rate_limited_log_timeline(steps, expected):
 # through the real process and its real log output; everything else is the unmodified server.
 FAULTY_DNSD = """
 import sys
-from dnsd import runtime
+from dnsd.serving import runtime
 answer = runtime.QueryEngine.answer
 def failing(self, query, client_ip, over_tcp):
     if query.qname_key.startswith(b"\\x04boom"):

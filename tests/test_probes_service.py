@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from dnsd.health import FeedDocument, Status
+from dnsd.routing.health import FeedDocument, Status
 from dnsd.model import ProbeCheck, ProbeSpec, ProbesSettings, Webhook
 from probes.api import make_app
 from probes.checks import ProbeResult
@@ -232,7 +232,7 @@ def test_a_verdict_dnsd_already_expired_is_not_restored(tmp_path, downtime, rest
 @pytest.mark.parametrize("with_token,stale", [(False, ["contoso/eastus", "contoso/westeurope"]), (True, 2)],
                          ids=["open-probes-names-targets", "token-probes-only-counts"])
 async def test_open_healthz_names_no_targets_when_a_token_guards_the_verdicts(tmp_path, with_token, stale):
-    from dnsd.secretfile import SecretFile
+    from dnsd.common.secretfile import SecretFile
     clock = Clock()
     service = ProbeService([target("eastus", interval=1.0), target("westeurope", interval=1.0)],
                            ProbesSettings(), clock=clock)
@@ -253,7 +253,7 @@ async def test_open_healthz_names_no_targets_when_a_token_guards_the_verdicts(tm
 
 
 async def test_a_rotated_token_file_applies_without_a_restart(tmp_path):
-    from dnsd.secretfile import SecretFile
+    from dnsd.common.secretfile import SecretFile
     service = ProbeService([target("eastus", interval=1.0)], ProbesSettings())
     service._started_at = service.clock()
     path = tmp_path / "token"

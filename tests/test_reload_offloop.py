@@ -1,4 +1,4 @@
-"""How a reload keeps the event loop answering (dnsd.offloop, Dnsd.reload): the build runs in a niced
+"""How a reload keeps the event loop answering (dnsd.serving.offloop, Dnsd.reload): the build runs in a niced
 thread of its own with a short GIL switch interval and no cyclic-GC pass over the big heap, health
 that changes during the build is kept, and the old tables are freed in slices."""
 from __future__ import annotations
@@ -11,10 +11,10 @@ import threading
 
 import pytest
 
-from dnsd import offloop, service
+from dnsd.serving import offloop, service
 from dnsd.config import load_config
-from dnsd.health import EndpointHealth, HealthSnapshot, Status
-from dnsd.service import Dnsd
+from dnsd.routing.health import EndpointHealth, HealthSnapshot, Status
+from dnsd.serving.service import Dnsd
 from tests.dnstest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from dnsd.health import EndpointHealth, HealthSnapshot, Status
+from dnsd.routing.health import EndpointHealth, HealthSnapshot, Status
 from tests.dnstest import ask, engine_from, rcode_text, variant
 
 DEGRADED = EndpointHealth(Status.DEGRADED, "HTTP 503 from /v2/")
@@ -169,8 +169,8 @@ def test_replica_host_outside_the_zone_ends_the_chain_with_its_cname():
 
 from types import MappingProxyType  # noqa: E402
 
-from dnsd.overrides import DRAIN, FORCE_DOWN, FORCE_UP, Override  # noqa: E402
-from dnsd.runtime import QueryEngine, new_snapshot  # noqa: E402
+from dnsd.routing.overrides import DRAIN, FORCE_DOWN, FORCE_UP, Override  # noqa: E402
+from dnsd.serving.runtime import QueryEngine, new_snapshot  # noqa: E402
 from tests.dnstest import config_from, example_dict  # noqa: E402
 
 

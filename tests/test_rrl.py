@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from dnsd.config import ConfigError
 from dnsd.model import RateLimitSettings
-from dnsd.rrl import EPISODE_GAP, ResponseRateLimiter, slip_reply
+from dnsd.protocol.rrl import EPISODE_GAP, ResponseRateLimiter, slip_reply
 from tests import harness
 from tests.dnstest import config_from, engine_from, example_dict, isolated_example
 
@@ -317,7 +317,7 @@ async def test_reload_reports_a_rate_limit_change_as_needing_a_restart(tmp_path,
     """The UDP listeners keep the limiter they started with: a reload says so instead of pretending."""
     import yaml
 
-    from dnsd.service import Dnsd
+    from dnsd.serving.service import Dnsd
     path = isolated_example(tmp_path)
     data = yaml.safe_load(path.read_text())
     if before is not None:

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import structlog.testing
 
-from dnsd import server as srv
-from dnsd.lifecycle import run
-from dnsd.server import DnsServer, ListenerSettings
+from dnsd.protocol import server as srv
+from dnsd.common.lifecycle import run
+from dnsd.protocol.server import DnsServer, ListenerSettings
 
 try:
     from tests import harness
@@ -557,8 +557,8 @@ async def _on_loop(scenario, args, loop_type) -> bool:
 
 CHILD_SERVER = """
 import asyncio, sys
-from dnsd.lifecycle import run
-from dnsd.server import DnsServer
+from dnsd.common.lifecycle import run
+from dnsd.protocol.server import DnsServer
 
 def flip_qr(data, client_ip, over_tcp):
     return data[:2] + bytes([data[2] | 0x80]) + data[3:]
@@ -575,8 +575,8 @@ run(main(int(sys.argv[1]), sys.argv[2]))
 
 CHILD_SERVER_FD_STARVED = """
 import asyncio, sys
-from dnsd.lifecycle import run
-from dnsd.server import DnsServer, ListenerSettings
+from dnsd.common.lifecycle import run
+from dnsd.protocol.server import DnsServer, ListenerSettings
 
 def flip_qr(data, client_ip, over_tcp):
     return data[:2] + bytes([data[2] | 0x80]) + data[3:]

@@ -22,7 +22,7 @@ import dns.rcode
 import pytest
 import yaml
 
-from dnsd.fdlimit import TcpBudget, tcp_connection_budget
+from dnsd.protocol.fdlimit import TcpBudget, tcp_connection_budget
 from tests import harness
 from tests.dnstest import isolated_example
 from tests.tools import require_tool
@@ -292,7 +292,7 @@ RESTART_CASES = [
 @pytest.mark.parametrize("change, expected", RESTART_CASES, ids=[",".join(c) for c, _ in RESTART_CASES])
 async def test_reload_says_tcp_limits_need_a_restart(tmp_path, change, expected):
     from dnsd.config import load_config
-    from dnsd.service import Dnsd
+    from dnsd.serving.service import Dnsd
     path = write_config(tmp_path, {})
     dnsd = Dnsd(load_config(path))
     write_config(tmp_path, change)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from dnsd.health import Status
+from dnsd.routing.health import Status
 from probes.tracker import TrackerState, observe
 
 C, ON, DOWN = Status.CHECKING, Status.ONLINE, Status.DEGRADED

@@ -1,4 +1,4 @@
-"""dnsd.wire against dnspython, an independent DNS implementation: queries it builds must parse to
+"""dnsd.protocol.wire against dnspython, an independent DNS implementation: queries it builds must parse to
 the right fields, replies we build must decode in it to the records we meant, and no input, however
 broken, may make the parser raise anything but WireError."""
 from __future__ import annotations
@@ -21,9 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dnsd import wire
-from dnsd.answer import BADVERS, FORMERR, NOERROR, NOTIMP, NXDOMAIN, REFUSED, SERVFAIL, Answer
-from dnsd.records import (
+from dnsd.protocol import wire
+from dnsd.answers.answer import BADVERS, FORMERR, NOERROR, NOTIMP, NXDOMAIN, REFUSED, SERVFAIL, Answer
+from dnsd.answers.records import (
     AAAA,
     CAA,
     CNAME,
@@ -43,7 +43,7 @@ from dnsd.records import (
     SoaRdata,
     type_number,
 )
-from dnsd.wire import (
+from dnsd.protocol.wire import (
     EDNS_UDP_SIZE,
     ClientSubnet,
     PackedAnswer,

@@ -11,13 +11,15 @@ from dataclasses import replace
 import pytest
 from structlog.testing import capture_logs
 
-from dnsd import admin, app, service
+from dnsd import app
+from dnsd.ops import admin
+from dnsd.serving import service
 from dnsd.config import load_config
-from dnsd.lifecycle import TaskSet
-from dnsd.overrides import OverrideStore
-from dnsd.service import (Dnsd, InvalidChange, NoSuchOverride, Refused, UnknownReplica,
+from dnsd.common.lifecycle import TaskSet
+from dnsd.routing.overrides import OverrideStore
+from dnsd.serving.service import (Dnsd, InvalidChange, NoSuchOverride, Refused, UnknownReplica,
                           WouldLeaveNoReplica)
-from dnsd.statuspage import render_status_page
+from dnsd.ops.statuspage import render_status_page
 from tests.dnstest import isolated_example
 
 

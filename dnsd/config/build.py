@@ -8,16 +8,17 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from dnsd import names, records
+from dnsd import names
+from dnsd.answers import records
 from dnsd.config.errors import ConfigError, Mark, Problem, Problems
 from dnsd.config.reader import Reader
-from dnsd.hostport import parse_host_port
+from dnsd.common.hostport import parse_host_port
 from dnsd.config.yamlnodes import Map, Node, Scalar, parse_yaml, read_text
 from dnsd.model import (ALL_DOWN_POLICIES, PROBE_KINDS, ROUTING_METHODS, AllDownPolicy, ClientNetwork,
                         AdminSettings, Config, FeedAccess, HealthFeedSettings, NameTTLs, PrivateEndpoints, ProbeCheck, ProbeSpec,
                         ProbesSettings, RateLimitSettings, Registry, Replica, ServerSettings, Soa, StatusRange, Topology,
                         View, Webhook, Zone, frozen_map)
-from dnsd.records import RR, normalize_name
+from dnsd.answers.records import RR, normalize_name
 
 TCP_LIMIT_KEYS = ("tcp_idle_timeout_under_load", "tcp_max_connections_per_source", "tcp_source_prefix_v4",
                   "tcp_source_prefix_v6", "fd_reserve")
@@ -251,7 +252,7 @@ class _Builder:
         return NameTTLs(**values)
 
     def static_records(self, node: Node | None, zone_name: str | None) -> list[RR]:
-        from dnsd import wire  # start-up: wire loads dnslib, needed only to compile records (not by the operator CLI)
+        from dnsd.protocol import wire  # start-up: wire loads dnslib, needed only to compile records (not by the operator CLI)
         r = self.r
         result: list[RR] = []
         self.record_marks: list[tuple[RR, Node]] = []

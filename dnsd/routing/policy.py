@@ -6,9 +6,9 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from dnsd.health import HealthSnapshot
+from dnsd.routing.health import HealthSnapshot
 from dnsd.model import Registry, Topology
-from dnsd.overrides import DRAIN, FORCE_DOWN, FORCE_UP, NO_OVERRIDES, Overrides
+from dnsd.routing.overrides import DRAIN, FORCE_DOWN, FORCE_UP, NO_OVERRIDES, Overrides
 
 # Weighted routing hashes each client subnet into one of SLOTS slots and each slot to a replica by
 # weighted rendezvous hashing: shares follow the weights (to 1/SLOTS), a client keeps its replica

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from dnsd.hostport import format_host_port
+from dnsd.common.hostport import format_host_port
 
 try:
     import uvloop

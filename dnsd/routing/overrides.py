@@ -11,7 +11,7 @@ from typing import Callable, Mapping
 
 import structlog
 
-from dnsd.files import write_json_atomically
+from dnsd.common.files import write_json_atomically
 
 log = structlog.get_logger(__name__)
 

@@ -1,6 +1,6 @@
 """The running dnsd's state: owns the serving snapshot and every change to it (health, overrides,
 reload), logging what routing changed and why. No sockets, no HTTP: dnsd.app wires listeners, health
-feed and admin API around it, and dnsd.admin maps the refusals below to HTTP statuses."""
+feed and admin API around it, and dnsd.ops.admin maps the refusals below to HTTP statuses."""
 from __future__ import annotations
 
 import asyncio
@@ -14,18 +14,18 @@ from typing import TYPE_CHECKING, Callable
 
 import structlog
 
-from dnsd import offloop
+from dnsd.serving import offloop
 from dnsd.config import ConfigError, load_config
-from dnsd.health import HealthSnapshot
+from dnsd.routing.health import HealthSnapshot
 from dnsd.model import Config
-from dnsd.overrides import DRAIN, FORCE_DOWN, KINDS, Override, OverrideStore
-from dnsd.policy import RoutingPlan, plan as make_plan
-from dnsd.rrl import ResponseRateLimiter
-from dnsd.runtime import QueryEngine, Snapshot, build_plans, new_snapshot
+from dnsd.routing.overrides import DRAIN, FORCE_DOWN, KINDS, Override, OverrideStore
+from dnsd.routing.policy import RoutingPlan, plan as make_plan
+from dnsd.protocol.rrl import ResponseRateLimiter
+from dnsd.serving.runtime import QueryEngine, Snapshot, build_plans, new_snapshot
 
 if TYPE_CHECKING:
-    from dnsd.feed import HealthFeed
-    from dnsd.server import TcpStats
+    from dnsd.routing.feed import HealthFeed
+    from dnsd.protocol.server import TcpStats
 
 log = structlog.get_logger(__name__)
 

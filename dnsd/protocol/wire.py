@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import dnslib
 
-from dnsd.answer import BADKEY, FORMERR, NOTAUTH, NOTIMP, SERVFAIL, Answer
-from dnsd.records import (
+from dnsd.answers.answer import BADKEY, FORMERR, NOTAUTH, NOTIMP, SERVFAIL, Answer
+from dnsd.answers.records import (
     AAAA,
     CNAME,
     MX,

@@ -6,7 +6,7 @@ import os
 import ssl
 
 from dnsd.model import FeedAccess
-from dnsd.secretfile import SecretFile, SecretUnreadable
+from dnsd.common.secretfile import SecretFile, SecretUnreadable
 
 
 class FeedAccessError(ValueError):

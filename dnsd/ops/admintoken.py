@@ -1,5 +1,5 @@
 """The admin API's bearer token: where it is read from (token_file, else the environment), for the
-server (dnsd.admin) and its client (dnsd.adminclient) alike; no HTTP here."""
+server (dnsd.ops.admin) and its client (dnsd.ops.adminclient) alike; no HTTP here."""
 from __future__ import annotations
 
 import os

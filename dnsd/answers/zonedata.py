@@ -4,9 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from dnsd import names, records
+from dnsd import names
+from dnsd.answers import records
 from dnsd.model import Config, IPAddress, Registry
-from dnsd.records import RR, AddressRdata, NameRdata, SoaRdata
+from dnsd.answers.records import RR, AddressRdata, NameRdata, SoaRdata
 
 PUBLIC_VIEW = 0  # index of the view every client outside the VNet views sees
 

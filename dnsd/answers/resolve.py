@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Callable, Container
 
-from dnsd import answer as rc
-from dnsd import names, records
-from dnsd.answer import Answer
-from dnsd.records import RR, NameRdata
-from dnsd.zonedata import AliasNode, StaticNode, TrafficManagerNode, ZoneData
+from dnsd.answers import answer as rc
+from dnsd import names
+from dnsd.answers import records
+from dnsd.answers.answer import Answer
+from dnsd.answers.records import RR, NameRdata
+from dnsd.answers.zonedata import AliasNode, StaticNode, TrafficManagerNode, ZoneData
 
 MAX_CHAIN = 12  # CNAME hops we follow inside the zone before giving up (a loop, or a silly config)
 

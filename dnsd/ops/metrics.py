@@ -11,13 +11,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from dnsd.health import Status
-from dnsd.stats import LATENCY_BOUNDS, qtype_label
-from dnsd.answer import RCODE_NAMES
-from dnsd.rrl import CLASS_NAMES
+from dnsd.routing.health import Status
+from dnsd.serving.stats import LATENCY_BOUNDS, qtype_label
+from dnsd.answers.answer import RCODE_NAMES
+from dnsd.protocol.rrl import CLASS_NAMES
 
 if TYPE_CHECKING:
-    from dnsd.service import Dnsd
+    from dnsd.serving.service import Dnsd
 
 STATUS_VALUE = {Status.ONLINE: 1.0, Status.CHECKING: 0.5, Status.DEGRADED: 0.0}
 # health only: replica status and role in the global name (an override's kind says why a healthy

@@ -7,7 +7,7 @@ import socket
 import urllib.error
 import urllib.request
 
-from dnsd.admintoken import load_token
+from dnsd.ops.admintoken import load_token
 from dnsd.model import AdminSettings
 
 

@@ -14,18 +14,19 @@ from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from dnsd import metrics, records
-from dnsd.admintoken import UnusableToken
-from dnsd.answer import RCODE_NAMES
+from dnsd.answers import records
+from dnsd.ops import metrics
+from dnsd.ops.admintoken import UnusableToken
+from dnsd.answers.answer import RCODE_NAMES
 from dnsd.config.reader import parse_duration as parse_config_duration
-from dnsd.explain import client_context, explain
+from dnsd.answers.explain import client_context, explain
 from dnsd.model import AdminSettings
-from dnsd.service import InvalidChange, NoSuchOverride, Refused, UnknownReplica, WouldLeaveNoReplica
-from dnsd.status import override_json, status_document
-from dnsd.statuspage import render_status_page
+from dnsd.serving.service import InvalidChange, NoSuchOverride, Refused, UnknownReplica, WouldLeaveNoReplica
+from dnsd.ops.status import override_json, status_document
+from dnsd.ops.statuspage import render_status_page
 
 if TYPE_CHECKING:
-    from dnsd.service import Dnsd
+    from dnsd.serving.service import Dnsd
 
 log = structlog.get_logger(__name__)
 
@@ -38,7 +39,7 @@ class AdminError(Exception):
         self.status = status
 
 
-# the HTTP status for each refusal of the running dnsd (dnsd.service)
+# the HTTP status for each refusal of the running dnsd (dnsd.serving.service)
 REFUSAL_STATUS: dict[type[Refused], int] = {InvalidChange: 400, UnknownReplica: 404, NoSuchOverride: 404,
                                             WouldLeaveNoReplica: 409}
 

@@ -9,18 +9,20 @@ from typing import NamedTuple
 
 import structlog
 
-from dnsd import answer as rc
-from dnsd import policy, records, wire
-from dnsd.health import HealthSnapshot
-from dnsd.logs import RateLimitedLog
+from dnsd.answers import answer as rc
+from dnsd.answers import records
+from dnsd.protocol import wire
+from dnsd.routing import policy
+from dnsd.routing.health import HealthSnapshot
+from dnsd.common.logs import RateLimitedLog
 from dnsd.model import Config
-from dnsd.netmatch import address_key
-from dnsd.overrides import NO_OVERRIDES, Overrides
-from dnsd.policy import RoutingPlan
-from dnsd.resolve import resolve
-from dnsd.stats import QueryStats
-from dnsd.tables import CompiledZone, compile_config
-from dnsd.wire import WireError
+from dnsd.routing.netmatch import address_key
+from dnsd.routing.overrides import NO_OVERRIDES, Overrides
+from dnsd.routing.policy import RoutingPlan
+from dnsd.answers.resolve import resolve
+from dnsd.serving.stats import QueryStats
+from dnsd.answers.tables import CompiledZone, compile_config
+from dnsd.protocol.wire import WireError
 
 log = structlog.get_logger(__name__)
 

@@ -13,11 +13,11 @@ from typing import Callable
 import aiohttp
 import structlog
 
-from dnsd.feedaccess import FeedAccessError, FeedTrust
-from dnsd.files import write_json_atomically
-from dnsd.health import RECOVERING, SUSPECT, EndpointHealth, FeedDocument, HealthSnapshot, Status
+from dnsd.routing.feedaccess import FeedAccessError, FeedTrust
+from dnsd.common.files import write_json_atomically
+from dnsd.routing.health import RECOVERING, SUSPECT, EndpointHealth, FeedDocument, HealthSnapshot, Status
 from dnsd.model import HealthFeedSettings
-from dnsd.logs import LogGate
+from dnsd.common.logs import LogGate
 
 log = structlog.get_logger(__name__)
 

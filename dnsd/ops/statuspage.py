@@ -1,5 +1,5 @@
 """The read-only HTML status page: per registry a row per replica (status, reason, age, override,
-recent share of global answers) and a timeline of recent changes. Rendered from the status document (dnsd.status) alone;
+recent share of global answers) and a timeline of recent changes. Rendered from the status document (dnsd.ops.status) alone;
 the public variant from health_only(), which keeps health and drops every detail."""
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ def render_public_page(doc: dict) -> str:
 
 
 def render_status_page(doc: dict, details: bool = True) -> str:
-    """The page for a status document (dnsd.status); with details=False, its public variant."""
+    """The page for a status document (dnsd.ops.status); with details=False, its public variant."""
     if not details:
         return render_public_page(health_only(doc))
     parts = _head()

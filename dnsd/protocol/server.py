@@ -4,7 +4,7 @@ Each listen address gets one UDP socket and one TCP listener on the same port. E
 received is given to a synchronous handler, ``handler(query, client_ip, over_tcp)``, whose
 return value (bytes, or None for silence) is sent back unchanged. Everything DNS-specific
 (FORMERR, truncation, EDNS sizes) belongs to the handler. The one exception: with a rate limiter
-(dnsd.rrl), a UDP reply may be dropped or sent slipped (TC=1); TCP replies never are.
+(dnsd.protocol.rrl), a UDP reply may be dropped or sent slipped (TC=1); TCP replies never are.
 
 TCP (RFC 7766 / RFC 1035 4.2.2): each message is preceded by a two-byte length. Pipelined
 queries are answered in order. Connections are asyncio Protocols, so a slow or stalled client
@@ -43,10 +43,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from dnsd.logs import LogGate
+from dnsd.common.logs import LogGate
 
 if TYPE_CHECKING:
-    from dnsd.rrl import ResponseRateLimiter
+    from dnsd.protocol.rrl import ResponseRateLimiter
 
 log = structlog.get_logger(__name__)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from dnsd.overrides import Override
+from dnsd.routing.overrides import Override
 
 if TYPE_CHECKING:
-    from dnsd.service import Dnsd
+    from dnsd.serving.service import Dnsd
 
 
 def override_json(override: Override) -> dict:

@@ -1,18 +1,19 @@
 """Compiled answer tables: every answer the zone can give, pre-packed per view, built once per config.
 
 Answers that pass a traffic-manager hop hold one packed variant per replica; which one a client gets is
-decided per query by the registry's RoutingPlan (dnsd.policy). So a health change swaps only the plans,
+decided per query by the registry's RoutingPlan (dnsd.routing.policy). So a health change swaps only the plans,
 never the tables, and the query path builds no records."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dnsd import records, wire
-from dnsd.answer import Answer
-from dnsd.netmatch import PrefixMatcher
-from dnsd.resolve import negative_soa, resolve
-from dnsd.wire import PackedAnswer
-from dnsd.zonedata import AliasNode, StaticNode, TrafficManagerNode, ZoneData, build_zone_data
+from dnsd.answers import records
+from dnsd.protocol import wire
+from dnsd.answers.answer import Answer
+from dnsd.routing.netmatch import PrefixMatcher
+from dnsd.answers.resolve import negative_soa, resolve
+from dnsd.protocol.wire import PackedAnswer
+from dnsd.answers.zonedata import AliasNode, StaticNode, TrafficManagerNode, ZoneData, build_zone_data
 
 # Any qtype not compiled for a name is answered like this one: a type no zone holds (private use).
 OTHER_QTYPE = 65280

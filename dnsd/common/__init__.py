@@ -1,0 +1,1 @@
+"""Helpers every geotm service shares (dnsd, probes, standin): process lifecycle, logging, files, HOST:PORT, secrets, CLI basics."""
