@@ -14,8 +14,6 @@ import asyncio
 import json
 import ssl
 import sys
-import urllib.error
-import urllib.request
 from typing import Any
 
 import structlog
@@ -26,10 +24,11 @@ from dnsd.common.cliutil import add_version, quiet_broken_pipe
 from dnsd.common.hostport import parse_host_port
 from dnsd.common.lifecycle import StopSignals
 
-from standin.app import MAX_DELAY, MODES, Backend, TokenAuth, make_targets, targets_from_config
-
-DEFAULT_CONTROL = ("127.0.0.1", 5399)
-CONTROL_TIMEOUT = 5.0
+from standin.app import DEFAULT_CONTROL, Backend
+from standin.controlclient import ControlClient, ControlError
+from standin.faults import MAX_DELAY, MODES
+from standin.targets import make_targets, targets_from_config
+from standin.tokens import TokenAuth
 
 log = structlog.get_logger(__name__)
 
@@ -190,67 +189,19 @@ async def _serve(backend: Backend, control: tuple[str, int]) -> None:
     log.info("stopped")
 
 
-# -- control client ------------------------------------------------------------------------------
-
-class ControlError(Exception):
-    pass
-
-
-def _control_url(control: tuple[str, int], path: str) -> str:
-    host, port = control
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{port}{path}"
-
-
-def _call(control: tuple[str, int], method: str, path: str, body: Any = None) -> Any:
-    """One request to the control API (never through a proxy); ControlError says what went wrong."""
-    url = _control_url(control, path)
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=CONTROL_TIMEOUT) as response:
-            return json.loads(response.read(1 << 20) or b"null")
-    except urllib.error.HTTPError as err:
-        try:
-            message = json.loads(err.read(1 << 16)).get("error") or err.reason
-        except (ValueError, AttributeError):
-            message = err.reason
-        raise ControlError(f"{method} {url}: HTTP {err.code}: {message}") from None
-    except urllib.error.URLError as err:
-        reason = getattr(err.reason, "strerror", None) or err.reason
-        raise ControlError(f"cannot reach the control listener at {url}: {reason} "
-                           "(is `geotm-backend serve` running? see --control)") from None
-    except (OSError, ValueError) as err:
-        raise ControlError(f"{method} {url}: {err}") from None
-
-
-def _matching(args: argparse.Namespace) -> list[dict[str, Any]]:
-    replicas = _call(args.control, "GET", "/replicas")["replicas"]
-    found = [r for r in replicas if r["replica"] == args.replica
-             and (args.registry is None or r["registry"] == args.registry)]
-    if not found:
-        known = ", ".join(f"{r['registry']}/{r['replica']}" for r in replicas) or "none"
-        where = f" in registry {args.registry!r}" if args.registry else ""
-        raise ControlError(f"no replica {args.replica!r}{where}; served: {known}")
-    return found
-
+# -- fail, restore, status ------------------------------------------------------------------------
 
 def change_mode(args: argparse.Namespace, mode: str) -> int:
-    body: dict[str, Any] = {"mode": mode}
-    if getattr(args, "delay", None) is not None:
-        body["delay"] = args.delay
-    if getattr(args, "reason", None):
-        body["reason"] = args.reason
-    for replica in _matching(args):
-        state = _call(args.control, "POST", f"/replicas/{replica['registry']}/{replica['replica']}/mode", body)
+    client = ControlClient(args.control)
+    for replica in client.matching(args.replica, args.registry):
+        state = client.set_mode(replica["registry"], replica["replica"], mode,
+                                getattr(args, "delay", None), getattr(args, "reason", None))
         print(_line(state))
     return 0
 
 
 def status(args: argparse.Namespace) -> int:
-    replicas = _call(args.control, "GET", "/replicas")["replicas"]
+    replicas = ControlClient(args.control).replicas()
     if args.json:
         print(json.dumps(replicas, indent=2))
         return 0

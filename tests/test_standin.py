@@ -22,7 +22,8 @@ from dnsd.config import parse_config_text
 from dnsd.model import ProbeCheck
 from probes.checks import make_session, run_check
 from standin import cli
-from standin.app import Backend, Target, make_targets, targets_from_config
+from standin.app import Backend
+from standin.targets import Target, make_targets, targets_from_config
 from tests.tools import require_tool
 
 try:
