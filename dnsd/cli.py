@@ -15,7 +15,8 @@ from dataclasses import replace
 from dnsd.answers import records
 from dnsd.common.cliutil import add_version, quiet_broken_pipe
 from dnsd.config import ConfigError, load_config
-from dnsd.config.build import load_admin_settings, parse_listen
+from dnsd.config.build import load_admin_settings
+from dnsd.config.server import parse_listen
 
 
 def _listen_arg(text: str) -> tuple[str, int]:
@@ -106,7 +107,7 @@ def run_serve(args: argparse.Namespace, argv: list[str] | None) -> int:
     from dnsd.common import logs  # start-up: structlog, for `serve` only
     logs.configure(json={"auto": None, "json": True, "console": False}[args.log_format], level=args.log_level)
     try:
-        config = load_config(args.config)  # also in the supervisor: a broken config fails before any fork
+        config = load_config(args.config, time.time())  # also in the supervisor: a broken config fails before any fork
         if args.admin_listen:
             listen = None if args.admin_listen == "off" else parse_listen(args.admin_listen, 8054)
             config = replace(config, admin=replace(config.admin, listen=listen))
@@ -249,7 +250,7 @@ def run_explain(args: argparse.Namespace) -> int:
     if args.live:
         return explain_live(args)
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, time.time())  # the answers show the SOA an auto serial would have now
     except (ConfigError, OSError) as err:
         print(f"dnsd: {err}", file=sys.stderr)
         return 2

@@ -29,6 +29,7 @@ class Soa:
     expire: int
     negative_ttl: int  # the SOA MINIMUM field: how long resolvers cache NXDOMAIN/NODATA (RFC 2308)
     ttl: int
+    auto_serial: bool = False  # `serial: auto`: the load time, kept by a reload of the same file (config.zone)
 
 
 @dataclass(frozen=True, slots=True)

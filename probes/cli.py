@@ -12,7 +12,7 @@ from dnsd.common import logs
 from dnsd.routing.budget import render
 from dnsd.common.cliutil import add_version, quiet_broken_pipe
 from dnsd.config import ConfigError, load_config
-from dnsd.config.build import parse_listen
+from dnsd.config.server import parse_listen
 from dnsd.common.lifecycle import StopSignals, TaskSet, run, serve_http
 from dnsd.common.secretfile import SecretFile, SecretUnreadable
 

@@ -44,7 +44,7 @@ def write_config(tmp_path, data: dict | None = None, name: str = "geotm.yaml"):
 
 
 def make_dnsd(path, clock) -> Dnsd:
-    config = load_config(path)
+    config = load_config(path, clock())  # as `dnsd serve` does: an auto serial is the load time
     store = OverrideStore(config.admin.state_file, config.admin.state_file + ".audit.jsonl", clock)
     return Dnsd(config, store, clock)
 
@@ -262,6 +262,32 @@ async def test_reload_adds_a_replica_and_a_view_and_drops_overrides_of_removed_r
     assert ask(dnsd.engine, "contoso.westeurope2.geo.azurecr.test").answer[-1][0].address == "127.0.0.14"
     assert ask(dnsd.engine, "contoso.azurecr.test", client="127.0.0.130").answer[-1][0].address == "10.2.0.4"
     assert not dnsd.snapshot.overrides
+
+
+ZONE_CHANGED = ["zone settings or records changed"]
+SERIAL_STEPS = [
+    # (static record added before the reload or None, seconds the clock moves, changes reported,
+    #  serial after the reload as seconds after the start)
+    (None, 60, ["identical"], 0),                   # the same file: the same serial, nothing to report
+    ("www", 60, ZONE_CHANGED, 120),                 # a real change: the load time
+    ("www2", 0, ZONE_CHANGED, 121),                 # again within the second: still one newer
+    (None, 60, ["identical"], 121),
+]
+
+
+async def test_an_auto_serial_changes_with_the_file_not_with_the_clock(admin):
+    dnsd, client, clock, path = admin
+    start = int(clock.now)
+    assert dnsd.snapshot.config.zone.soa.serial == start
+    for record, seconds, changes, serial in SERIAL_STEPS:
+        if record:
+            data = yaml.safe_load(path.read_text())
+            data["zone"]["records"].append({"name": record, "type": "A", "value": "127.0.0.99"})
+            path.write_text(yaml.safe_dump(data, sort_keys=False))
+        clock.now += seconds
+        body = await (await client.post("/v1/reload", headers=AUTH, json={})).json()
+        assert body["ok"] and body["changes"] == changes, (record, seconds, body)
+        assert ask(dnsd.engine, "azurecr.test", "SOA").answer[0][0].serial == start + serial, (record, seconds)
 
 
 # -- read calls ------------------------------------------------------------------------------------

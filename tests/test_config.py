@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from dnsd.cli import main as dnsd_main
-from dnsd.config import ConfigError, load_config, parse_config_text
+from dnsd.config import ConfigError, keys, load_config, parse_config_text
+from dnsd.model import Soa
 from tests.dnstest import ROOT, example_dict
 
 BAD = sorted((ROOT / "tests" / "config" / "bad").glob("*.yaml"))
@@ -75,6 +76,65 @@ def test_a_bogus_key_in_any_mapping_is_rejected(site):
         parse_config_text(yaml.safe_dump(data, sort_keys=False), "injected.yaml")
     paths = [problem.path for problem in caught.value.problems]
     assert any(path.endswith("bogus_key") for path in paths), caught.value.render()
+
+
+CHECK_KEYS = ("kind, address, port, scheme, host_header, path, method, headers, expect_status, body_contains, "
+              "json_path, json_equals, tls_verify, ca_file, canary_manifest, canary_blob, write_canary, components")
+REPLICA = ("registries", "contoso", "replicas", "eastus")
+ALLOWED_KEYS = [
+    # (mapping, what is put there first (None: the example's own), the keys its unknown-key problem lists)
+    ((), None, "server, zone, regions, latency_ms, clients, registries, views, probes, health, admin"),
+    (("server",), None, "listen, edns_udp_size, tcp_idle_timeout, tcp_idle_timeout_under_load, tcp_max_connections, "
+                        "tcp_max_connections_per_source, tcp_source_prefix_v4, tcp_source_prefix_v6, fd_reserve, "
+                        "rate_limit"),
+    (("server", "rate_limit"), {}, "responses_per_second, nxdomains_per_second, errors_per_second, slip, "
+                                   "ipv4_prefix_length, ipv6_prefix_length, exempt, table_size"),
+    (("zone",), None, "name, soa, nameservers, ns_ttl, ttl, records"),
+    (("zone", "soa"), None, "mname, rname, serial, refresh, retry, expire, negative_ttl, ttl"),
+    (("zone", "ttl"), None, "global, privatelink, traffic_manager, traffic_manager_short, regional, data, replica, "
+                            "private"),
+    (("zone", "records", 0), None, "name, type, ttl, value, values"),
+    (("clients",), None, "networks, default_region"),
+    (("registries", "contoso"), None, "routing, all_down, regional_endpoints, data_endpoints, replicas"),
+    (("registries", "contoso", "all_down"), {"policy": "fail_open"}, "policy, replica"),
+    (REPLICA, None, "location, host, addresses, weight, priority, global_routing, probe"),
+    (REPLICA + ("probe",), None, "checks, interval, jitter, timeout, fall, rise"),
+    (REPLICA + ("probe", "checks", 0), None, CHECK_KEYS),
+    (REPLICA + ("probe",), {"kind": "tcp", "port": 5000}, CHECK_KEYS + ", interval, jitter, timeout, fall, rise"),
+    (("views", "corp-vnet"), None, "sources, private_endpoints, trusted_resolvers"),
+    (("views", "corp-vnet", "private_endpoints", "contoso"), None, "global, data, regional"),
+    (("probes",), None, "listen, max_concurrent, webhook, state_file, tls, token_file, public_metrics, "
+                        "registry_credentials"),
+    (("probes", "webhook"), {"url": "http://127.0.0.1:9000/"}, "url, timeout, retries, backoff, secret_file"),
+    (("probes", "tls"), {"cert_file": "c.pem", "key_file": "k.pem"}, "cert_file, key_file"),
+    (("health",), None, "feeds, quorum, poll_interval, ttl, state_file, ca_file, token_file"),
+    (("health", "feeds", 0), {"url": "http://127.0.0.1:8053/v1/health"}, "url, ca_file, token_file"),
+    (("admin",), None, "listen, token_file, token_env, public_metrics, public_status_page, state_file"),
+]
+
+
+@pytest.mark.parametrize("site, given, allowed", ALLOWED_KEYS,
+                         ids=[".".join(map(str, site)) + ("(given)" if given is not None else "") or "top"
+                              for site, given, _ in ALLOWED_KEYS])
+def test_an_unknown_key_names_every_key_its_mapping_allows(site, given, allowed):
+    """The allowed keys come from the model's fields (dnsd.config.keys): each mapping lists them all."""
+    data = copy.deepcopy(example_dict())
+    node = data
+    for key in site[:-1]:
+        node = node[key]
+    if site and given is not None:
+        node[site[-1]] = copy.deepcopy(given)
+    node = node[site[-1]] if site else node
+    node["bogus_key"] = "bogus"
+    with pytest.raises(ConfigError) as caught:
+        parse_config_text(yaml.safe_dump(data, sort_keys=False), "keys.yaml")
+    path = ".".join(f"[{k}]" if isinstance(k, int) else k for k in site + ("bogus_key",)).replace(".[", "[")
+    assert f"{path}: unknown key 'bogus_key' (allowed: {allowed})" in caught.value.render()
+
+
+def test_a_key_list_naming_a_field_the_model_does_not_have_fails_at_import():
+    with pytest.raises(TypeError, match="Soa has no field serial_number"):
+        keys.keys_of(Soa, renamed={"serial_number": "serial"})
 
 
 def test_problem_lines_are_file_line_column_path_message():

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
 from dnsd.config.errors import Problems
@@ -33,8 +35,12 @@ def kind_of(node: Node) -> str:
 
 
 class Reader:
-    def __init__(self, problems: Problems):
+    """base_dir: where relative file names in the config point (the config file's folder); None leaves
+    them relative to the working directory."""
+
+    def __init__(self, problems: Problems, base_dir: str | Path | None = None):
         self.problems = problems
+        self.base_dir = os.path.abspath(base_dir) if base_dir is not None else None
 
     def fail(self, node: Node, message: str) -> None:
         self.problems.add(node.mark, node.path, message)
@@ -168,3 +174,14 @@ class Reader:
                     raise ValueError("host bits are set beyond the prefix length") from None
                 raise ValueError() from None
         return self.scalar(node, convert, "a network in CIDR form like 10.1.0.0/16")
+
+    def file_name(self, node: Node | None) -> str | None:
+        """A path to a file (read at run time, so a config stays checkable on another machine).
+        Relative paths are relative to the config file's folder, whatever the working directory."""
+        text = self.string(node)
+        if text is not None and not text.strip():
+            self.fail(node, "expected a file name, got an empty string")
+            return None
+        if text is None or self.base_dir is None or os.path.isabs(text):
+            return text
+        return os.path.normpath(os.path.join(self.base_dir, text))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable
 import structlog
 
 from dnsd.serving import offloop
-from dnsd.config import ConfigError, load_config
+from dnsd.config import ConfigError, carry_serial, load_config
 from dnsd.routing.health import HealthSnapshot
 from dnsd.model import Config
 from dnsd.routing.overrides import DRAIN, FORCE_DOWN, KINDS, Override, OverrideStore
@@ -244,7 +244,7 @@ class Dnsd:
             source = path or old.config.source
             with offloop.heavy_work():
                 try:
-                    config = await offloop.in_thread(load_config, source)
+                    config = await offloop.in_thread(load_config, source, self.clock())
                 except (ConfigError, OSError) as err:
                     problems = tuple(str(p) for p in err.problems) if isinstance(err, ConfigError) else (str(err),)
                     self.reloads["failed"] += 1
@@ -253,6 +253,7 @@ class Dnsd:
                     self.note("config_reload_failed", source=source, problems=len(problems))
                     self.overrides.audit("reload_failed", actor, {"source": source, "problems": len(problems)})
                     return ReloadResult(False, old.config.digest[:12], problems)
+                config = carry_serial(old.config, config)  # an unchanged file keeps its auto serial: no change
                 known = replica_keys(config)
                 self.overrides.prune(known)
                 overrides = self.overrides.current()
