@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 from dnsd.routing.budget import render
-from dnsd.config import load_config
 from drills.compose import ComposeLab
 from drills.dockerapi import DockerError
-from drills.lab import Lab, LabError
+from drills.errors import LabError
 from drills.labconfig import AGGRESSIVE, DEFAULT
+from drills.local import LocalLab
 from drills.scenarios import SCENARIOS, SHORT, TWO_PROBES
 from drills.timeline import summary
 from dnsd.common.cliutil import add_version, quiet_broken_pipe
@@ -132,17 +132,18 @@ def run_drill(args) -> int:
     signal.alarm(RUN_LIMIT)
     say = lambda text: print(text, flush=True)  # noqa: E731
     started = time.monotonic()
+    stack: ComposeLab | LocalLab
     if args.compose:
-        lab = ComposeLab(timing, workdir, say)
+        stack = ComposeLab(workdir, say)
         if args.aggressive:
             say("note: --aggressive changes nothing in compose mode: timings come from the stack's config")
     else:
-        lab = Lab(timing, workdir, say)
+        stack = LocalLab(timing, workdir, say)
     timelines = []
     code = EXIT_FAIL
     try:
         if args.compose:
-            say(f"geotm drill --compose: timings from {lab.config_path}; scenarios: {', '.join(names)}")
+            say(f"geotm drill --compose: timings from {stack.config_path}; scenarios: {', '.join(names)}")
         else:
             say(f"geotm drill: {timing.name} timings (interval {timing.interval:g}s, timeout {timing.timeout:g}s, "
                 f"fall {timing.fall}, rise {timing.rise}, traffic-manager TTL {timing.tm_ttl}s, "
@@ -150,12 +151,12 @@ def run_drill(args) -> int:
                 f"scenarios: {', '.join(names)}")
         say(f"work directory {workdir}")
         try:
-            lab.setup()
+            lab = stack.setup()
         except (LabError, DockerError, OSError, RuntimeError, subprocess.SubprocessError) as err:
             say(f"lab setup failed: {err}")
             return EXIT_FAIL
         say(f"lab ready in {time.monotonic() - started:.1f}s; budget from {lab.config_path}:")
-        say(render(load_config(str(lab.config_path))))
+        say(render(lab.config))
         say("")
         for name in names:
             began = time.monotonic()
@@ -178,7 +179,7 @@ def run_drill(args) -> int:
         return 130
     finally:
         signal.alarm(0)
-        lab.teardown()
+        stack.teardown()
         if args.keep or code != EXIT_PASS:
             say(f"kept {workdir} (configs, certificates, logs)")
         else:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dnsd import names
+
 REGISTRY = "contoso"
 ZONE = "azurecr.test"
 NETWORK = "10.77.0.0/24"
@@ -25,6 +27,7 @@ DEBUG_PORT = 5001
 REPOSITORY = "drill/hello"
 TAG = "1"
 CANARY_REPOSITORY = "geotm/canary"
+STORAGE_SIZE_MB = 64  # every replica's storage tmpfs, in both labs (docker-compose.yml says 64m too)
 LATENCY_MS = {"eastus": {"westeurope": 85, "southeastasia": 215}, "westeurope": {"southeastasia": 160}}
 
 
@@ -35,20 +38,22 @@ class ReplicaSpec:
 
     @property
     def host(self) -> str:
-        return f"{REGISTRY}.{self.name}.reg.{ZONE}"
+        return names.default_replica_host(REGISTRY, self.name, ZONE)
 
     @property
     def regional(self) -> str:
-        return f"{REGISTRY}.{self.name}.geo.{ZONE}"
+        return names.regional_name(REGISTRY, self.name, ZONE)
 
     @property
     def data(self) -> str:
-        return f"{REGISTRY}.{self.name}.data.{ZONE}"
+        return names.data_name(REGISTRY, self.name, ZONE)
 
 
 REPLICAS = (ReplicaSpec("eastus", "10.77.0.11"), ReplicaSpec("westeurope", "10.77.0.12"),
             ReplicaSpec("southeastasia", "10.77.0.13"))
-GLOBAL_NAME = f"{REGISTRY}.{ZONE}"
+REPLICA = {r.name: r for r in REPLICAS}
+BY_ADDRESS = {r.address: r.name for r in REPLICAS}
+GLOBAL_NAME = names.global_name(REGISTRY, ZONE)
 # probes instances: name (also its log's and its events' source) -> address; the first uses the
 # config's probes.listen and state_file, the others get --listen and --state-file
 PROBES = {"probes": PROBES_ADDRESS, "probes-b": PROBES_B_ADDRESS}

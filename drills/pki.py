@@ -1,8 +1,8 @@
 """The drill CA and the replicas' server certificates, made with the openssl command line.
 
 Each replica's certificate carries every name a client may reach it by: the registry's global name
-(the traffic manager may send any client to any replica), its regional (`.geo.`), data (`.data.`)
-and replica host (`.reg.`) names, and its address. Keys are P-256; everything lives in the drill's
+(the traffic manager may send any client to any replica), its regional, data and replica host
+names (all as dnsd.names builds them), and its address. Keys are P-256; everything lives in the drill's
 work directory and is valid for two days.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from dnsd.names import data_name, default_replica_host, global_name, regional_name
 from drills.labconfig import REGISTRY, REPLICAS, ZONE
 
 OPENSSL_TIMEOUT = 30.0
@@ -29,9 +30,9 @@ class ServerCert:
 
 
 def replica_names(registry: str, zone: str, replica: str) -> tuple[str, ...]:
-    """The DNS names a replica answers TLS for (see dnsd/names.py for the generated names)."""
-    return (f"{registry}.{zone}", f"{registry}.{replica}.geo.{zone}", f"{registry}.{replica}.data.{zone}",
-            f"{registry}.{replica}.reg.{zone}")
+    """The DNS names a replica answers TLS for."""
+    return (global_name(registry, zone), regional_name(registry, replica, zone), data_name(registry, replica, zone),
+            default_replica_host(registry, replica, zone))
 
 
 def san_extension(names: tuple[str, ...], addresses: tuple[str, ...]) -> str:

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 STOP_GRACE = 5.0
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -127,3 +128,12 @@ def run(argv: list[str], timeout: float, **kwargs) -> subprocess.CompletedProces
     """A short command with a hard time limit (killed by PID when it overruns)."""
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, preexec_fn=die_with_parent,
                           stdin=subprocess.DEVNULL, **kwargs)
+
+
+def geotm_env() -> dict[str, str]:
+    """The environment of a geotm command (dnsd, probes): this one without proxies, this checkout first
+    on PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    repo = str(REPOSITORY_ROOT)
+    env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env

@@ -14,8 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from drills.lab import REPLICA, Event, Lab, Pull, wait_for
-from drills.labconfig import GLOBAL_NAME, PROBES
+from drills.client import Client, Pull
+from drills.faults import Faults
+from drills.lab import Lab
+from drills.labconfig import GLOBAL_NAME, PROBES, REPLICA
+from drills.observe import Event, probe_statuses, wait_for
 from drills.timeline import Timeline
 
 VICTIM = "eastus"        # the replica nearest the drill's client
@@ -26,9 +29,61 @@ SETTLE = 15.0            # seconds given, beyond a budget, before "not seen" is 
 @dataclass(frozen=True, slots=True)
 class Fault:
     label: str
-    inject: Callable[[Lab], str]
-    restore: Callable[[Lab], str]
+    inject: Callable[[Faults], str]
+    restore: Callable[[Faults], str]
     reads_keep_working: bool = False  # every pull must succeed, even in the detection window
+
+
+def baseline(lab: Lab, limit: float = 90.0) -> str | None:
+    """Back to normal before a scenario: every replica serving and online, the global name on
+    eastus, a pull served by eastus. Returns what is still wrong, or None."""
+    lab.faults.mend_all()
+    ok = wait_for(lambda: all(set(probe_statuses(p).values()) == {"online"} for p in lab.faults.probes_instances())
+                  and lab.client.dns_replica() == VICTIM, limit, 0.25)
+    if ok is None:
+        return f"not back to normal within {limit:.0f}s: probes {probe_statuses()}, " \
+               f"global name -> {lab.client.dns_replica()}"
+    pull = lab.client.pull(record=False)
+    if not (pull.ok and pull.replica == VICTIM):
+        return f"baseline pull failed: {pull.error or pull.replica}"
+    return None
+
+
+def _start(lab: Lab, title: str) -> tuple[Timeline, bool]:
+    """How every scenario starts: back to normal (baseline), then pulls of the global name running for
+    a second; the timeline's origin is the moment after, when the fault goes in. False (the reason is
+    in the timeline) when normal was not reached."""
+    problem = baseline(lab)
+    tl = Timeline(title, origin=time.time())
+    if problem:
+        tl.problem(f"no clean start: {problem}")
+        return tl, False
+    lab.client.pulling(True)
+    time.sleep(1.0)
+    tl.origin = time.time()
+    return tl, True
+
+
+def _finish(lab: Lab, tl: Timeline, start: float) -> float:
+    """How a scenario ends: pulls run one more second and stop, and what was observed since `start`
+    goes on the timeline. Returns the end."""
+    end = time.time() + 1.0
+    time.sleep(1.0)
+    lab.client.pulling(False)
+    _add_observed(tl, lab, start, end)
+    return end
+
+
+def _storage_outage(lab: Lab, tl: Timeline, moved: str = "first DNS answer changed") -> float | None:
+    """eastus's storage made unreadable at the timeline's origin; returns when the global name moved
+    away (None: not within the failover budget and SETTLE), measured against the budget."""
+    budget = lab.budget[VICTIM]
+    t_fault = tl.origin
+    tl.mark(t_fault, "fault injected: eastus storage unreadable", lab.faults.storage_unreadable(VICTIM))
+    t_dns = _wait_dns(lab, t_fault, budget.failover + SETTLE, away_from=VICTIM)
+    tl.mark(t_dns, moved)
+    tl.measure("failover: DNS answer moved", t_fault, t_dns, budget.detect_down + budget.feed, "detect down + feed")
+    return t_dns
 
 
 def _is(source: str, kind: str, **fields) -> Callable[[Event], bool]:
@@ -100,16 +155,16 @@ def _wait_dns(lab: Lab, after: float, limit: float, **kwargs) -> float | None:
 
 
 def _wait_pull(lab: Lab, replica: str, after: float, limit: float) -> Pull | None:
-    wait_for(lambda: lab.first_pull_from(replica, after) is not None, limit)
-    return lab.first_pull_from(replica, after)
+    wait_for(lambda: lab.client.first_pull_from(replica, after) is not None, limit)
+    return lab.client.first_pull_from(replica, after)
 
 
-def _judge_pulls(tl: Timeline, lab: Lab, start: float, end: float,
+def _judge_pulls(tl: Timeline, client: Client, start: float, end: float,
                  windows: list[tuple[float, float]], strict: bool = False) -> None:
     """Every pull started in [start, end] must succeed, except (unless strict) those overlapping a
     detection window (fault -> DNS answer moved)."""
-    lab.settle_pulls()
-    pulls = [p for p in lab.pulls_between(start, end) if p.ended is not None]
+    client.settle_pulls()
+    pulls = [p for p in client.pulls_between(start, end) if p.ended is not None]
     ok = [p for p in pulls if p.ok]
     excused, bad = [], []
     for p in pulls:
@@ -132,20 +187,15 @@ def _judge_pulls(tl: Timeline, lab: Lab, start: float, end: float,
 def failover(lab: Lab, title: str, fault: Fault, extra: Callable[[Lab, Timeline], None] | None = None) -> Timeline:
     """Inject `fault` into eastus: the global name must move to westeurope within the failover budget,
     pulls must keep succeeding from westeurope; restore: back to eastus within the recovery budget."""
-    problem = lab.baseline()
-    tl = Timeline(title, origin=time.time())
-    if problem:
-        tl.problem(f"no clean start: {problem}")
+    tl, ready = _start(lab, title)
+    if not ready:
         return tl
     budget = lab.budget[VICTIM]
-    lab.pulling(True)
-    time.sleep(1.0)
-    t_fault = time.time()
-    tl.origin = t_fault
-    tl.mark(t_fault, f"fault injected: {fault.label} on {VICTIM}", fault.inject(lab))
+    t_fault = tl.origin
+    tl.mark(t_fault, f"fault injected: {fault.label} on {VICTIM}", fault.inject(lab.faults))
 
     t_dns = _wait_dns(lab, t_fault, budget.failover + SETTLE, away_from=VICTIM)
-    new = lab.dns_replica() if t_dns else None
+    new = lab.client.dns_replica() if t_dns else None
     pull_new = _wait_pull(lab, new, t_fault, SETTLE) if new else None
     tl.mark(_first_failed_round(lab, VICTIM, t_fault), "first failed probe round (probes: trend suspect)")
     tl.mark(t_dns, "first DNS answer changed")
@@ -156,20 +206,17 @@ def failover(lab: Lab, title: str, fault: Fault, extra: Callable[[Lab, Timeline]
         extra(lab, tl)
 
     t_cleared = time.time()
-    tl.mark(t_cleared, f"fault cleared: {fault.restore(lab)}")
+    tl.mark(t_cleared, f"fault cleared: {fault.restore(lab.faults)}")
     # the recovery clock starts when the replica itself serves again (a restarted process needs a
     # moment, the registry's own storage check up to its interval): geotm's part is what follows
-    t_restore = wait_for(lambda: lab.replica_healthy(VICTIM), SETTLE, 0.05) or time.time()
+    t_restore = wait_for(lambda: lab.client.replica_healthy(VICTIM), SETTLE, 0.05) or time.time()
     tl.mark(t_restore, "eastus healthy again (direct check: /v2/ and /debug/health 200)")
     t_back = _wait_dns(lab, t_restore, budget.recovery + SETTLE, to=VICTIM)
     pull_back = _wait_pull(lab, VICTIM, t_back, SETTLE) if t_back else None
     tl.mark(_first_good_round(lab, VICTIM, t_cleared), "first good probe round (probes: trend recovering)")
     tl.mark(t_back, "DNS answer back on eastus")
     tl.mark(pull_back.ended if pull_back else None, "first successful pull from eastus again")
-    end = time.time() + 1.0
-    time.sleep(1.0)
-    lab.pulling(False)
-    _add_observed(tl, lab, t_fault, end)
+    end = _finish(lab, tl, t_fault)
 
     tl.measure("failover: DNS answer moved", t_fault, t_dns, budget.detect_down + budget.feed,
                "detect down + feed")
@@ -178,7 +225,7 @@ def failover(lab: Lab, title: str, fault: Fault, extra: Callable[[Lab, Timeline]
     tl.measure("recovery: DNS answer back", t_restore, t_back, budget.detect_up + budget.feed, "detect up + feed")
     tl.measure("recovery: first pull from eastus", t_restore, pull_back.ended if pull_back else None,
                budget.recovery, "detect up + feed + tm TTL")
-    _judge_pulls(tl, lab, t_fault - 1.0, end, [(t_fault, t_dns or end)], strict=fault.reads_keep_working)
+    _judge_pulls(tl, lab.client, t_fault - 1.0, end, [(t_fault, t_dns or end)], strict=fault.reads_keep_working)
     return tl
 
 
@@ -187,11 +234,11 @@ def failover(lab: Lab, title: str, fault: Fault, extra: Callable[[Lab, Timeline]
 def _regional_still_broken(lab: Lab, tl: Timeline) -> None:
     """By design: the failed replica's regional name keeps pointing at it, and a pull through it fails."""
     regional = REPLICA[VICTIM].regional
-    address = lab.resolve(regional)
+    address = lab.client.resolve(regional)
     tl.mark(time.time(), f"{regional} -> {address}", "regional names never fail over")
     if address != REPLICA[VICTIM].address:
         tl.problem(f"{regional} answered {address}, expected {REPLICA[VICTIM].address}")
-    pull = lab.pull(regional, record=False)
+    pull = lab.client.pull(regional, record=False)
     tl.mark(pull.ended, f"pull through {regional}: {'succeeded' if pull.ok else 'failed, as designed'}",
             pull.error[-100:] if pull.error else "")
     if pull.ok:
@@ -199,19 +246,18 @@ def _regional_still_broken(lab: Lab, tl: Timeline) -> None:
 
 
 def storage_failure(lab: Lab) -> Timeline:
-    fault = Fault("storage unreadable", lambda l: l.storage_unreadable(VICTIM), lambda l: l.storage_readable(VICTIM))
+    fault = Fault("storage unreadable", lambda f: f.storage_unreadable(VICTIM), lambda f: f.storage_readable(VICTIM))
     return failover(lab, "storage-failure: eastus storage unreadable", fault, _regional_still_broken)
 
 
 def _writes_fail_reads_work(lab: Lab, tl: Timeline) -> None:
     regional = REPLICA[VICTIM].regional
-    pull = lab.pull(regional, record=False)
+    pull = lab.client.pull(regional, record=False)
     tl.mark(pull.ended, f"pull through {regional} (disk full): {'ok, reads still work' if pull.ok else 'FAILED'}",
             pull.error[-100:])
     if not pull.ok:
         tl.problem(f"a pull from the full replica failed: {pull.error[:160]}")
-    layout = lab.paths.root / "images" / NEXT  # any image; the point is the write
-    push = lab.push(layout, regional)
+    push = lab.client.push(lab.client.layout(NEXT), regional)  # any image; the point is the write
     tl.mark(time.time(), f"push to {regional} (disk full): {'succeeded?!' if push.returncode == 0 else 'failed'}",
             (push.stderr.strip().splitlines() or [""])[-1][-100:])
     if push.returncode == 0:
@@ -219,18 +265,18 @@ def _writes_fail_reads_work(lab: Lab, tl: Timeline) -> None:
 
 
 def disk_full(lab: Lab) -> Timeline:
-    fault = Fault("disk full", lambda l: l.fill_disk(VICTIM), lambda l: l.free_disk(VICTIM), reads_keep_working=True)
+    fault = Fault("disk full", lambda f: f.fill_disk(VICTIM), lambda f: f.free_disk(VICTIM), reads_keep_working=True)
     return failover(lab, "disk-full: eastus storage full (reads work, pushes fail; the write canary)", fault,
                     _writes_fail_reads_work)
 
 
 def process_killed(lab: Lab) -> Timeline:
-    fault = Fault("registry process killed", lambda l: l.kill_registry(VICTIM), lambda l: l.restart_registry(VICTIM))
+    fault = Fault("registry process killed", lambda f: f.kill_registry(VICTIM), lambda f: f.restart_registry(VICTIM))
     return failover(lab, "process-killed: eastus registry SIGKILL, then restarted", fault)
 
 
 def process_frozen(lab: Lab) -> Timeline:
-    fault = Fault("registry process frozen", lambda l: l.freeze(VICTIM), lambda l: l.thaw(VICTIM))
+    fault = Fault("registry process frozen", lambda f: f.freeze(VICTIM), lambda f: f.thaw(VICTIM))
     return failover(lab, "process-frozen: eastus registry SIGSTOP (hangs), then SIGCONT", fault)
 
 
@@ -249,25 +295,19 @@ def blip(lab: Lab) -> Timeline:
     """A freeze shorter than `fall` rounds: probes see it (a failed round), nothing fails over."""
     timing = lab.timing
     length = blip_length(timing.interval, timing.timeout, timing.fall, timing.jitter)
-    problem = lab.baseline()
-    tl = Timeline(f"blip: eastus frozen {length:.1f}s (< fall {timing.fall} x {timing.interval:g}s)",
-                  origin=time.time())
-    if problem:
-        tl.problem(f"no clean start: {problem}")
+    tl, ready = _start(lab, f"blip: eastus frozen {length:.1f}s (< fall {timing.fall} x {timing.interval:g}s)")
+    if not ready:
         return tl
     budget = lab.budget[VICTIM]
-    lab.pulling(True)
-    time.sleep(1.0)
-    t0 = time.time()
-    tl.origin = t0
-    tl.mark(t0, "fault injected: eastus frozen", lab.freeze(VICTIM))
+    t0 = tl.origin
+    tl.mark(t0, "fault injected: eastus frozen", lab.faults.freeze(VICTIM))
     time.sleep(length)
     t1 = time.time()
-    tl.mark(t1, f"fault cleared: {lab.thaw(VICTIM)}")
+    tl.mark(t1, f"fault cleared: {lab.faults.thaw(VICTIM)}")
     watch = budget.detect_down + budget.feed + 2.0  # long enough for a failover to show if one were coming
     time.sleep(watch)
     end = time.time()
-    lab.pulling(False)
+    lab.client.pulling(False)
     tl.mark(_first_failed_round(lab, VICTIM, t0), "first failed probe round (probes: trend suspect)")
     clean = lab.events.first(t1, _verdict(VICTIM, status="online", trend=""))
     tl.mark(clean.at if clean else None, "probes: eastus clean again (no failures in a row)")
@@ -282,34 +322,26 @@ def blip(lab: Lab) -> Timeline:
     tl.notes.append(f"blip {length:.2f}s = timeout {timing.timeout:g}s + between 1 round "
                     f"({timing.interval * (1 + timing.jitter):.1f}s) and fall-1 rounds "
                     f"({(timing.fall - 1) * timing.interval:.1f}s)")
-    _judge_pulls(tl, lab, t0 - 1.0, end, [], strict=True)
+    _judge_pulls(tl, lab.client, t0 - 1.0, end, [], strict=True)
     return tl
 
 
 def probes_stopped(lab: Lab) -> Timeline:
     """eastus fails -> failover; probes stop (eastus repaired meanwhile): dnsd keeps the last verdict
     until health.ttl, then fails open (eastus back); probes restart."""
-    problem = lab.baseline()
-    tl = Timeline("probes-stopped: dnsd keeps the last verdicts, then fails open after the TTL", origin=time.time())
-    if problem:
-        tl.problem(f"no clean start: {problem}")
+    tl, ready = _start(lab, "probes-stopped: dnsd keeps the last verdicts, then fails open after the TTL")
+    if not ready:
         return tl
     budget, timing = lab.budget[VICTIM], lab.timing
-    lab.pulling(True)
-    time.sleep(1.0)
-    t_fault = time.time()
-    tl.origin = t_fault
-    tl.mark(t_fault, "fault injected: eastus storage unreadable", lab.storage_unreadable(VICTIM))
-    t_dns = _wait_dns(lab, t_fault, budget.failover + SETTLE, away_from=VICTIM)
-    tl.mark(t_dns, "first DNS answer changed")
-    tl.measure("failover: DNS answer moved", t_fault, t_dns, budget.detect_down + budget.feed, "detect down + feed")
+    t_fault = tl.origin
+    t_dns = _storage_outage(lab, tl)
     if t_dns is None:
-        lab.pulling(False)
+        lab.client.pulling(False)
         return tl
-    lab.stop_probes()
+    lab.faults.stop_probes()
     t_stop = time.time()
     tl.mark(t_stop, "probes stopped (SIGTERM)")
-    tl.mark(time.time(), f"eastus repaired while probes are down: {lab.storage_readable(VICTIM)}")
+    tl.mark(time.time(), f"eastus repaired while probes are down: {lab.faults.storage_readable(VICTIM)}")
     t_open = _wait_dns(lab, t_stop, lab.fail_open_after + SETTLE, to=VICTIM)
     tl.mark(t_open, "DNS answer back on eastus (fail open)")
     expired = lab.events.first(t_stop, _is("dnsd", "health_expired"))
@@ -318,18 +350,15 @@ def probes_stopped(lab: Lab) -> Timeline:
     tl.measure("fail open after probes stopped", t_stop, t_open, lab.fail_open_after,
                "health ttl + poll + tm TTL", at_least=timing.health_ttl - timing.poll_interval)
     t_start = time.time()
-    lab.start_probes()
+    lab.faults.start_probes()
     tl.mark(t_start, "probes restarted (verdicts from its state file)")
-    settled = wait_for(lambda: set(lab.probe_statuses().values()) == {"online"} and lab.dns_replica() == VICTIM,
+    settled = wait_for(lambda: set(probe_statuses().values()) == {"online"} and lab.client.dns_replica() == VICTIM,
                        budget.recovery + SETTLE, 0.2)
     tl.mark(settled, "probes: all online again, global name on eastus")
-    end = time.time() + 1.0
-    time.sleep(1.0)
-    lab.pulling(False)
-    _add_observed(tl, lab, t_fault, end)
+    end = _finish(lab, tl, t_fault)
     tl.measure("probes restart: settled", t_start, settled, budget.recovery + 2 * budget.feed,
                "detect up + feed + tm TTL (+ startup)")
-    _judge_pulls(tl, lab, t_fault - 1.0, end, [(t_fault, t_dns)])
+    _judge_pulls(tl, lab.client, t_fault - 1.0, end, [(t_fault, t_dns)])
     return tl
 
 
@@ -339,31 +368,23 @@ def probes_one_killed(lab: Lab) -> Timeline:
     away from eastus (the instance left decides alone; dnsd must not fail open), every pull after the
     failover must work; eastus repaired -> the one instance left brings it back; the killed one restarts."""
     title = "probes-one-killed: two probes instances, one killed mid-outage: the failover holds"
-    instances = lab.probes_instances()
+    instances = lab.faults.probes_instances()
     if len(instances) < 2:
         tl = Timeline(title, origin=time.time())
         tl.problem(f"needs two probes instances, this lab has {len(instances)}")
         return tl
     survivor, victim = instances[0], instances[1]
-    problem = lab.baseline()
-    tl = Timeline(title, origin=time.time())
-    if problem:
-        tl.problem(f"no clean start: {problem}")
+    tl, ready = _start(lab, title)
+    if not ready:
         return tl
     budget, timing = lab.budget[VICTIM], lab.timing
-    lab.pulling(True)
-    time.sleep(1.0)
-    t_fault = time.time()
-    tl.origin = t_fault
-    tl.mark(t_fault, "fault injected: eastus storage unreadable", lab.storage_unreadable(VICTIM))
-    t_dns = _wait_dns(lab, t_fault, budget.failover + SETTLE, away_from=VICTIM)
-    tl.mark(t_dns, "first DNS answer changed (both probes instances agree)")
-    tl.measure("failover: DNS answer moved", t_fault, t_dns, budget.detect_down + budget.feed, "detect down + feed")
+    t_fault = tl.origin
+    t_dns = _storage_outage(lab, tl, "first DNS answer changed (both probes instances agree)")
     if t_dns is None:
-        lab.pulling(False)
+        lab.client.pulling(False)
         return tl
     t_kill = time.time()
-    tl.mark(t_kill, f"{victim} killed mid-outage", lab.kill_probes(victim))
+    tl.mark(t_kill, f"{victim} killed mid-outage", lab.faults.kill_probes(victim))
     # its last verdict expires after health.ttl; watch past the moment a lone feed would have failed open
     hold = lab.fail_open_after + 2.0
     time.sleep(hold)
@@ -375,48 +396,37 @@ def probes_one_killed(lab: Lab) -> Timeline:
         tl.problem("dnsd logged health_expired with one probes instance still answering")
     if back is None and expired is None:
         tl.mark(time.time(), f"failover held {hold:.1f}s after the kill (health ttl {timing.health_ttl:g}s): "
-                             f"global name on {lab.dns_replica()}, {survivor} decides alone")
+                             f"global name on {lab.client.dns_replica()}, {survivor} decides alone")
     t_cleared = time.time()
-    tl.mark(t_cleared, f"fault cleared: {lab.storage_readable(VICTIM)}")
-    t_restore = wait_for(lambda: lab.replica_healthy(VICTIM), SETTLE, 0.05) or time.time()
+    tl.mark(t_cleared, f"fault cleared: {lab.faults.storage_readable(VICTIM)}")
+    t_restore = wait_for(lambda: lab.client.replica_healthy(VICTIM), SETTLE, 0.05) or time.time()
     tl.mark(t_restore, "eastus healthy again (direct check)")
     t_back = _wait_dns(lab, t_restore, budget.recovery + SETTLE, to=VICTIM)
     tl.mark(t_back, f"DNS answer back on eastus ({survivor} alone)")
     tl.measure("recovery with one instance: DNS back", t_restore, t_back, budget.detect_up + budget.feed,
                "detect up + feed")
     t_start = time.time()
-    lab.start_probes(victim)
+    lab.faults.start_probes(victim)
     tl.mark(t_start, f"{victim} restarted (verdicts from its state file)")
-    settled = wait_for(lambda: set(lab.probe_statuses(victim).values()) == {"online"}
-                       and lab.dns_replica() == VICTIM, budget.recovery + SETTLE, 0.2)
+    settled = wait_for(lambda: set(probe_statuses(victim).values()) == {"online"}
+                       and lab.client.dns_replica() == VICTIM, budget.recovery + SETTLE, 0.2)
     tl.mark(settled, f"{victim}: all online again, global name on eastus")
     if settled is None:
         tl.problem(f"{victim} did not settle after its restart")
-    end = time.time() + 1.0
-    time.sleep(1.0)
-    lab.pulling(False)
-    _add_observed(tl, lab, t_fault, end)
-    _judge_pulls(tl, lab, t_fault - 1.0, end, [(t_fault, t_dns)])
+    end = _finish(lab, tl, t_fault)
+    _judge_pulls(tl, lab.client, t_fault - 1.0, end, [(t_fault, t_dns)])
     return tl
 
 
 def drain_during_outage(lab: Lab) -> Timeline:
     """eastus fails -> failover; the operator drains eastus during the outage; eastus is repaired and
     probes say online, yet the drain keeps it out of the global name; undrain -> back at once."""
-    problem = lab.baseline()
-    tl = Timeline("drain-during-outage: drain eastus while it is down, repair, undrain", origin=time.time())
-    if problem:
-        tl.problem(f"no clean start: {problem}")
+    tl, ready = _start(lab, "drain-during-outage: drain eastus while it is down, repair, undrain")
+    if not ready:
         return tl
     budget = lab.budget[VICTIM]
-    lab.pulling(True)
-    time.sleep(1.0)
-    t_fault = time.time()
-    tl.origin = t_fault
-    tl.mark(t_fault, "fault injected: eastus storage unreadable", lab.storage_unreadable(VICTIM))
-    t_dns = _wait_dns(lab, t_fault, budget.failover + SETTLE, away_from=VICTIM)
-    tl.mark(t_dns, "first DNS answer changed")
-    tl.measure("failover: DNS answer moved", t_fault, t_dns, budget.detect_down + budget.feed, "detect down + feed")
+    t_fault = tl.origin
+    t_dns = _storage_outage(lab, tl)
     t_drain = time.time()
     result = lab.admin("drain", "contoso", VICTIM, "--reason", "geotm drill: eastus storage outage",
                        "--actor", "geotm-drill")
@@ -424,8 +434,8 @@ def drain_during_outage(lab: Lab) -> Timeline:
     if result.returncode != 0:
         tl.problem(f"dnsd drain failed: {(result.stderr or result.stdout).strip()[-200:]}")
     t_repair = time.time()
-    tl.mark(t_repair, f"eastus repaired: {lab.storage_readable(VICTIM)}")
-    online = wait_for(lambda: lab.probe_statuses().get(VICTIM) == "online", budget.detect_up + SETTLE, 0.1)
+    tl.mark(t_repair, f"eastus repaired: {lab.faults.storage_readable(VICTIM)}")
+    online = wait_for(lambda: probe_statuses().get(VICTIM) == "online", budget.detect_up + SETTLE, 0.1)
     tl.mark(online, "probes: eastus online again")
     hold = budget.feed + budget.client_cache + 1.0
     time.sleep(hold)
@@ -433,7 +443,7 @@ def drain_during_outage(lab: Lab) -> Timeline:
     if moved_back is not None:
         tl.problem("the global name went back to eastus while it was drained")
     else:
-        tl.mark(time.time(), f"drain held: global name still on {lab.dns_replica()} {hold:.1f}s after eastus "
+        tl.mark(time.time(), f"drain held: global name still on {lab.client.dns_replica()} {hold:.1f}s after eastus "
                              f"was online")
     t_undrain = time.time()
     result = lab.admin("undrain", "contoso", VICTIM, "--reason", "geotm drill: storage repaired",
@@ -445,13 +455,10 @@ def drain_during_outage(lab: Lab) -> Timeline:
     pull_back = _wait_pull(lab, VICTIM, t_back, SETTLE) if t_back else None
     tl.mark(t_back, "DNS answer back on eastus")
     tl.mark(pull_back.ended if pull_back else None, "first successful pull from eastus again")
-    end = time.time() + 1.0
-    time.sleep(1.0)
-    lab.pulling(False)
-    _add_observed(tl, lab, t_fault, end)
+    end = _finish(lab, tl, t_fault)
     tl.measure("undrain: first pull from eastus", t_undrain, pull_back.ended if pull_back else None,
                budget.client_cache, "tm TTL (an operator change applies at once)")
-    _judge_pulls(tl, lab, t_fault - 1.0, end, [(t_fault, t_dns or end)])
+    _judge_pulls(tl, lab.client, t_fault - 1.0, end, [(t_fault, t_dns or end)])
     return tl
 
 

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,9 +19,14 @@ import yaml
 from dnsd.routing.budget import budgets
 from dnsd.config import load_config
 from drills import image, labconfig, pki
+from drills.client import Pull
 from drills.dockerapi import demux
-from drills.lab import Pull
+from drills.dockerfaults import DockerFaults
+from drills.faults import Faults
 from drills.labconfig import AGGRESSIVE, DEFAULT, Paths
+from drills.localfaults import LocalFaults
+from drills.localprocs import LocalProcesses
+from drills.observe import Events
 from drills.scenarios import _judge_pulls, blip_length
 from drills.timeline import Measurement, Timeline, summary
 from tests.tools import require_tool, unavailable
@@ -97,7 +103,7 @@ def test_blip_fails_a_round_but_fewer_than_fall(timing):
     assert length < timing.fall * timing.interval + timing.timeout
 
 
-class _FakeLab:
+class _FakeClient:
     def __init__(self, pulls):
         self.pulls = pulls
 
@@ -114,15 +120,15 @@ def test_pulls_may_fail_only_inside_the_detection_window():
              Pull(104.9, "g", 105.6, False, None, "timeout"),   # in flight when DNS moved: excused
              Pull(106.0, "g", 106.2, True, "westeurope")]
     tl = Timeline("t", origin=100.0)
-    _judge_pulls(tl, _FakeLab(pulls), 99.0, 110.0, [(100.0, 105.3)])
+    _judge_pulls(tl, _FakeClient(pulls), 99.0, 110.0, [(100.0, 105.3)])
     assert tl.passed, tl.render()
     assert "2 failed inside the detection window" in tl.render()
     late = Timeline("t", origin=100.0)
-    _judge_pulls(late, _FakeLab(pulls + [Pull(107.0, "g", 107.3, False, None, "manifest unknown")]), 99.0, 110.0,
+    _judge_pulls(late, _FakeClient(pulls + [Pull(107.0, "g", 107.3, False, None, "manifest unknown")]), 99.0, 110.0,
                  [(100.0, 105.3)])
     assert not late.passed and "manifest unknown" in late.render()
     strict = Timeline("t", origin=100.0)
-    _judge_pulls(strict, _FakeLab(pulls), 99.0, 110.0, [(100.0, 105.3)], strict=True)
+    _judge_pulls(strict, _FakeClient(pulls), 99.0, 110.0, [(100.0, 105.3)], strict=True)
     assert not strict.passed   # disk full / blip: reads keep working, so no failure is excused
 
 
@@ -222,6 +228,27 @@ def test_pki_command_writes_what_the_compose_stack_mounts(tmp_path):
     assert pki.main(["--out", str(out)]) == 0 and (out / "ca.crt").read_bytes() == before   # kept
 
 
+def test_both_labs_implement_every_fault(tmp_path):
+    """Faults is an ABC: a lab missing one of its operations could not be built at all."""
+    for faults in (LocalFaults(LocalProcesses(Paths(tmp_path), Events())), DockerFaults(None, {}, None)):
+        assert isinstance(faults, Faults)
+        assert not getattr(type(faults), "__abstractmethods__", None)
+
+
+GENERATED_NAME_IN_AN_F_STRING = re.compile(r"\}\.(geo|data|reg|tm|privatelink)\.|\.(geo|data|reg|tm|privatelink)\.\{")
+
+
+def test_drills_read_configs_and_build_names_through_dnsd():
+    """One owner for each fact: drills read a geotm config only with dnsd.config.load_config (they write
+    YAML, never parse it) and take every generated name from dnsd.names."""
+    for path in sorted((ROOT / "drills").glob("*.py")):
+        text = path.read_text()
+        assert "safe_load" not in text and "yaml.load" not in text, path.name
+        assert not GENERATED_NAME_IN_AN_F_STRING.search(text), path.name
+    assert labconfig.REPLICA["eastus"].regional == "contoso.eastus.geo.azurecr.test"
+    assert labconfig.GLOBAL_NAME == "contoso.azurecr.test"
+
+
 def test_docker_stream_demux():
     frames = b"\x01\x00\x00\x00\x00\x00\x00\x03abc" + b"\x02\x00\x00\x00\x00\x00\x00\x02de" + b"\x01\x00\x00"
     parsed, rest = demux(frames)
@@ -267,7 +294,8 @@ def test_preflight_says_what_is_missing(monkeypatch):
 
 def test_compose_lab_makes_faults_through_the_docker_engine(tmp_path):
     """The compose drill's fault injection, against a fake engine (no Docker runs here)."""
-    from drills.compose import STORAGE, ComposeLab
+    from drills.compose import ComposeLab
+    from drills.dockerfaults import STORAGE
 
     class FakeDocker:
         def __init__(self):
@@ -280,16 +308,18 @@ def test_compose_lab_makes_faults_through_the_docker_engine(tmp_path):
             return call
 
     fake = FakeDocker()
-    lab = ComposeLab(DEFAULT, tmp_path, say=lambda _text: None, docker=fake)
-    lab.containers = {name: f"id-{name}" for name in ("eastus", "westeurope", "southeastasia", "probes", "dnsd")}
-    assert lab.client_prefix() == []
-    lab.freeze("eastus")
-    assert lab.frozen == {"eastus"}
-    lab.thaw("eastus")
-    lab.kill_registry("westeurope")
-    lab.storage_unreadable("eastus")
-    lab.fill_disk("eastus")
-    lab.stop_probes()
+    stack = ComposeLab(tmp_path, say=lambda _text: None, docker=fake)
+    stack.containers.update({name: f"id-{name}" for name in ("eastus", "westeurope", "southeastasia", "probes",
+                                                             "dnsd")})
+    assert stack.client.prefix == []
+    faults = stack.faults
+    faults.freeze("eastus")
+    assert faults.frozen == {"eastus"}
+    faults.thaw("eastus")
+    faults.kill_registry("westeurope")
+    faults.storage_unreadable("eastus")
+    faults.fill_disk("eastus")
+    faults.stop_probes()
     assert ("pause", "id-eastus") in fake.calls and ("unpause", "id-eastus") in fake.calls
     assert ("kill", "id-westeurope") in fake.calls and ("stop", "id-probes") in fake.calls
     assert ("exec", "id-eastus", ["chmod", "000", str(STORAGE)]) in fake.calls
