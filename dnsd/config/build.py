@@ -252,7 +252,7 @@ class _Builder:
         return NameTTLs(**values)
 
     def static_records(self, node: Node | None, zone_name: str | None) -> list[RR]:
-        from dnsd.protocol import wire  # start-up: wire loads dnslib, needed only to compile records (not by the operator CLI)
+        from dnsd.config import rdatatext  # start-up: rdatatext loads dnslib, needed only to compile records (not by the operator CLI)
         r = self.r
         result: list[RR] = []
         self.record_marks: list[tuple[RR, Node]] = []
@@ -289,7 +289,7 @@ class _Builder:
                 if text is None:
                     continue
                 try:
-                    rdata = wire.rdata_from_text(rtype, text, zone_name)
+                    rdata = rdatatext.rdata_from_text(rtype, text, zone_name)
                 except ValueError as err:
                     r.fail(value_node, str(err))
                     continue

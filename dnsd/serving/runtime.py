@@ -22,6 +22,7 @@ from dnsd.routing.policy import RoutingPlan
 from dnsd.answers.resolve import resolve
 from dnsd.serving.stats import QueryStats
 from dnsd.answers.tables import CompiledZone, compile_config
+from dnsd.protocol.encode import encode_answer
 from dnsd.protocol.wire import WireError
 
 log = structlog.get_logger(__name__)
@@ -229,6 +230,6 @@ class QueryEngine:
                          short_ttl={i for i, plan in enumerate(snapshot.plans) if plan.short_ttl})
         if result.rcode == rc.SERVFAIL:
             return wire.error_response(query, rc.SERVFAIL, udp_size)
-        packed = wire.encode_answer(result, len(query.qname_key), query.qname())
+        packed = encode_answer(result, len(query.qname_key), query.qname())
         scope = client.source_prefix if client.source_prefix is not None else None
         return wire.build_response(query, packed, max_udp_size=max_size, ecs_scope=scope, udp_size=udp_size)
