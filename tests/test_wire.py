@@ -195,14 +195,14 @@ def test_tsig_signed_query_gets_notauth_badkey_unsigned(keyname, edns):
     with pytest.raises(WireError) as info:
         parse_query(data)
     assert info.value.rcode == 9 and "BADKEY" in str(info.value)
-    reply = dns.message.from_wire(info.value.reply, keyring=False)  # read the TSIG, do not verify it
+    reply = dns.message.from_wire(info.value.reply(EDNS_UDP_SIZE), keyring=False)  # read the TSIG, do not verify it
     assert reply.rcode() == dns.rcode.NOTAUTH and reply.id == 7 and (reply.edns == 0) is edns
     assert reply.keyname == dns.name.from_text(keyname) and reply.keyalgorithm == dns.tsig.HMAC_SHA256
     assert reply.tsig_error == dns.rcode.BADKEY and reply.mac == b""
     assert reply.tsig[0].original_id == 7 and abs(reply.tsig[0].time_signed - time.time()) < 5
     assert reply.tsig[0].fudge == msg.tsig[0].fudge
     with pytest.raises(dns.tsig.PeerBadKey):  # what a real client with the key concludes
-        dns.message.from_wire(info.value.reply, keyring=msg.keyring, request_mac=msg.mac)
+        dns.message.from_wire(info.value.reply(EDNS_UDP_SIZE), keyring=msg.keyring, request_mac=msg.mac)
 
 
 def test_tsig_not_last_is_formerr():
@@ -322,11 +322,12 @@ def test_malformed_query(data, rcode, replies, echoes, has_opt):
     err = info.value
     assert err.rcode == rcode
     assert str(err)  # says what was wrong
+    reply = err.reply(EDNS_UDP_SIZE)
     if not replies:
-        assert err.reply is None
+        assert reply is None
         return
-    assert err.reply is not None
-    msg = decode(err.reply)
+    assert reply is not None
+    msg = decode(reply)
     qid, qflags = struct.unpack_from("!HH", data)
     assert msg.id == qid
     assert msg.flags & dns.flags.QR
@@ -335,16 +336,36 @@ def test_malformed_query(data, rcode, replies, echoes, has_opt):
     query_opcode = qflags & 0x7800
     # RD and CD are QUERY flags: copied for QUERY, never for another opcode (genreport's opcodeflg)
     assert (msg.flags & (dns.flags.RD | dns.flags.CD)) == (0 if query_opcode else qflags & 0x0110)
-    assert (err.reply[2] >> 3) & 0xF == (qflags >> 11) & 0xF  # opcode copied
+    assert (reply[2] >> 3) & 0xF == (qflags >> 11) & 0xF  # opcode copied
     if echoes:
         assert len(msg.question) == 1
-        qlen = len(err.reply) - 12 - (11 if has_opt else 0)
-        assert err.reply[12:12 + qlen] == data[12:12 + qlen]
+        qlen = len(reply) - 12 - (11 if has_opt else 0)
+        assert reply[12:12 + qlen] == data[12:12 + qlen]
     else:
         assert len(msg.question) == 0
     assert (msg.edns >= 0) == has_opt
     if has_opt:
         assert msg.payload == EDNS_UDP_SIZE
+
+
+# (query that fails to parse but speaks EDNS, its rcode)
+ERRORS_WITH_OPT = [
+    pytest.param(edns_query() + b"\x00", FORMERR, id="formerr-trailing-garbage"),
+    pytest.param(header(ar=2) + QUESTION + opt_rr() + opt_rr(), FORMERR, id="formerr-two-opts"),
+    pytest.param(replace_flags(edns_query(), (4 << 11) | 0x0100), NOTIMP, id="notimp"),
+    pytest.param(signed_query(use_edns=0).to_wire(), 9, id="notauth-badkey"),
+]
+
+
+@pytest.mark.parametrize("data, rcode", ERRORS_WITH_OPT)
+@pytest.mark.parametrize("udp_size", [512, EDNS_UDP_SIZE, 1400, 4096])
+def test_error_reply_advertises_the_udp_size_given(data, rcode, udp_size):
+    """Like every other reply, an error reply made while parsing advertises our configured size."""
+    with pytest.raises(WireError) as info:
+        parse_query(data)
+    assert info.value.rcode == rcode
+    msg = dns.message.from_wire(info.value.reply(udp_size), keyring=False)
+    assert msg.edns == 0 and msg.payload == udp_size
 
 
 def test_malformed_messages_name_the_defect():
@@ -671,10 +692,11 @@ def check_any_input(data: bytes) -> None:
         q = parse_query(data)
     except WireError as err:
         assert err.rcode in (FORMERR, NOTIMP)
-        if err.reply is None:
+        reply = err.reply(EDNS_UDP_SIZE)
+        if reply is None:
             assert len(data) < 12 or data[2] & 0x80
         else:
-            msg = decode(err.reply)
+            msg = decode(reply)
             assert msg.id == struct.unpack_from("!H", data)[0]
             assert msg.flags & dns.flags.QR
             assert msg.rcode() == err.rcode

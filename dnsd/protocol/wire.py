@@ -3,8 +3,8 @@
 Two parts:
 
 1. ``parse_query``: a hand-written, bounds-checked parser for one query (the per-query hot path).
-   Any defect raises ``WireError`` carrying the rcode and the error reply (None when nothing must
-   be sent: short packets and responses, to avoid reflection loops).
+   Any defect raises ``WireError`` carrying the rcode and the makings of the error reply (none when
+   nothing must be sent: short packets and responses, to avoid reflection loops).
 2. ``build_response`` / ``error_response``: glue header + question + packed body + OPT per query
    (the bodies are packed once, at compile time, by dnsd.protocol.encode).
 """
@@ -15,6 +15,7 @@ import re
 import struct
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from dnsd.answers.answer import BADKEY, FORMERR, NOTAUTH, NOTIMP, SERVFAIL
 from dnsd.protocol.encode import PackedAnswer
@@ -140,13 +141,31 @@ def _label_text(label: bytes) -> str:
 
 
 class WireError(Exception):
-    """A query that cannot be answered normally. ``rcode`` is what it deserves (FORMERR,
-    NOTIMP); ``reply`` is the ready error reply, or None when nothing must be sent."""
+    """A query that cannot be answered normally. ``rcode`` is what it deserves (FORMERR, NOTIMP,
+    NOTAUTH); ``reply(udp_size)`` is the error reply, its OPT (if any) advertising our udp_size, or
+    None when nothing must be sent. Built on demand, as only the caller knows our configured size."""
 
-    def __init__(self, message: str, rcode: int, reply: bytes | None) -> None:
+    def __init__(self, message: str, rcode: int, reply_parts: _ReplyParts | None) -> None:
         super().__init__(message)
         self.rcode = rcode
-        self.reply = reply
+        self._reply_parts = reply_parts
+
+    def reply(self, udp_size: int) -> bytes | None:
+        parts = self._reply_parts
+        if parts is None:
+            return None
+        return _error_reply(parts.qid, parts.qflags, self.rcode, parts.question, parts.with_opt, udp_size,
+                            parts.tsig)
+
+
+class _ReplyParts(NamedTuple):
+    """What an error reply is made of, besides its rcode and our UDP size."""
+
+    qid: int
+    qflags: int
+    question: bytes | None  # echoed when the question was read intact
+    with_opt: bool  # the query spoke EDNS
+    tsig: bytes = b""  # an unsigned TSIG RR (BADKEY)
 
 
 class _Bad(Exception):
@@ -158,13 +177,13 @@ class _Bad(Exception):
 
 
 def _error_reply(qid: int, qflags: int, rcode: int, question: bytes | None,
-                 with_opt: bool, tsig: bytes = b"") -> bytes:
+                 with_opt: bool, udp_size: int, tsig: bytes = b"") -> bytes:
     """Header + question (+ OPT) (+ a TSIG RR). RD and CD are defined for QUERY only: a reply to
     another opcode copies just the opcode (genreport flags a NOTIMP that echoes them)."""
     copied = _OPCODE_MASK | _RD | _CD if not qflags & _OPCODE_MASK else _OPCODE_MASK
     flags = _QR | (qflags & copied) | rcode
     header = _HDR.pack(qid, flags, 1 if question else 0, 0, 0, (1 if with_opt else 0) + (1 if tsig else 0))
-    return header + (question or b"") + (_OPT_PLAIN if with_opt else b"") + tsig
+    return header + (question or b"") + (_plain_opt(udp_size, False) if with_opt else b"") + tsig
 
 
 @dataclass(slots=True)
@@ -415,20 +434,20 @@ def parse_query(data: bytes) -> Query:
     if tsig is not None and rerr is None and qdcount <= 1 and not (ancount or nscount):
         # we hold no TSIG keys: every signed request is signed with a key we do not know
         raise WireError("TSIG key %s is unknown (BADKEY)" % _wire_name_text(tsig.key_name), NOTAUTH,
-                        _error_reply(qid, flags, NOTAUTH, question, opt_seen, _badkey_tsig(tsig)))
+                        _ReplyParts(qid, flags, question, opt_seen, _badkey_tsig(tsig)))
     if opcode != 0:
         raise WireError("opcode %d not implemented" % opcode, NOTIMP,
-                        _error_reply(qid, flags, NOTIMP, question, opt_seen))
+                        _ReplyParts(qid, flags, question, opt_seen))
     if qdcount != 1:
         raise WireError("QDCOUNT is %d, expected 1" % qdcount, FORMERR,
-                        _error_reply(qid, flags, FORMERR, None, opt_seen))
+                        _ReplyParts(qid, flags, None, opt_seen))
     if qerr is not None:
-        raise WireError(qerr, FORMERR, _error_reply(qid, flags, FORMERR, None, False))
+        raise WireError(qerr, FORMERR, _ReplyParts(qid, flags, None, False))
     if ancount or nscount:
         raise WireError("ANCOUNT %d / NSCOUNT %d in a query, expected 0" % (ancount, nscount),
-                        FORMERR, _error_reply(qid, flags, FORMERR, question, opt_seen))
+                        FORMERR, _ReplyParts(qid, flags, question, opt_seen))
     if rerr is not None:
-        raise WireError(rerr, FORMERR, _error_reply(qid, flags, FORMERR, question, opt_seen))
+        raise WireError(rerr, FORMERR, _ReplyParts(qid, flags, question, opt_seen))
 
     qtype, qclass = _QTAIL.unpack_from(data, qname_end)
     return Query(qid, 0, bool(flags & _RD), bool(flags & _CD), question,

@@ -152,12 +152,13 @@ class QueryEngine:
         try:
             query = wire.parse_query(data)
         except WireError as err:
-            if err.reply is None:
+            reply = err.reply(self.snapshot.config.server.edns_udp_size)  # ours, as in every OPT we send
+            if reply is None:
                 self.stats.dropped += 1
             else:
                 self.stats.count("", "malformed", 0, err.rcode)
-            self.malformed_log(client=client_ip, error=str(err), rcode=err.rcode, answered=err.reply is not None)
-            return err.reply
+            self.malformed_log(client=client_ip, error=str(err), rcode=err.rcode, answered=reply is not None)
+            return reply
         cache = self.cache
         try:
             reply = self.answer(query, client_ip, over_tcp)
