@@ -1,6 +1,6 @@
-"""dnsd.protocol.wire and dnsd.protocol.encode against dnspython, an independent DNS implementation: queries it builds must parse to
-the right fields, replies we build must decode in it to the records we meant, and no input, however
-broken, may make the parser raise anything but WireError."""
+"""dnsd.protocol.wire and dnsd.protocol.encode against dnspython, an independent DNS implementation:
+queries it builds must parse to the right fields, replies we build must decode in it to the records we
+meant, and no input, however broken, may make the parser raise anything but WireError."""
 from __future__ import annotations
 
 import ipaddress

@@ -15,7 +15,6 @@ import re
 import struct
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from dnsd.answers.answer import BADKEY, FORMERR, NOTAUTH, NOTIMP, SERVFAIL
 from dnsd.protocol.encode import PackedAnswer
@@ -145,27 +144,20 @@ class WireError(Exception):
     NOTAUTH); ``reply(udp_size)`` is the error reply, its OPT (if any) advertising our udp_size, or
     None when nothing must be sent. Built on demand, as only the caller knows our configured size."""
 
-    def __init__(self, message: str, rcode: int, reply_parts: _ReplyParts | None) -> None:
+    def __init__(self, message: str, rcode: int,
+                 reply_parts: tuple[int, int, bytes | None, bool, bytes] | None) -> None:
         super().__init__(message)
         self.rcode = rcode
+        # (query ID, query flags, question to echo or None, OPT wanted, TSIG RR or b""): a plain tuple,
+        # as a malformed flood makes one per packet
         self._reply_parts = reply_parts
 
     def reply(self, udp_size: int) -> bytes | None:
         parts = self._reply_parts
         if parts is None:
             return None
-        return _error_reply(parts.qid, parts.qflags, self.rcode, parts.question, parts.with_opt, udp_size,
-                            parts.tsig)
-
-
-class _ReplyParts(NamedTuple):
-    """What an error reply is made of, besides its rcode and our UDP size."""
-
-    qid: int
-    qflags: int
-    question: bytes | None  # echoed when the question was read intact
-    with_opt: bool  # the query spoke EDNS
-    tsig: bytes = b""  # an unsigned TSIG RR (BADKEY)
+        qid, qflags, question, with_opt, tsig = parts
+        return _error_reply(qid, qflags, self.rcode, question, with_opt, udp_size, tsig)
 
 
 class _Bad(Exception):
@@ -434,20 +426,20 @@ def parse_query(data: bytes) -> Query:
     if tsig is not None and rerr is None and qdcount <= 1 and not (ancount or nscount):
         # we hold no TSIG keys: every signed request is signed with a key we do not know
         raise WireError("TSIG key %s is unknown (BADKEY)" % _wire_name_text(tsig.key_name), NOTAUTH,
-                        _ReplyParts(qid, flags, question, opt_seen, _badkey_tsig(tsig)))
+                        (qid, flags, question, opt_seen, _badkey_tsig(tsig)))
     if opcode != 0:
         raise WireError("opcode %d not implemented" % opcode, NOTIMP,
-                        _ReplyParts(qid, flags, question, opt_seen))
+                        (qid, flags, question, opt_seen, b""))
     if qdcount != 1:
         raise WireError("QDCOUNT is %d, expected 1" % qdcount, FORMERR,
-                        _ReplyParts(qid, flags, None, opt_seen))
+                        (qid, flags, None, opt_seen, b""))
     if qerr is not None:
-        raise WireError(qerr, FORMERR, _ReplyParts(qid, flags, None, False))
+        raise WireError(qerr, FORMERR, (qid, flags, None, False, b""))
     if ancount or nscount:
         raise WireError("ANCOUNT %d / NSCOUNT %d in a query, expected 0" % (ancount, nscount),
-                        FORMERR, _ReplyParts(qid, flags, question, opt_seen))
+                        FORMERR, (qid, flags, question, opt_seen, b""))
     if rerr is not None:
-        raise WireError(rerr, FORMERR, _ReplyParts(qid, flags, question, opt_seen))
+        raise WireError(rerr, FORMERR, (qid, flags, question, opt_seen, b""))
 
     qtype, qclass = _QTAIL.unpack_from(data, qname_end)
     return Query(qid, 0, bool(flags & _RD), bool(flags & _CD), question,
