@@ -19,7 +19,8 @@ from dnsd.protocol.fdlimit import open_descriptors, raise_open_files_limit, tcp_
 from dnsd.routing.feed import HealthFeed
 from dnsd.common.lifecycle import StopSignals, TaskSet, serve_http
 from dnsd.model import Config, ServerSettings
-from dnsd.protocol.server import DnsServer, ListenerSettings
+from dnsd.protocol.listening import ListenerSettings
+from dnsd.protocol.server import DnsServer
 from dnsd.serving.service import Dnsd, replica_keys
 from dnsd.serving.stats import SHARE_SAMPLE
 

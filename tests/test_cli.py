@@ -154,7 +154,8 @@ def test_a_refused_reload_prints_each_problem_once_without_the_raw_answer(served
 # -- the operator commands start fast: no server modules ----------------------------------------------
 
 HEAVY = ("aiohttp", "prometheus_client", "uvloop", "dnslib", "structlog", "dnsd.serving.service", "dnsd.protocol.server",
-         "dnsd.serving.runtime", "dnsd.ops.admin", "dnsd.protocol.wire")
+         "dnsd.protocol.listening", "dnsd.protocol.udp", "dnsd.protocol.tcp", "dnsd.serving.runtime", "dnsd.ops.admin",
+         "dnsd.protocol.wire", "dnsd.protocol.encode", "dnsd.config.rdatatext")
 
 
 @pytest.mark.parametrize("args", [

@@ -1,6 +1,9 @@
 """server.edns_udp_size reaches the wire: a real dnsd advertises it in its OPT and truncates UDP
-answers above it (the client's own size permitting), for answers, errors and truncated replies."""
+answers above it (the client's own size permitting), for answers, errors (also those to queries it
+could not parse) and truncated replies."""
 from __future__ import annotations
+
+import socket
 
 import dns.flags
 import dns.message
@@ -18,6 +21,15 @@ TXT = [{"name": BIG, "type": "TXT", "ttl": 60, "value": f'"{i}{"x" * 199}"'} for
 def ask(port: int, name: str, rdtype: str = "A", payload: int = 4096, rdclass: str = "IN") -> dns.message.Message:
     query = dns.message.make_query(name, rdtype, rdclass=rdclass, use_edns=0, payload=payload)
     return dns.query.udp(query, "127.0.0.1", port=port, timeout=3, ignore_trailing=True)
+
+
+def ask_raw(port: int, data: bytes) -> dns.message.Message:
+    """Send bytes as they are (a query dnsd cannot parse) and read the reply."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(3)
+        sock.sendto(data, ("127.0.0.1", port))
+        reply, _ = sock.recvfrom(65535)
+    return dns.message.from_wire(reply)
 
 
 @pytest.mark.parametrize("configured,client,truncated", [
@@ -46,3 +58,6 @@ def test_our_udp_size_comes_from_the_config(tmp_path, configured, client, trunca
         refused = ask(process.port, "contoso.azurecr.test", rdclass="CH")
         assert (small.rcode(), small.payload) == (dns.rcode.NOERROR, advertised)
         assert (refused.rcode(), refused.payload) == (dns.rcode.REFUSED, advertised)
+        garbage_after = dns.message.make_query("contoso.azurecr.test", "A", use_edns=0).to_wire() + b"\x00"
+        formerr = ask_raw(process.port, garbage_after)
+        assert (formerr.rcode(), formerr.payload) == (dns.rcode.FORMERR, advertised)

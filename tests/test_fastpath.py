@@ -10,6 +10,7 @@ import dns.message
 import pytest
 
 from dnsd.protocol import wire
+from dnsd.protocol.encode import encode_answer
 from dnsd.routing.health import EndpointHealth, HealthSnapshot, Status
 from dnsd.answers.records import type_number
 from dnsd.answers.resolve import resolve
@@ -81,7 +82,7 @@ def full_path(engine: QueryEngine, query_wire: bytes, client_ip: str, tcp: bool)
                          for other in range(len(zd.views)) if other != view)
     import dataclasses
     answer = dataclasses.replace(answer, client_dependent=view_dependent)
-    packed = wire.encode_answer(answer, len(query.qname_key), query.qname())
+    packed = encode_answer(answer, len(query.qname_key), query.qname())
     scope = None
     if query.edns is not None and query.edns.ecs is not None:
         dependent = (view_dependent and view_by_ecs) or any(depends)

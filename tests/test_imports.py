@@ -193,4 +193,4 @@ def test_probes_and_standin_do_not_import_the_dns_listeners(importer):
         if module not in reached:
             reached.add(module)
             todo.extend(graph[module])
-    assert "dnsd.protocol.server" not in reached
+    assert not reached & {"dnsd.protocol.server", "dnsd.protocol.udp", "dnsd.protocol.tcp"}

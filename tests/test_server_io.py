@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 import structlog.testing
 
-from dnsd.protocol import server as srv
 from dnsd.common.lifecycle import run
-from dnsd.protocol.server import DnsServer, ListenerSettings
+from dnsd.protocol.listening import ListenerSettings
+from dnsd.protocol.server import DnsServer
+from dnsd.protocol.tcp import source_key
 
 try:
     from tests import harness
@@ -415,7 +416,7 @@ SOURCE_KEY_CASES = [
 
 @pytest.mark.parametrize("ip, v4, v6, expected", SOURCE_KEY_CASES)
 def test_source_key(ip, v4, v6, expected):
-    assert srv.source_key(ip, v4, v6) == expected
+    assert source_key(ip, v4, v6) == expected
 
 
 #   settings                                          error names
@@ -576,7 +577,8 @@ run(main(int(sys.argv[1]), sys.argv[2]))
 CHILD_SERVER_FD_STARVED = """
 import asyncio, sys
 from dnsd.common.lifecycle import run
-from dnsd.protocol.server import DnsServer, ListenerSettings
+from dnsd.protocol.listening import ListenerSettings
+from dnsd.protocol.server import DnsServer
 
 def flip_qr(data, client_ip, over_tcp):
     return data[:2] + bytes([data[2] | 0x80]) + data[3:]

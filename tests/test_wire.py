@@ -1,6 +1,6 @@
-"""dnsd.protocol.wire against dnspython, an independent DNS implementation: queries it builds must parse to
-the right fields, replies we build must decode in it to the records we meant, and no input, however
-broken, may make the parser raise anything but WireError."""
+"""dnsd.protocol.wire and dnsd.protocol.encode against dnspython, an independent DNS implementation:
+queries it builds must parse to the right fields, replies we build must decode in it to the records we
+meant, and no input, however broken, may make the parser raise anything but WireError."""
 from __future__ import annotations
 
 import ipaddress
@@ -23,37 +23,17 @@ from hypothesis import strategies as st
 
 from dnsd.protocol import wire
 from dnsd.answers.answer import BADVERS, FORMERR, NOERROR, NOTIMP, NXDOMAIN, REFUSED, SERVFAIL, Answer
-from dnsd.answers.records import (
-    AAAA,
-    CAA,
-    CNAME,
-    HTTPS,
-    MX,
-    NS,
-    PTR,
-    RR,
-    SOA,
-    SRV,
-    TXT,
-    A,
-    AddressRdata,
-    MxRdata,
-    NameRdata,
-    OpaqueRdata,
-    SoaRdata,
-    type_number,
-)
+from dnsd.answers.records import CNAME, RR, TXT, A, AddressRdata, NameRdata, type_number
+from dnsd.config.rdatatext import rdata_from_text
+from dnsd.protocol.encode import PackedAnswer, encode_answer
 from dnsd.protocol.wire import (
     EDNS_UDP_SIZE,
     ClientSubnet,
-    PackedAnswer,
     Query,
     WireError,
     build_response,
-    encode_answer,
     error_response,
     parse_query,
-    rdata_from_text,
     udp_limit,
 )
 
@@ -215,14 +195,14 @@ def test_tsig_signed_query_gets_notauth_badkey_unsigned(keyname, edns):
     with pytest.raises(WireError) as info:
         parse_query(data)
     assert info.value.rcode == 9 and "BADKEY" in str(info.value)
-    reply = dns.message.from_wire(info.value.reply, keyring=False)  # read the TSIG, do not verify it
+    reply = dns.message.from_wire(info.value.reply(EDNS_UDP_SIZE), keyring=False)  # read the TSIG, do not verify it
     assert reply.rcode() == dns.rcode.NOTAUTH and reply.id == 7 and (reply.edns == 0) is edns
     assert reply.keyname == dns.name.from_text(keyname) and reply.keyalgorithm == dns.tsig.HMAC_SHA256
     assert reply.tsig_error == dns.rcode.BADKEY and reply.mac == b""
     assert reply.tsig[0].original_id == 7 and abs(reply.tsig[0].time_signed - time.time()) < 5
     assert reply.tsig[0].fudge == msg.tsig[0].fudge
     with pytest.raises(dns.tsig.PeerBadKey):  # what a real client with the key concludes
-        dns.message.from_wire(info.value.reply, keyring=msg.keyring, request_mac=msg.mac)
+        dns.message.from_wire(info.value.reply(EDNS_UDP_SIZE), keyring=msg.keyring, request_mac=msg.mac)
 
 
 def test_tsig_not_last_is_formerr():
@@ -342,11 +322,12 @@ def test_malformed_query(data, rcode, replies, echoes, has_opt):
     err = info.value
     assert err.rcode == rcode
     assert str(err)  # says what was wrong
+    reply = err.reply(EDNS_UDP_SIZE)
     if not replies:
-        assert err.reply is None
+        assert reply is None
         return
-    assert err.reply is not None
-    msg = decode(err.reply)
+    assert reply is not None
+    msg = decode(reply)
     qid, qflags = struct.unpack_from("!HH", data)
     assert msg.id == qid
     assert msg.flags & dns.flags.QR
@@ -355,16 +336,36 @@ def test_malformed_query(data, rcode, replies, echoes, has_opt):
     query_opcode = qflags & 0x7800
     # RD and CD are QUERY flags: copied for QUERY, never for another opcode (genreport's opcodeflg)
     assert (msg.flags & (dns.flags.RD | dns.flags.CD)) == (0 if query_opcode else qflags & 0x0110)
-    assert (err.reply[2] >> 3) & 0xF == (qflags >> 11) & 0xF  # opcode copied
+    assert (reply[2] >> 3) & 0xF == (qflags >> 11) & 0xF  # opcode copied
     if echoes:
         assert len(msg.question) == 1
-        qlen = len(err.reply) - 12 - (11 if has_opt else 0)
-        assert err.reply[12:12 + qlen] == data[12:12 + qlen]
+        qlen = len(reply) - 12 - (11 if has_opt else 0)
+        assert reply[12:12 + qlen] == data[12:12 + qlen]
     else:
         assert len(msg.question) == 0
     assert (msg.edns >= 0) == has_opt
     if has_opt:
         assert msg.payload == EDNS_UDP_SIZE
+
+
+# (query that fails to parse but speaks EDNS, its rcode)
+ERRORS_WITH_OPT = [
+    pytest.param(edns_query() + b"\x00", FORMERR, id="formerr-trailing-garbage"),
+    pytest.param(header(ar=2) + QUESTION + opt_rr() + opt_rr(), FORMERR, id="formerr-two-opts"),
+    pytest.param(replace_flags(edns_query(), (4 << 11) | 0x0100), NOTIMP, id="notimp"),
+    pytest.param(signed_query(use_edns=0).to_wire(), 9, id="notauth-badkey"),
+]
+
+
+@pytest.mark.parametrize("data, rcode", ERRORS_WITH_OPT)
+@pytest.mark.parametrize("udp_size", [512, EDNS_UDP_SIZE, 1400, 4096])
+def test_error_reply_advertises_the_udp_size_given(data, rcode, udp_size):
+    """Like every other reply, an error reply made while parsing advertises our configured size."""
+    with pytest.raises(WireError) as info:
+        parse_query(data)
+    assert info.value.rcode == rcode
+    msg = dns.message.from_wire(info.value.reply(udp_size), keyring=False)
+    assert msg.edns == 0 and msg.payload == udp_size
 
 
 def test_malformed_messages_name_the_defect():
@@ -523,6 +524,23 @@ def test_encode_answer_rejects(answer, qname, qlen, match):
         encode_answer(answer, qlen, qname)
 
 
+ORIGIN = "azurecr.test"
+
+
+def test_large_txt_rrset_roundtrip():
+    # e.g. many certificate-validation tokens at one name: too big for UDP, whole over TCP
+    tokens = [f"validation-token-{i:03d}-" + "k" * 400 for i in range(30)]
+    answer = Answer(NOERROR, answer=tuple(
+        RR("_validation.azurecr.test", TXT, 300, rdata_from_text(TXT, f'"{t}"', ORIGIN))
+        for t in tokens))
+    reply = respond(dq("_validation.azurecr.test", "TXT", use_edns=0), answer, udp=False)
+    msg = dns.message.from_wire(reply)
+    got = sorted(b"".join(rd.strings).decode() for rd in msg.answer[0])
+    assert got == sorted(tokens)
+    udp_reply = respond(dq("_validation.azurecr.test", "TXT", use_edns=0), answer)
+    assert dns.message.from_wire(udp_reply).flags & dns.flags.TC
+
+
 # ----------------------------------------------------------------------------------------------
 # truncation, EDNS and ECS in replies
 # ----------------------------------------------------------------------------------------------
@@ -655,151 +673,6 @@ def test_flags_in_build_response():
 
 
 # ----------------------------------------------------------------------------------------------
-# rdata from zone-file text
-# ----------------------------------------------------------------------------------------------
-
-ORIGIN = "azurecr.test"
-
-# (type, text, expected structured rdata or None = compare wire with dnspython's reading)
-RDATA_CASES = [
-    pytest.param(A, "192.0.2.1", AddressRdata(ipaddress.IPv4Address("192.0.2.1")), id="a"),
-    pytest.param(AAAA, "2001:DB8::1", AddressRdata(ipaddress.IPv6Address("2001:db8::1")), id="aaaa"),
-    pytest.param(CNAME, "weu.data", NameRdata("weu.data.azurecr.test"), id="cname-relative"),
-    pytest.param(CNAME, "Other.Example.", NameRdata("other.example"), id="cname-absolute"),
-    pytest.param(CNAME, "@", NameRdata("azurecr.test"), id="cname-at"),
-    pytest.param(NS, "ns1", NameRdata("ns1.azurecr.test"), id="ns"),
-    pytest.param(PTR, "host.example.", NameRdata("host.example"), id="ptr"),
-    pytest.param(MX, "10 mail", MxRdata(10, "mail.azurecr.test"), id="mx"),
-    pytest.param(MX, "0 .", MxRdata(0, ""), id="mx-null"),
-    pytest.param(SOA, "ns1 hostmaster 2024010101 3600 600 86400 60",
-                 SoaRdata("ns1.azurecr.test", "hostmaster.azurecr.test", 2024010101, 3600, 600, 86400,
-                          60), id="soa"),
-    pytest.param(SOA, "ns1.x. h.x. ( 1 ; serial\n 1h 10m 1w 30s )",
-                 SoaRdata("ns1.x", "h.x", 1, 3600, 600, 604800, 30), id="soa-multiline-units"),
-    pytest.param(TXT, '"v=spf1 -all"', None, id="txt"),
-    pytest.param(TXT, '"a" "b c" d', None, id="txt-several-strings"),
-    pytest.param(TXT, r'"semi\059colon \"quoted\" back\\slash"', None, id="txt-escapes"),
-    pytest.param(TXT, '""', None, id="txt-empty-string"),
-    pytest.param(99, '"v=spf1 include:x.test -all"', None, id="spf"),
-    pytest.param(SRV, "10 5 443 weu.data", None, id="srv-relative"),
-    pytest.param(SRV, "0 0 0 .", None, id="srv-root"),
-    pytest.param(CAA, '0 issue "letsencrypt.org"', None, id="caa-issue"),
-    pytest.param(CAA, '128 iodef "mailto:sec@azurecr.test"', None, id="caa-iodef"),
-    pytest.param(CAA, '0 issuewild ";"', None, id="caa-issuewild-none"),
-    pytest.param(HTTPS, '1 . alpn="h2,h3" port=443 ipv4hint=192.0.2.1,192.0.2.2', None,
-                 id="https-params"),
-    pytest.param(HTTPS, "0 svc.example.", None, id="https-alias"),
-    pytest.param(HTTPS, "1 svc ipv6hint=2001:db8::1", None, id="https-relative-target"),
-    pytest.param(64, "1 . alpn=h2 no-default-alpn", None, id="svcb"),
-    pytest.param(44, "1 2 " + "0123456789ABCDEF" * 4,
-                 None, id="sshfp"),
-    pytest.param(52, "3 1 1 0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF", None,
-                 id="tlsa"),
-    pytest.param(35, '100 10 "S" "SIP+D2U" "" _sip._udp', None, id="naptr"),
-    pytest.param(43, "60485 5 1 2BB183AF5F22588179A53B0A98631FAD1A292118", None, id="ds"),
-    pytest.param(13, '"x86" "linux"', None, id="hinfo"),
-    pytest.param(17, "hostmaster @", None, id="rp-two-names-uncompressed"),
-    pytest.param(39, "target", None, id="dname"),
-    pytest.param(65, "1 svc ech=AAT+DQAA", None, id="https-ech"),
-    pytest.param(48, "257 3 13 mdsswUyr3DPW132mOi8V9xESWE8jTo0d "
-                 "xCjjnopKl+GqJxpVXckHAeF+KkxLbxILfDLUT0rAK9iUzy1L53eKGQ==", None, id="dnskey"),
-    pytest.param(65400, r"\# 4 0A0B0C0D", None, id="generic-unknown-type"),
-    pytest.param(65400, r"\# 0", None, id="generic-empty"),
-    pytest.param(CAA, r"\# 5 0001780000", None, id="generic-known-type"),
-]
-
-
-@pytest.mark.parametrize("rtype, text, expected", RDATA_CASES)
-def test_rdata_from_text(rtype, text, expected):
-    rd = rdata_from_text(rtype, text, ORIGIN)
-    if expected is not None:
-        assert rd == expected
-        return
-    assert isinstance(rd, OpaqueRdata)
-    origin = dns.name.from_text(ORIGIN)
-    theirs = dns.rdata.from_text("IN", rtype, text, origin=origin, relativize=False)
-    assert rd.wire == theirs.to_wire()
-    # the text we keep reads back to the same rdata
-    again = dns.rdata.from_text("IN", rtype, rd.text, origin=origin, relativize=False)
-    assert again == theirs
-
-
-def test_txt_long_strings_split():
-    value = "x" * 600
-    rd = rdata_from_text(TXT, f'"{value}" "short"', ORIGIN)
-    assert rd.wire == b"\xff" + b"x" * 255 + b"\xff" + b"x" * 255 + b"\x5a" + b"x" * 90 + b"\x05short"
-    theirs = dns.rdata.from_text("IN", "TXT", rd.text)
-    assert b"".join(theirs.strings) == value.encode() + b"short"
-
-
-def test_large_txt_rrset_roundtrip():
-    # e.g. many certificate-validation tokens at one name: too big for UDP, whole over TCP
-    tokens = [f"validation-token-{i:03d}-" + "k" * 400 for i in range(30)]
-    answer = Answer(NOERROR, answer=tuple(
-        RR("_validation.azurecr.test", TXT, 300, rdata_from_text(TXT, f'"{t}"', ORIGIN))
-        for t in tokens))
-    reply = respond(dq("_validation.azurecr.test", "TXT", use_edns=0), answer, udp=False)
-    msg = dns.message.from_wire(reply)
-    got = sorted(b"".join(rd.strings).decode() for rd in msg.answer[0])
-    assert got == sorted(tokens)
-    udp_reply = respond(dq("_validation.azurecr.test", "TXT", use_edns=0), answer)
-    assert dns.message.from_wire(udp_reply).flags & dns.flags.TC
-
-
-BAD_RDATA_CASES = [
-    pytest.param(MX, "10", "expected 'PREFERENCE EXCHANGE'", id="mx-missing-exchange"),
-    pytest.param(MX, "x mail", "PREFERENCE EXCHANGE", id="mx-bad-preference"),
-    pytest.param(MX, "70000 mail", "PREFERENCE EXCHANGE", id="mx-preference-too-big"),
-    pytest.param(A, "::1", "IPv4", id="a-with-ipv6"),
-    pytest.param(A, "1.2.3", "IPv4", id="a-short"),
-    pytest.param(A, "1.2.3.4 5.6.7.8", "IPv4", id="a-two"),
-    pytest.param(A, "", "IPv4", id="a-empty"),
-    pytest.param(AAAA, "192.0.2.1", "IPv6", id="aaaa-with-ipv4"),
-    pytest.param(AAAA, "fe80::1%eth0", "IPv6", id="aaaa-scope"),
-    pytest.param(CNAME, "a b", "TARGET", id="cname-two-names"),
-    pytest.param(CNAME, "a..b.", "empty label", id="cname-empty-label"),
-    pytest.param(CNAME, "x" * 64 + ".test.", "63", id="cname-label-64"),
-    pytest.param(SOA, "ns1 hostmaster 1 2 3", "MNAME RNAME SERIAL", id="soa-short"),
-    pytest.param(SOA, "ns1 h 1 2 3 4 x", "MNAME RNAME SERIAL", id="soa-not-number"),
-    pytest.param(SOA, "ns1 h 99999999999 2 3 4 5", "4294967295", id="soa-serial-too-big"),
-    pytest.param(TXT, '"unterminated', "unterminated", id="txt-unterminated"),
-    pytest.param(TXT, "", "STRINGS", id="txt-empty"),
-    pytest.param(SRV, "10 5 web", "PRIORITY WEIGHT PORT TARGET", id="srv-short"),
-    pytest.param(SRV, "10 5 x web", "PRIORITY WEIGHT PORT TARGET", id="srv-port-not-number"),
-    pytest.param(SRV, "10 5 70000 web", "PRIORITY WEIGHT PORT TARGET", id="srv-port-too-big"),
-    pytest.param(CAA, "0 issue", "FLAGS TAG", id="caa-missing-value"),
-    pytest.param(CAA, '0 is-sue "x"', "FLAGS TAG", id="caa-bad-tag"),
-    pytest.param(HTTPS, "1", "PRIORITY TARGET", id="https-short"),
-    pytest.param(HTTPS, "1 . bogus=1", "PRIORITY TARGET", id="https-bad-key"),
-    pytest.param(44, "1 2 XYZ", "HEX", id="sshfp-bad-hex"),
-    pytest.param(48, "257 3 13 !!!", "base64", id="dnskey-bad-base64"),
-    pytest.param(65, "1 . port=99999", "PRIORITY TARGET", id="https-port-too-big"),
-    pytest.param(TXT, "x\\", "backslash", id="txt-dangling-backslash"),
-    pytest.param(65400, "0A0B", r"\\# LENGTH HEX", id="unknown-type-not-generic"),
-    pytest.param(65400, r"\# 3 0A0B", "LENGTH", id="generic-length-mismatch"),
-    pytest.param(65400, r"\# 2 0A0", "hex", id="generic-odd-hex"),
-    pytest.param(41, "", "cannot have record data", id="opt-type"),
-    pytest.param(255, "", "cannot have record data", id="any-type"),
-]
-
-
-@pytest.mark.parametrize("rtype, text, message", BAD_RDATA_CASES)
-def test_bad_rdata_text(rtype, text, message):
-    with pytest.raises(ValueError, match=message) as info:
-        rdata_from_text(rtype, text, ORIGIN)
-    msg = str(info.value)
-    assert "\n" not in msg
-    if rtype not in (41, 255):
-        assert msg.startswith("bad ") and repr(text) in msg
-
-
-def test_bad_rdata_message_format():
-    with pytest.raises(ValueError) as info:
-        rdata_from_text(MX, "10", ORIGIN)
-    assert str(info.value) == "bad MX rdata '10': expected 'PREFERENCE EXCHANGE'"
-
-
-# ----------------------------------------------------------------------------------------------
 # property tests: any input, only WireError; every reply readable by dnspython
 # ----------------------------------------------------------------------------------------------
 
@@ -819,10 +692,11 @@ def check_any_input(data: bytes) -> None:
         q = parse_query(data)
     except WireError as err:
         assert err.rcode in (FORMERR, NOTIMP)
-        if err.reply is None:
+        reply = err.reply(EDNS_UDP_SIZE)
+        if reply is None:
             assert len(data) < 12 or data[2] & 0x80
         else:
-            msg = decode(err.reply)
+            msg = decode(reply)
             assert msg.id == struct.unpack_from("!H", data)[0]
             assert msg.flags & dns.flags.QR
             assert msg.rcode() == err.rcode

@@ -1,4 +1,5 @@
-"""Resource records as plain immutable values: what an answer is made of, before any wire encoding."""
+"""Resource records as plain immutable values: what an answer is made of, before any wire encoding; and
+the limits a name must keep to be encodable (name_labels)."""
 from __future__ import annotations
 
 import ipaddress
@@ -16,6 +17,67 @@ def normalize_name(name: str) -> str:
     if name.endswith("."):
         name = name[:-1]
     return name.lower()
+
+
+def name_labels(name: str) -> list[bytes]:
+    """Canonical name -> its labels (lower case), validated for the wire: ASCII, 1..63 bytes a
+    label, <= 255 bytes in all. Zone-file escapes (\\DDD, \\.) are understood, so the text
+    from Query.qname() encodes back to the same wire name."""
+    name = name.strip()
+    if "\\" in name:
+        labels = _unescape_labels(name)
+    else:
+        name = normalize_name(name)
+        if not name:
+            return []
+        if not name.isascii():
+            raise ValueError(f"bad name {name!r}: not ASCII (use the punycode form)")
+        labels = [label.encode("ascii") for label in name.split(".")]
+    total = 1
+    for label in labels:
+        if not label:
+            raise ValueError(f"bad name {name!r}: empty label")
+        if len(label) > 63:
+            raise ValueError(f"bad name {name!r}: label longer than 63 bytes")
+        total += len(label) + 1
+    if total > 255:
+        raise ValueError(f"bad name {name!r}: longer than 255 bytes in wire form")
+    return labels
+
+
+def _unescape_labels(name: str) -> list[bytes]:
+    """Split a name with zone-file escapes into labels; a final unescaped '.' ends the name."""
+    labels = []
+    label = bytearray()
+    i = 0
+    n = len(name)
+    ended = False
+    while i < n:
+        c = name[i]
+        ended = False
+        if c == "\\":
+            digits = name[i + 1:i + 4]
+            if len(digits) == 3 and digits.isascii() and digits.isdigit() and int(digits) <= 255:
+                label.append(int(digits))
+                i += 4
+                continue
+            if i + 1 >= n or not name[i + 1].isascii():
+                raise ValueError(f"bad name {name!r}: bad escape")
+            label += name[i + 1].encode("ascii")
+            i += 2
+            continue
+        if c == ".":
+            labels.append(bytes(label).lower())
+            label = bytearray()
+            ended = True
+        elif c.isascii():
+            label += c.encode("ascii")
+        else:
+            raise ValueError(f"bad name {name!r}: not ASCII (use the punycode form)")
+        i += 1
+    if not ended:
+        labels.append(bytes(label).lower())
+    return labels
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,11 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dnsd.answers import records
-from dnsd.protocol import wire
 from dnsd.answers.answer import Answer
 from dnsd.routing.netmatch import PrefixMatcher
 from dnsd.answers.resolve import negative_soa, resolve
-from dnsd.protocol.wire import PackedAnswer
+from dnsd.protocol.encode import PackedAnswer, encode_answer, with_ttls
 from dnsd.answers.zonedata import AliasNode, StaticNode, TrafficManagerNode, ZoneData, build_zone_data
 
 # Any qtype not compiled for a name is answered like this one: a type no zone holds (private use).
@@ -77,7 +76,7 @@ class CompiledZone:
                 remaining -= size + 1
             synthetic = ".".join(labels + [self.zd.zone])
             answer = Answer(3, (), (negative_soa(self.zd),))
-            packed = wire.encode_answer(answer, key_length, synthetic)
+            packed = encode_answer(answer, key_length, synthetic)
             if len(self.negative_cache) < 256:
                 self.negative_cache[key_length] = packed
         return packed
@@ -218,11 +217,11 @@ class _QuestionCompiler:
             packed, short = [], []
             for answer in answers:
                 offsets: list[int] = []
-                encoded = wire.encode_answer(answer, self.key_length, name, offsets, client_dependent=view_dependent)
+                encoded = encode_answer(answer, self.key_length, name, offsets, client_dependent=view_dependent)
                 packed.append(encoded)
                 patches = [(offset, min(rr.ttl, short_ttl)) for offset, rr in zip(offsets, answer.answer)
                            if rr.rtype == records.CNAME and rr.name in self.tm_owners]
-                short.append(wire.with_ttls(encoded, patches) if patches else encoded)
+                short.append(with_ttls(encoded, patches) if patches else encoded)
             if registry_index is None:
                 entries.append(Entry(packed[0], None, None, -1, view_dependent, kind=self.kind))
             else:

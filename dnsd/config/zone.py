@@ -99,7 +99,7 @@ def _name_ttls(r: Reader, node: Node | None) -> NameTTLs | None:
 
 
 def _static_records(r: Reader, node: Node | None, zone_name: str | None) -> LocatedRecords:
-    from dnsd.protocol import wire  # start-up: wire loads dnslib, needed only to compile records (not by the operator CLI)
+    from dnsd.config import rdatatext  # start-up: rdatatext loads dnslib, needed only to compile records (not by the operator CLI)
     located: LocatedRecords = []
     for item in r.sequence(node):
         m = r.mapping(item, keys.RECORD, required=("name", "type"))
@@ -134,7 +134,7 @@ def _static_records(r: Reader, node: Node | None, zone_name: str | None) -> Loca
             if text is None:
                 continue
             try:
-                rdata = wire.rdata_from_text(rtype, text, zone_name)
+                rdata = rdatatext.rdata_from_text(rtype, text, zone_name)
             except ValueError as err:
                 r.fail(value_node, str(err))
                 continue

@@ -1,1 +1,2 @@
-"""The DNS protocol: the wire codec, UDP and TCP listeners, response rate limiting, the descriptor budget, SO_REUSEPORT workers."""
+"""The DNS protocol: the per-query wire format and the packed answers, UDP and TCP listeners, response rate
+limiting, the descriptor budget, SO_REUSEPORT workers."""

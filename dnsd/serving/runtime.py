@@ -22,6 +22,7 @@ from dnsd.routing.policy import RoutingPlan
 from dnsd.answers.resolve import resolve
 from dnsd.serving.stats import QueryStats
 from dnsd.answers.tables import CompiledZone, compile_config
+from dnsd.protocol.encode import encode_answer
 from dnsd.protocol.wire import WireError
 
 log = structlog.get_logger(__name__)
@@ -151,12 +152,13 @@ class QueryEngine:
         try:
             query = wire.parse_query(data)
         except WireError as err:
-            if err.reply is None:
+            reply = err.reply(self.snapshot.config.server.edns_udp_size)  # ours, as in every OPT we send
+            if reply is None:
                 self.stats.dropped += 1
             else:
                 self.stats.count("", "malformed", 0, err.rcode)
-            self.malformed_log(client=client_ip, error=str(err), rcode=err.rcode, answered=err.reply is not None)
-            return err.reply
+            self.malformed_log(client=client_ip, error=str(err), rcode=err.rcode, answered=reply is not None)
+            return reply
         cache = self.cache
         try:
             reply = self.answer(query, client_ip, over_tcp)
@@ -229,6 +231,6 @@ class QueryEngine:
                          short_ttl={i for i, plan in enumerate(snapshot.plans) if plan.short_ttl})
         if result.rcode == rc.SERVFAIL:
             return wire.error_response(query, rc.SERVFAIL, udp_size)
-        packed = wire.encode_answer(result, len(query.qname_key), query.qname())
+        packed = encode_answer(result, len(query.qname_key), query.qname())
         scope = client.source_prefix if client.source_prefix is not None else None
         return wire.build_response(query, packed, max_udp_size=max_size, ecs_scope=scope, udp_size=udp_size)

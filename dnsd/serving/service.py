@@ -25,7 +25,7 @@ from dnsd.serving.runtime import QueryEngine, Snapshot, build_plans, new_snapsho
 
 if TYPE_CHECKING:
     from dnsd.routing.feed import HealthFeed
-    from dnsd.protocol.server import TcpStats
+    from dnsd.protocol.tcp import TcpStats
 
 log = structlog.get_logger(__name__)
 

@@ -1,0 +1,87 @@
+"""What the UDP and TCP listeners of one DnsServer share: the handler contract, ListenerSettings, and
+ListenerContext (the handler, the settings, the UDP rate limiter, the loop, the logs of failures)."""
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import structlog
+
+from dnsd.common.logs import LogGate
+
+if TYPE_CHECKING:
+    from dnsd.protocol.rrl import ResponseRateLimiter
+
+log = structlog.get_logger(__name__)
+
+# Every message received is given to the handler: (query, client_ip, over_tcp) -> reply, or None for silence.
+Handler = Callable[[bytes, str, bool], bytes | None]
+
+_LOAD_FRACTION = 0.75  # "near the limit": the short idle timeout applies from this share of tcp_max_connections
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    tcp_idle_timeout: float = 10.0  # close a TCP connection idle this long (RFC 7766 suggests seconds)
+    tcp_idle_timeout_under_load: float = 1.0  # ...or this long once connections reach 3/4 of the cap
+    tcp_write_timeout: float = 5.0  # a client that does not read its replies is dropped after this
+    tcp_max_connections: int = 1024  # at this, a new connection replaces the longest-idle one
+    tcp_max_connections_per_source: int = 16  # beyond this, a source's new connections are closed at once
+    tcp_source_prefix_v4: int = 32  # what counts as one source: IPv4 addresses aggregated to this prefix
+    tcp_source_prefix_v6: int = 56  # ... and IPv6 addresses to this one
+    udp_receive_buffer: int = 4 * 1024 * 1024  # SO_RCVBUF: avoid kernel drops in bursts
+    reuse_port: bool = False  # SO_REUSEPORT, so N worker processes can share an address
+
+    def __post_init__(self) -> None:
+        for name in ("tcp_idle_timeout", "tcp_idle_timeout_under_load", "tcp_write_timeout",
+                     "tcp_max_connections", "tcp_max_connections_per_source"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ListenerSettings.{name} must be positive, got {getattr(self, name)!r}")
+        if not 0 <= self.tcp_source_prefix_v4 <= 32:
+            raise ValueError(f"ListenerSettings.tcp_source_prefix_v4 must be 0..32, got {self.tcp_source_prefix_v4!r}")
+        if not 0 <= self.tcp_source_prefix_v6 <= 128:
+            raise ValueError(f"ListenerSettings.tcp_source_prefix_v6 must be 0..128, got {self.tcp_source_prefix_v6!r}")
+        if self.udp_receive_buffer < 0:
+            raise ValueError(f"ListenerSettings.udp_receive_buffer must be >= 0, got {self.udp_receive_buffer!r}")
+
+    @property
+    def tcp_load_threshold(self) -> int:
+        """Open connections from which the short idle timeout applies."""
+        return max(1, math.ceil(self.tcp_max_connections * _LOAD_FRACTION))
+
+
+def format_address(host: str, port: int) -> str:
+    """'127.0.0.1:53' or '[::1]:53'."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class ListenerContext:
+    """What all listeners of one DnsServer share: the handler, the settings, the UDP rate limiter, the
+    event loop, and the log gates of handler failures and dropped UDP replies (one each per server)."""
+
+    __slots__ = ("handler", "settings", "rrl", "loop", "failures", "udp_drops")
+
+    def __init__(self, handler: Handler, settings: ListenerSettings,
+                 rrl: ResponseRateLimiter | None = None) -> None:
+        self.handler = handler
+        self.settings = settings
+        self.rrl = rrl  # UDP replies only: TCP is the way around the limit for real resolvers
+        self.loop = asyncio.get_running_loop()
+        self.failures = LogGate(interval=1.0, burst=10)
+        self.udp_drops = LogGate(interval=1.0, burst=1)
+
+    def handler_failed(self, client: str, transport: str, exc: BaseException) -> None:
+        suppressed = self.failures.admit()
+        if suppressed is not None:
+            log.error(
+                "handler_failed",
+                client=client,
+                transport=transport,
+                error=repr(exc),
+                suppressed=suppressed,
+                exc_info=exc,
+            )
+
