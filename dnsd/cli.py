@@ -12,7 +12,7 @@ import time
 import urllib.parse
 from dataclasses import replace
 
-from dnsd.answers import records
+from dnsd import records
 from dnsd.common.cliutil import add_version, quiet_broken_pipe
 from dnsd.config import ConfigError, load_config
 from dnsd.config.build import load_admin_settings
@@ -239,7 +239,7 @@ def render_admin_answer(command: str, body: dict) -> str:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from dnsd.answers.explain import client_context, explain  # start-up: the query engine, for explain only
+    from dnsd.ops.explain import client_context, explain  # start-up: the query engine, for explain only
     from dnsd.serving.runtime import new_snapshot  # start-up: as above
     try:
         qtype = records.type_number(args.type)

@@ -155,7 +155,7 @@ def test_a_refused_reload_prints_each_problem_once_without_the_raw_answer(served
 
 HEAVY = ("aiohttp", "prometheus_client", "uvloop", "dnslib", "structlog", "dnsd.serving.service", "dnsd.protocol.server",
          "dnsd.protocol.listening", "dnsd.protocol.udp", "dnsd.protocol.tcp", "dnsd.serving.runtime", "dnsd.ops.admin",
-         "dnsd.protocol.wire", "dnsd.protocol.encode", "dnsd.config.rdatatext")
+         "dnsd.protocol.wire", "dnsd.answers.encode", "dnsd.config.rdatatext")
 
 
 @pytest.mark.parametrize("args", [

@@ -10,9 +10,9 @@ import dns.message
 import pytest
 
 from dnsd.protocol import wire
-from dnsd.protocol.encode import encode_answer
+from dnsd.answers.encode import encode_answer
 from dnsd.routing.health import EndpointHealth, HealthSnapshot, Status
-from dnsd.answers.records import type_number
+from dnsd.records import type_number
 from dnsd.answers.resolve import resolve
 from dnsd.serving.runtime import ClientContext, QueryEngine, choose, view_choice
 from tests.dnstest import engine_from, make_query, variant

@@ -194,3 +194,29 @@ def test_probes_and_standin_do_not_import_the_dns_listeners(importer):
             reached.add(module)
             todo.extend(graph[module])
     assert not reached & {"dnsd.protocol.server", "dnsd.protocol.udp", "dnsd.protocol.tcp"}
+
+
+# dnsd's folders in the order of ARCHITECTURE.md's flow: a module may import from its own folder and
+# from folders later in this list, never earlier ones (the top-level shared values come last)
+DNSD_LAYERS = ("cli", "app", "ops", "serving", "protocol", "answers", "routing", "config",
+               "model", "records", "names", "common")
+
+
+def dnsd_layer(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else ""
+
+
+def test_dnsd_folders_import_one_way():
+    graph = import_graph(sources())
+    rank = {layer: index for index, layer in enumerate(DNSD_LAYERS)}
+    backwards = sorted(f"{importer} -> {imported}" for importer, edges in graph.items()
+                       if importer.startswith("dnsd.") and dnsd_layer(importer) in rank
+                       for imported in edges if imported.startswith("dnsd.") and dnsd_layer(imported) in rank
+                       and rank[dnsd_layer(imported)] < rank[dnsd_layer(importer)])
+    assert not backwards, "imports against ARCHITECTURE.md's flow:\n" + "\n".join(backwards)
+
+
+def test_every_dnsd_folder_has_a_layer():
+    folders = {path.parent.name if path.parent.name != "dnsd" else path.stem
+               for path in (ROOT / "dnsd").rglob("*.py")} - {"__init__", "__main__"}
+    assert folders <= set(DNSD_LAYERS), f"place these in DNSD_LAYERS: {sorted(folders - set(DNSD_LAYERS))}"

@@ -9,7 +9,7 @@ import dns.name
 import dns.rdata
 import pytest
 
-from dnsd.answers.records import (
+from dnsd.records import (
     AAAA,
     CAA,
     CNAME,

@@ -1,4 +1,4 @@
-"""dnsd.protocol.wire and dnsd.protocol.encode against dnspython, an independent DNS implementation:
+"""dnsd.protocol.wire and dnsd.answers.encode against dnspython, an independent DNS implementation:
 queries it builds must parse to the right fields, replies we build must decode in it to the records we
 meant, and no input, however broken, may make the parser raise anything but WireError."""
 from __future__ import annotations
@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 
 from dnsd.protocol import wire
 from dnsd.answers.answer import BADVERS, FORMERR, NOERROR, NOTIMP, NXDOMAIN, REFUSED, SERVFAIL, Answer
-from dnsd.answers.records import CNAME, RR, TXT, A, AddressRdata, NameRdata, type_number
+from dnsd.records import CNAME, RR, TXT, A, AddressRdata, NameRdata, type_number
 from dnsd.config.rdatatext import rdata_from_text
-from dnsd.protocol.encode import PackedAnswer, encode_answer
+from dnsd.answers.encode import PackedAnswer, encode_answer
 from dnsd.protocol.wire import (
     EDNS_UDP_SIZE,
     ClientSubnet,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dnsd.answers.records import RR
+from dnsd.records import RR
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 NOTAUTH = 9  # a TSIG-signed request with a key we do not have (RFC 8945 section 5.2)

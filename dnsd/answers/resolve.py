@@ -6,9 +6,9 @@ from typing import Callable, Container
 
 from dnsd.answers import answer as rc
 from dnsd import names
-from dnsd.answers import records
+from dnsd import records
 from dnsd.answers.answer import Answer
-from dnsd.answers.records import RR, NameRdata
+from dnsd.records import RR, NameRdata
 from dnsd.answers.zonedata import AliasNode, StaticNode, TrafficManagerNode, ZoneData
 
 MAX_CHAIN = 12  # CNAME hops we follow inside the zone before giving up (a loop, or a silly config)

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dnsd.answers import records
+from dnsd import records
 from dnsd.answers.answer import Answer
 from dnsd.routing.netmatch import PrefixMatcher
 from dnsd.answers.resolve import negative_soa, resolve
-from dnsd.protocol.encode import PackedAnswer, encode_answer, with_ttls
+from dnsd.answers.encode import PackedAnswer, encode_answer, with_ttls
 from dnsd.answers.zonedata import AliasNode, StaticNode, TrafficManagerNode, ZoneData, build_zone_data
 
 # Any qtype not compiled for a name is answered like this one: a type no zone holds (private use).

@@ -5,9 +5,9 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from dnsd import names
-from dnsd.answers import records
+from dnsd import records
 from dnsd.model import Config, IPAddress, Registry
-from dnsd.answers.records import RR, AddressRdata, NameRdata, SoaRdata
+from dnsd.records import RR, AddressRdata, NameRdata, SoaRdata
 
 PUBLIC_VIEW = 0  # index of the view every client outside the VNet views sees
 

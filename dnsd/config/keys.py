@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Mapping
 
-from dnsd.answers.records import RR
+from dnsd.records import RR
 from dnsd.model import (AdminSettings, AllDownPolicy, Config, FeedAccess, HealthFeedSettings, NameTTLs,
                         PrivateEndpoints, ProbeCheck, ProbeSpec, ProbesSettings, RateLimitSettings, Registry,
                         Replica, ServerSettings, Soa, Topology, View, Webhook, Zone)

@@ -9,7 +9,7 @@ import re
 
 import dnslib
 
-from dnsd.answers.records import (
+from dnsd.records import (
     AAAA,
     CNAME,
     MX,

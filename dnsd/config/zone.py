@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from dnsd import names
-from dnsd.answers import records
-from dnsd.answers.records import RR, normalize_name
+from dnsd import records
+from dnsd.records import RR, normalize_name
 from dnsd.config import keys
 from dnsd.config.reader import Reader
 from dnsd.config.yamlnodes import Map, Node, Scalar

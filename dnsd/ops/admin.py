@@ -14,12 +14,12 @@ from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from dnsd.answers import records
+from dnsd import records
 from dnsd.ops import metrics
 from dnsd.ops.admintoken import UnusableToken
 from dnsd.answers.answer import RCODE_NAMES
 from dnsd.config.reader import parse_duration as parse_config_duration
-from dnsd.answers.explain import client_context, explain
+from dnsd.ops.explain import client_context, explain
 from dnsd.model import AdminSettings
 from dnsd.serving.service import InvalidChange, NoSuchOverride, Refused, UnknownReplica, WouldLeaveNoReplica
 from dnsd.ops.status import override_json, status_document

@@ -6,7 +6,7 @@ Two parts:
    Any defect raises ``WireError`` carrying the rcode and the makings of the error reply (none when
    nothing must be sent: short packets and responses, to avoid reflection loops).
 2. ``build_response`` / ``error_response``: glue header + question + packed body + OPT per query
-   (the bodies are packed once, at compile time, by dnsd.protocol.encode).
+   (the bodies are packed once, at compile time, by dnsd.answers.encode).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from dnsd.answers.answer import BADKEY, FORMERR, NOTAUTH, NOTIMP, SERVFAIL
-from dnsd.protocol.encode import PackedAnswer
+from dnsd.answers.encode import PackedAnswer
 
 __all__ = [
     "EDNS_UDP_SIZE", "ClientSubnet", "Edns", "Query", "WireError", "parse_query",

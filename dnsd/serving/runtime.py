@@ -10,7 +10,7 @@ from typing import NamedTuple
 import structlog
 
 from dnsd.answers import answer as rc
-from dnsd.answers import records
+from dnsd import records
 from dnsd.protocol import wire
 from dnsd.routing import policy
 from dnsd.routing.health import HealthSnapshot
@@ -22,7 +22,7 @@ from dnsd.routing.policy import RoutingPlan
 from dnsd.answers.resolve import resolve
 from dnsd.serving.stats import QueryStats
 from dnsd.answers.tables import CompiledZone, compile_config
-from dnsd.protocol.encode import encode_answer
+from dnsd.answers.encode import encode_answer
 from dnsd.protocol.wire import WireError
 
 log = structlog.get_logger(__name__)

@@ -6,7 +6,7 @@ import bisect
 import collections
 import time
 
-from dnsd.answers import records
+from dnsd import records
 
 # qtypes counted under their own label; everything else is "other" (bounded metric cardinality)
 COUNTED_QTYPES = frozenset({records.A, records.AAAA, records.CNAME, records.TXT, records.MX, records.NS,

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from dnsd.answers import records
+from dnsd import records
 from dnsd.answers.answer import RCODE_NAMES, Answer
-from dnsd.answers.records import normalize_name
+from dnsd.records import normalize_name
 from dnsd.answers.resolve import resolve
 from dnsd.routing.netmatch import address_key
 from dnsd.serving.runtime import ClientContext, Snapshot, choose, network_of, view_choice

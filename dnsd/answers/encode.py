@@ -8,7 +8,7 @@ import struct
 from dataclasses import dataclass
 
 from dnsd.answers.answer import Answer
-from dnsd.answers.records import (
+from dnsd.records import (
     AAAA,
     CNAME,
     MX,
