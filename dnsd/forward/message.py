@@ -220,7 +220,7 @@ def clean_reply(reply: bytes, qtype: int, in_zone: Callable[[bytes], bool]) -> C
 def _clean(reply: bytes, qtype: int, in_zone: Callable[[bytes], bool]) -> Cleaned:
     _, flags, _, ancount, nscount, arcount = _HDR.unpack_from(reply)
     qname, pos = read_name(reply, 12)
-    qend = pos + 4
+    pos = qend = pos + 4
     if qend > len(reply):
         raise MalformedReply("truncated question")
     kept: list[tuple[bytes, int, int, int, tuple[bytes, ...]]] = []
