@@ -1,7 +1,8 @@
-"""The Forwarder with a real upstream: Knot DNS (knotd) on loopback, serving a DNSSEC-signed example.net
-and a `test.` zone that holds names of our own zone (azurecr.test). What the forwarder answers must be
-what Knot answers (dnspython asks Knot directly for comparison), minus AA and what it must strip, with
-DNSSEC records byte for byte when DO is set, and the same again from the cache."""
+"""The Forwarder with real upstreams on loopback: Knot DNS (knotd) serving a DNSSEC-signed example.net and
+a `test.` zone that holds names of our own zone (azurecr.test), and unbound, a recursive resolver, in
+front of that Knot. What the forwarder answers must be what they answer (dnspython asks them directly
+for comparison), minus AA and what it must strip, with DNSSEC records byte for byte when DO is set,
+and the same again from the cache."""
 from __future__ import annotations
 
 import textwrap
@@ -194,3 +195,81 @@ async def test_knot_refuses_what_it_does_not_serve_and_we_say_servfail(knot):
     reply = decode(await fwd.resolve(_query("www.example.org.", "A", False), CLIENT, None))
     assert reply.rcode() == dns.rcode.SERVFAIL
     assert fwd.upstreams.all[0].stats.errors["refused"] == 1
+
+
+# -- unbound in front of Knot: the kind of upstream geotm forwards to in production ------------------
+
+def _unbound_config(base, port: int, knot_port: int) -> str:
+    return textwrap.dedent(f"""\
+        server:
+            interface: 127.0.0.1
+            port: {port}
+            do-daemonize: no
+            username: ""
+            chroot: ""
+            directory: "{base}"
+            pidfile: ""
+            use-syslog: no
+            logfile: ""
+            verbosity: 0
+            do-ip6: no
+            num-threads: 1
+            so-reuseport: no
+            access-control: 127.0.0.0/8 allow
+            do-not-query-localhost: no
+            module-config: "iterator"
+            local-zone: "test." nodefault
+        remote-control:
+            control-enable: no
+        stub-zone:
+            name: "example.net"
+            stub-addr: 127.0.0.1@{knot_port}
+        stub-zone:
+            name: "test"
+            stub-addr: 127.0.0.1@{knot_port}
+        """)
+
+
+@pytest.fixture(scope="module")
+def unbound(knot, tmp_path_factory):
+    program = require_tool("unbound", "as a real recursive upstream of the forwarding tests")
+    base = tmp_path_factory.mktemp("unbound")
+    port = free_port()
+    (base / "unbound.conf").write_text(_unbound_config(base, port, knot.port))
+    with ServiceProcess([program, "-d", "-c", str(base / "unbound.conf")],
+                        ready=lambda: _signed_and_serving(port), name="unbound", timeout=20) as proc:
+        proc.port = port
+        yield proc
+
+
+UNBOUND_CASES = [
+    # (name, type, DO, rcode)
+    ("www.example.net.", "A", True, dns.rcode.NOERROR),
+    ("alias.example.net.", "A", False, dns.rcode.NOERROR),
+    ("missing.example.net.", "A", True, dns.rcode.NXDOMAIN),
+    ("big.example.net.", "TXT", False, dns.rcode.NOERROR),
+]
+
+
+@pytest.mark.parametrize("name, rdtype, dnssec_ok, rcode", UNBOUND_CASES)
+async def test_through_unbound(unbound, name, rdtype, dnssec_ok, rcode):
+    fwd = Forwarder(settings(unbound.port), in_zone)
+    reply = decode(await fwd.resolve(_query(name, rdtype, dnssec_ok), CLIENT, None))
+    direct = _direct(unbound.port, name, rdtype, dnssec_ok)
+    assert reply.rcode() == direct.rcode() == rcode
+    # unbound counts its TTLs down too: compare the records, not the seconds
+    assert _records(reply.answer) == _records(direct.answer)
+    assert _records(reply.authority) == _records(direct.authority)
+    assert any(rrset.rdtype == dns.rdatatype.RRSIG for rrset in reply.answer + reply.authority) == dnssec_ok
+
+
+async def test_names_of_our_zone_from_unbound_are_dropped(unbound):
+    fwd = Forwarder(settings(unbound.port), in_zone)
+    assert "reg.azurecr.test." in {rrset.name.to_text() for rrset in
+                                  _direct(unbound.port, "into-zone.test.", "A", False).answer}
+    reply = decode(await fwd.resolve(_query("into-zone.test.", "A", False), CLIENT, None))
+    assert [rrset.name.to_text() for rrset in reply.answer] == ["into-zone.test."]
+
+
+def _records(section) -> set[tuple]:
+    return {(rrset.name, rrset.rdtype, rd.to_wire()) for rrset in section for rd in rrset}
