@@ -341,6 +341,15 @@ async def test_refusals_never_reach_an_upstream(client, name, rdclass, rdtype, c
         assert getattr(fwd.stats, counter) == 1
 
 
+@pytest.mark.parametrize("client, name", [("10.1.2.3", "www.example.com."), ("127.0.0.1", "reg.azurecr.test.")])
+async def test_answer_later_refuses_too(client, name):
+    """A caller that skips answer_now still cannot have a stranger served or our zone forwarded."""
+    async with FakeUpstream(answering(A_300)) as up:
+        fwd = Forwarder(settings(up.port), in_zone)
+        reply = decode(await fwd.answer_later(query(name), client, 1232))
+    assert reply.rcode() == dns.rcode.REFUSED and up.received == []
+
+
 async def test_allowed_clients_come_from_the_settings():
     async with FakeUpstream(answering(A_300)) as up:
         fwd = Forwarder(settings(up.port, allow_clients=("10.0.0.0/8",)), in_zone)

@@ -92,7 +92,7 @@ class Forwarder:
     Entry points for the query path (all take a wire.Query from parse_query; max_udp_size is
     wire.udp_limit(query, ...) on UDP, None on TCP):
       answer_now(query, client_ip, max_udp_size)  -> reply bytes (refusal or fresh cache hit) or None
-      await answer_later(query, max_udp_size)     -> reply bytes, after asking upstream if need be
+      await answer_later(query, client_ip, max_udp_size) -> reply bytes, asking upstream if need be
       await resolve(query, client_ip, max_udp_size) -> both in one
     """
 
@@ -135,10 +135,14 @@ class Forwarder:
         except Exception:
             return self._error(query)
 
-    async def answer_later(self, query: Query, max_udp_size: int | None) -> bytes:
+    async def answer_later(self, query: Query, client_ip: str, max_udp_size: int | None) -> bytes:
         """The reply for a query answer_now() returned None for: joins the lookup of the same key under
-        way or starts one; SERVFAIL (or a stale answer, when enabled) when every upstream fails."""
+        way or starts one; SERVFAIL (or a stale answer, when enabled) when every upstream fails. The
+        refusals are checked again (a few dict lookups), so no caller can skip them."""
         try:
+            refusal = self._refusal(query, client_ip)
+            if refusal is not None:
+                return refusal
             key = _key(query)
             entry = self.cache.fresh(key, self.clock())  # a lookup may have finished meanwhile
             if entry is None:
@@ -165,7 +169,7 @@ class Forwarder:
     async def resolve(self, query: Query, client_ip: str, max_udp_size: int | None) -> bytes:
         reply = self.answer_now(query, client_ip, max_udp_size)
         if reply is None:
-            reply = await self.answer_later(query, max_udp_size)
+            reply = await self.answer_later(query, client_ip, max_udp_size)
         return reply
 
     # -- operations ------------------------------------------------------------------------------
