@@ -150,3 +150,10 @@ def test_sweep_drops_what_can_no_longer_be_served():
     cache.put(_entry("fresh.example", lifetime=200))
     assert cache.sweep(100.0) == 1
     assert {key[0] for key in cache.entries} == {name_to_wire("stale.example"), name_to_wire("fresh.example")}
+
+
+def test_sweep_looks_at_the_least_recently_used_only():
+    cache = Cache(max_entries=10, max_bytes=10**6)
+    for name in ("a.example", "b.example", "c.example"):
+        cache.put(_entry(name, lifetime=5))
+    assert cache.sweep(100.0, limit=2) == 2 and len(cache) == 1

@@ -242,6 +242,13 @@ def test_negative_answers(records, rcode, rdtype, negative):
     assert _clean(*records, rcode=rcode, rdtype=rdtype).negative == negative
 
 
+def test_a_ttl_with_the_top_bit_set_means_zero():
+    upstream = bytearray(reply_to(upstream_query(1, query(), 1232), "www.example.com. 60 IN A 192.0.2.1"))
+    a_record = upstream.index(b"\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\xc0\x00\x02\x01")
+    struct.pack_into("!I", upstream, a_record + 4, 0x80000000)
+    assert clean_reply(bytes(upstream), 1, in_zone).ttls == (0,)
+
+
 def test_extended_rcode_from_the_upstream_opt():
     upstream = bytearray(reply_to(upstream_query(1, query(), 1232)))
     msg = dns.message.from_wire(bytes(upstream))

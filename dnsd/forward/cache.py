@@ -3,6 +3,7 @@ for negative answers), TTLs counted down by patching stored bytes, LRU bounds on
 serve-stale (RFC 8767) and flushes by name."""
 from __future__ import annotations
 
+import itertools
 import struct
 import time
 from collections import OrderedDict
@@ -156,9 +157,11 @@ class Cache:
         self.bytes = 0
         return count
 
-    def sweep(self, now: float) -> int:
-        """Drop entries past expiry and stale_for (housekeeping; lookups drop them too)."""
-        gone = [key for key, entry in self.entries.items() if -entry.left(now) >= self.stale_for]
+    def sweep(self, now: float, limit: int = 2000) -> int:
+        """Drop entries past expiry and stale_for among the `limit` least recently used (housekeeping,
+        bounded so a big cache never holds the loop; lookups and eviction drop the others)."""
+        gone = [key for key, entry in itertools.islice(self.entries.items(), limit)
+                if -entry.left(now) >= self.stale_for]
         for key in gone:
             self._remove(key)
         return len(gone)

@@ -237,6 +237,8 @@ def _clean(reply: bytes, qtype: int, in_zone: Callable[[bytes], bool]) -> Cleane
             if in_zone(owner.lower()):
                 stripped += 1
                 continue
+            if ttl > 0x7FFFFFFF:  # RFC 2181 section 8: a TTL with the top bit set means 0
+                ttl = 0
             records.append((owner, rtype, rclass, ttl, rdata))
         sections.append(records)
         kept += records
