@@ -9,7 +9,8 @@ serve-stale, flush), forwarder (Forwarder: the entry points, coalescing, failove
 Per query (a wire.Query from parse_query; the caller has answered BADVERS and malformed input):
     answer_now: client in allow_clients? name outside our zone? class IN, no zone transfer?
                 (else REFUSED) -> fresh cache entry? -> reply now
-    answer_later: the lookup for this key under way? join it (coalescing) : start one, unless
+    answer_later: the same refusals again (no caller can skip them), then: the lookup for this key
+                under way? join it (coalescing) : start one, unless
                 max_in_flight lookups run (then stale or SERVFAIL) -> reply from its entry;
                 no entry -> stale entry within stale_for (TTL 30, RFC 8767) or SERVFAIL
     lookup:     upstreams by SRTT (lowest first; the others' SRTT decays a little each time they are

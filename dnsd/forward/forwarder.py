@@ -177,7 +177,8 @@ class Forwarder:
     def describe(self, qname: str | bytes, qtype: int, dnssec_ok: bool = False,
                  checking_disabled: bool = False) -> Description:
         """For explain: whether the name would be forwarded, the upstreams in the order they would be
-        tried, and what the cache holds for this question (nothing is changed)."""
+        tried, and what the cache holds for this question (nothing is changed). A text name with
+        escapes or bad labels raises ValueError (pass the wire form from a parsed query instead)."""
         name_key = name_to_wire(qname) if isinstance(qname, str) else qname.lower()
         entry = self.cache.entries.get((name_key, qtype, CLASS_IN, dnssec_ok, checking_disabled))
         left = entry.left(self.clock()) if entry is not None else None

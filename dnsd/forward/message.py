@@ -26,6 +26,7 @@ ANY_TYPE = 255
 _SIGNATURE_TYPES = frozenset({249, 250})  # TKEY, TSIG: we sign nothing, so nothing of theirs is ours
 
 MAX_MESSAGE = 65535
+_OPT_LENGTH = 11  # our OPT RR: root owner, fixed fields, no options
 
 # Rdata layouts that hold domain names (RFC 1035, RFC 3597 section 4): "N" a name, "S" a
 # character-string, an int that many fixed bytes. Their names may arrive compressed, so they are
@@ -275,8 +276,8 @@ def _clean(reply: bytes, qtype: int, in_zone: Callable[[bytes], bool]) -> Cleane
         if rtype == SOA_TYPE and index >= len(answer) and soa_index is None:
             soa_index = index
             negative_ttl = min(ttl, _U32.unpack_from(rdata[2], 16)[0])
-    if len(writer.buf) > MAX_MESSAGE:
-        raise MalformedReply("rebuilt message longer than 65535 bytes")
+    if len(writer.buf) > MAX_MESSAGE - _OPT_LENGTH:  # with our OPT it must still fit a TCP frame
+        raise MalformedReply("rebuilt message too long for 65535 bytes with our OPT")
     answered = any(rtype == qtype or qtype == ANY_TYPE for _, rtype, _, _, _ in answer)
     return Cleaned((ext_rcode << 4) | (flags & 0xF), bytes(writer.buf), qend - 12, len(answer),
                    len(authority), tuple(ttl_offsets), tuple(ttls), answered, negative_ttl, soa_index,
