@@ -1,0 +1,199 @@
+"""What the forwarding tests share: queries as dnsd parses them, replies built with dnspython (an
+independent implementation), a fake clock, our zone's predicate, and FakeUpstream, a hostile upstream
+resolver on loopback (asyncio UDP and TCP on one port) whose behaviour each test scripts."""
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Awaitable, Callable
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+
+from dnsd.forward.message import Cleaned, clean_reply, upstream_query
+from dnsd.forward.settings import ForwardSettings
+from dnsd.protocol import wire
+from tests.harness import free_port
+
+ZONE = dns.name.from_text("azurecr.test.")
+CLIENT = "127.0.0.1"
+
+
+def in_zone(key: bytes) -> bool:
+    """Our zone is azurecr.test (as CompiledZone.in_zone: a lower-cased wire name at or below it)."""
+    zone = ZONE.to_wire()
+    pos = 0
+    while pos < len(key):
+        if key[pos:] == zone:
+            return True
+        pos += key[pos] + 1
+    return False
+
+
+class Clock:
+    """A clock the test moves by hand: no sleeps."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def query(name: str = "www.example.com.", rdtype: str = "A", *, qid: int = 0x4242, edns: bool = True,
+          dnssec_ok: bool = False, cd: bool = False, rd: bool = True, payload: int = 1232,
+          ecs: str | None = None) -> wire.Query:
+    """A client query as dnsd's parser sees it."""
+    options = [dns.edns.ECSOption(ecs, 24)] if ecs else []
+    if edns:
+        msg = dns.message.make_query(name, rdtype, use_edns=0, want_dnssec=dnssec_ok, payload=payload,
+                                     options=options)
+    else:
+        msg = dns.message.make_query(name, rdtype, use_edns=False)
+    msg.id = qid
+    if not rd:
+        msg.flags &= ~dns.flags.RD
+    if cd:
+        msg.flags |= dns.flags.CD
+    return wire.parse_query(msg.to_wire())
+
+
+def reply_to(data: bytes, *records: str, authority: tuple[str, ...] = (), additional: tuple[str, ...] = (),
+             rcode: int = dns.rcode.NOERROR, tc: bool = False, qid: int | None = None,
+             question: tuple[str, str] | None = None) -> bytes:
+    """A reply to the query in `data`, records as zone-file lines ('name ttl IN type rdata').
+    `qid` and `question` forge a reply that does not match."""
+    request = dns.message.from_wire(data)
+    if question is not None:
+        request = dns.message.make_query(*question)
+        request.id = dns.message.from_wire(data).id
+    response = dns.message.make_response(request)
+    response.set_rcode(rcode)
+    for section, lines in ((response.answer, records), (response.authority, authority),
+                           (response.additional, additional)):
+        for line in lines:
+            name, ttl, rdclass, rdtype, *rdata = line.split()
+            section.append(dns.rrset.from_text(name, int(ttl), rdclass, rdtype, " ".join(rdata)))
+    if tc:
+        response.flags |= dns.flags.TC
+        response.answer.clear()
+    if qid is not None:
+        response.id = qid
+    return response.to_wire(max_size=65535)  # the test decides what is too big, not the request
+
+
+def decode(reply: bytes) -> dns.message.Message:
+    return dns.message.from_wire(reply)
+
+
+def settings(*ports: int, **overrides) -> ForwardSettings:
+    values = {"upstreams": tuple(("127.0.0.1", port) for port in ports), "try_timeout": 0.3,
+              "deadline": 2.0}
+    values.update(overrides)
+    return ForwardSettings(**values)
+
+
+# handler(query bytes, over_tcp) -> the datagrams to send back, each (bytes, how); how is "same"
+# (from the port asked) or "other" (from another port of the same address). [] or None: stay silent.
+Handler = Callable[[bytes, bool], Awaitable[list[tuple[bytes, str]] | None]]
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, upstream: FakeUpstream) -> None:
+        self.upstream = upstream
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.upstream.spawn(self.upstream.answer_udp(self.transport, data, addr))
+
+
+class FakeUpstream:
+    """An upstream resolver whose answers a test scripts. Counts the queries it received (UDP and TCP)
+    and remembers them. Use as `async with FakeUpstream(handler) as up: ... up.port ...`."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.port = free_port()
+        self.received: list[tuple[bytes, bool]] = []  # (query, over_tcp)
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def udp_queries(self) -> int:
+        return sum(1 for _, tcp in self.received if not tcp)
+
+    @property
+    def tcp_queries(self) -> int:
+        return sum(1 for _, tcp in self.received if tcp)
+
+    def spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def __aenter__(self) -> FakeUpstream:
+        loop = asyncio.get_running_loop()
+        self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=("127.0.0.1", self.port))
+        self._other, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                             local_addr=("127.0.0.1", 0))
+        self._tcp = await asyncio.start_server(self._serve_tcp, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._udp.close()
+        self._other.close()
+        self._tcp.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tcp.wait_closed()
+
+    async def answer_udp(self, transport, data: bytes, addr) -> None:
+        self.received.append((data, False))
+        for reply, how in await self.handler(data, False) or ():
+            (transport if how == "same" else self._other).sendto(reply, addr)
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                size = struct.unpack("!H", await reader.readexactly(2))[0]
+                data = await reader.readexactly(size)
+                self.received.append((data, True))
+                for reply, _ in await self.handler(data, True) or ():
+                    writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def answering(*records: str, delay: float = 0.0, **reply_options) -> Handler:
+    """A handler that answers every query with these records (after `delay` seconds)."""
+
+    async def handler(data: bytes, over_tcp: bool):
+        if delay:
+            await asyncio.sleep(delay)
+        return [(reply_to(data, *records, **reply_options), "same")]
+
+    return handler
+
+
+async def silent(data: bytes, over_tcp: bool):
+    return None
+
+
+def rdtype_of(name: str) -> int:
+    return dns.rdatatype.from_text(name)
+
+
+def cleaned(*records: str, qname: str = "www.example.com.", rdtype: str = "A", **reply_options) -> Cleaned:
+    """An upstream reply with these records, walked and cleaned as the forwarder does."""
+    asked = query(qname, rdtype)
+    return clean_reply(reply_to(upstream_query(1, asked, 1232), *records, **reply_options), asked.qtype, in_zone)
