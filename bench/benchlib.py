@@ -1,18 +1,36 @@
-"""Pure parts of the benchmark harness (no processes, no network): the zone model read from a
-geotm config, the peers' config generators, the dnsperf query-file generator and the dnsperf
-output parsers. `bench/run` drives these; tests/test_bench_static.py checks them without any peer
-installed."""
+"""Pure parts of the benchmark harness (no processes, no network): the zone model built from a geotm
+config (through dnsd.config, names through dnsd.names), the peers' config generators, the dnsperf
+query-file generator and the dnsperf output parsers. `bench/run` drives these;
+tests/test_bench_static.py checks them without any peer installed."""
 from __future__ import annotations
 
+import ipaddress
 import math
 import random
 import re
 import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
+from dnsd import names
+from dnsd.answers.records import normalize_name, type_name
+from dnsd.config import load_config, read_document
+from dnsd.model import NameTTLs
+
+ECS_SUBNET = "203.0.113.0/24"     # a client network geotm maps to southeastasia
+VNET_SOURCE = "127.0.0.70"        # inside geotm's corp-vnet view (127.0.0.64/26)
+BENCH_CLIENT = "127.0.0.1"        # where dnsperf and dig send from
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
 # --------------------------------------------------------------------------------------------
-# The names geotm serves for config/example.yaml, as a small model every generator works from.
+# The names geotm serves for a config (config/example.yaml), as a small model every generator works from.
 
 
 @dataclass(frozen=True)
@@ -20,6 +38,7 @@ class Replica:
     name: str
     addresses: tuple[str, ...]
     weight: int
+    host: str                                  # the name the traffic-manager hop points at (absolute)
 
 
 @dataclass(frozen=True)
@@ -31,7 +50,7 @@ class Registry:
 @dataclass
 class ZoneModel:
     zone: str                                  # "azurecr.test" (no trailing dot)
-    soa_mname: str
+    soa_mname: str                             # relative to the zone, like every name below
     soa_rname: str
     soa_refresh: int
     soa_retry: int
@@ -40,7 +59,7 @@ class ZoneModel:
     soa_ttl: int
     nameservers: tuple[str, ...]
     ns_ttl: int
-    ttl: dict[str, int]
+    ttls: NameTTLs
     registries: tuple[Registry, ...]
     records: list[tuple[str, str, int, str]] = field(default_factory=list)  # (owner, type, ttl, rdata)
     # the replica a loopback client gets from geotm's performance routing (its default region)
@@ -54,96 +73,66 @@ class ZoneModel:
             return rel
         return f"{rel}.{self.zone}."
 
-    # the generated names, relative to the zone
-    @staticmethod
-    def global_name(reg: str) -> str:
-        return reg
-
-    @staticmethod
-    def privatelink_name(reg: str) -> str:
-        return f"{reg}.privatelink"
-
-    @staticmethod
-    def tm_name(reg: str) -> str:
-        return f"{reg}.tm"
-
-    @staticmethod
-    def replica_host(reg: str, rep: str) -> str:
-        return f"{reg}.{rep}.reg"
-
-    @staticmethod
-    def regional_name(reg: str, rep: str) -> str:
-        return f"{reg}.{rep}.geo"
-
-    @staticmethod
-    def data_name(reg: str, rep: str) -> str:
-        return f"{reg}.{rep}.data"
-
-
-def _rel(name: str, zone: str) -> str:
-    name = str(name)
-    if name == "@":
-        return "@"
-    if name.endswith("."):
-        bare = name[:-1]
-        if bare == zone:
+    def relative(self, name: str) -> str:
+        """A name as a zone file writes it: '@' for the apex, relative below it, else absolute (dot)."""
+        name = normalize_name(name)
+        if name == self.zone:
             return "@"
-        if bare.endswith("." + zone):
-            return bare[: -len(zone) - 1]
-        return name
-    return name
+        if name.endswith("." + self.zone):
+            return name[: -len(self.zone) - 1]
+        return name + "."
+
+    def replica(self, reg: str, rep: str) -> Replica:
+        return next(p for r in self.registries if r.name == reg for p in r.replicas if p.name == rep)
+
+    # the generated names (dnsd.names), relative to the zone
+    def global_name(self, reg: str) -> str:
+        return self.relative(names.global_name(reg, self.zone))
+
+    def privatelink_name(self, reg: str) -> str:
+        return self.relative(names.privatelink_name(reg, self.zone))
+
+    def tm_name(self, reg: str) -> str:
+        return self.relative(names.traffic_manager_name(reg, self.zone))
+
+    def replica_host(self, reg: str, rep: str) -> str:
+        return self.relative(self.replica(reg, rep).host)
+
+    def regional_name(self, reg: str, rep: str) -> str:
+        return self.relative(names.regional_name(reg, rep, self.zone))
+
+    def data_name(self, reg: str, rep: str) -> str:
+        return self.relative(names.data_name(reg, rep, self.zone))
 
 
 def load_model(config_path: str | Path) -> ZoneModel:
-    """Read the parts of a geotm config the peers need to serve the same names."""
-    import yaml  # PyYAML, a geotm dependency (present in the repo's .venv)
-
-    doc = yaml.safe_load(Path(config_path).read_text())
-    z = doc["zone"]
-    zone = str(z["name"]).rstrip(".")
-    soa = z.get("soa", {})
-    ttl = dict(z.get("ttl", {}))
-    regs = []
-    for rname, r in (doc.get("registries") or {}).items():
-        reps = []
-        for pname, p in (r.get("replicas") or {}).items():
-            reps.append(Replica(pname, tuple(str(a) for a in p.get("addresses", [])), int(p.get("weight", 100))))
-        regs.append(Registry(rname, tuple(reps)))
-    records = []
-    for rec in z.get("records", []) or []:
-        values = rec.get("values") or [rec.get("value")]
-        for v in values:
-            records.append((_rel(rec["name"], zone), str(rec["type"]).upper(), int(rec.get("ttl", 3600)), str(v)))
-    clients = doc.get("clients") or {}
-    default_region = clients.get("default_region", "")
-    # loopback clients are in 127.0.0.0/26 -> their region; the nearest replica is the one located there
-    loop_region = default_region
-    for net, region in (clients.get("networks") or {}).items():
-        if str(net).startswith("127."):
-            loop_region = region
-    default_replica = ""
-    if regs:
-        for pname, p in (doc["registries"][regs[0].name].get("replicas") or {}).items():
-            if p.get("location", pname) == loop_region:
-                default_replica = pname
-                break
-        default_replica = default_replica or regs[0].replicas[0].name
-    return ZoneModel(
-        zone=zone,
-        soa_mname=str(soa.get("mname", "ns1")),
-        soa_rname=str(soa.get("rname", "hostmaster")),
-        soa_refresh=int(soa.get("refresh", 3600)),
-        soa_retry=int(soa.get("retry", 600)),
-        soa_expire=int(soa.get("expire", 604800)),
-        soa_negative_ttl=int(soa.get("negative_ttl", 60)),
-        soa_ttl=int(soa.get("ttl", 3600)),
-        nameservers=tuple(str(n) for n in z.get("nameservers", ["ns1"])),
-        ns_ttl=int(z.get("ns_ttl", 3600)),
-        ttl=ttl,
-        registries=tuple(regs),
-        records=records,
-        default_replica=default_replica,
-    )
+    """The parts of a geotm config the peers need to serve the same names, read and validated by
+    dnsd.config (so every default is geotm's own)."""
+    config = load_config(config_path)
+    zone = config.zone
+    model = ZoneModel(zone=zone.name, soa_mname="", soa_rname="", soa_refresh=zone.soa.refresh,
+                      soa_retry=zone.soa.retry, soa_expire=zone.soa.expire,
+                      soa_negative_ttl=zone.soa.negative_ttl, soa_ttl=zone.soa.ttl, nameservers=(),
+                      ns_ttl=zone.ns_ttl, ttls=zone.ttls, registries=())
+    model.soa_mname, model.soa_rname = model.relative(zone.soa.mname), model.relative(zone.soa.rname)
+    model.nameservers = tuple(model.relative(ns) for ns in zone.nameservers)
+    model.registries = tuple(
+        Registry(reg.name, tuple(Replica(rep.name, tuple(str(a) for a in rep.addresses), rep.weight, rep.host)
+                                 for rep in reg.replicas))
+        for reg in config.registries)
+    model.records = [(model.relative(rr.name), type_name(rr.rtype), rr.ttl, rr.rdata.to_text())
+                     for rr in zone.records]
+    # the bench client's region: its longest matching client network, else the default region; the
+    # nearest replica is the one located there
+    client = ipaddress.ip_address(BENCH_CLIENT)
+    matching = [n for n in config.topology.client_networks if client in n.network]
+    region = (max(matching, key=lambda n: n.network.prefixlen).region if matching
+              else config.topology.default_region)
+    if config.registries:
+        first = config.registries[0]
+        model.default_replica = next((rep.name for rep in first.replicas if rep.location == region),
+                                     first.replicas[0].name)
+    return model
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,20 +159,20 @@ def _common_records(m: ZoneModel, tm_lines: dict[str, list[str]], skip_types: tu
         if rtype == "TXT" and not rdata.startswith('"'):
             rdata = f'"{rdata}"'
         out.append(f"{owner} {ttl} IN {rtype} {rdata}")
-    t = m.ttl
+    t = m.ttls
     for reg in m.registries:
         r = reg.name
         out.append(f"; registry {r}: global -> privatelink -> tm -> replica host")
-        out.append(f"{m.global_name(r)} {t.get('global', 300)} IN CNAME {m.fqdn(m.privatelink_name(r))}")
-        out.append(f"{m.privatelink_name(r)} {t.get('privatelink', 300)} IN CNAME {m.fqdn(m.tm_name(r))}")
+        out.append(f"{m.global_name(r)} {t.global_name} IN CNAME {m.fqdn(m.privatelink_name(r))}")
+        out.append(f"{m.privatelink_name(r)} {t.privatelink} IN CNAME {m.fqdn(m.tm_name(r))}")
         out.extend(tm_lines[r])
         for rep in reg.replicas:
             host = m.replica_host(r, rep.name)
-            out.append(f"{m.regional_name(r, rep.name)} {t.get('regional', 300)} IN CNAME {m.fqdn(host)}")
-            out.append(f"{m.data_name(r, rep.name)} {t.get('data', 300)} IN CNAME {m.fqdn(host)}")
+            out.append(f"{m.regional_name(r, rep.name)} {t.regional} IN CNAME {m.fqdn(host)}")
+            out.append(f"{m.data_name(r, rep.name)} {t.data} IN CNAME {m.fqdn(host)}")
             for addr in rep.addresses:
                 rt = "AAAA" if ":" in addr else "A"
-                out.append(f"{host} {t.get('replica', 10)} IN {rt} {addr}")
+                out.append(f"{host} {t.replica} IN {rt} {addr}")
     return out
 
 
@@ -193,7 +182,7 @@ def static_zone(m: ZoneModel) -> str:
     tm = {}
     for reg in m.registries:
         rep = m.default_replica if any(p.name == m.default_replica for p in reg.replicas) else reg.replicas[0].name
-        tm[reg.name] = [f"{m.tm_name(reg.name)} {m.ttl.get('traffic_manager', 30)} IN CNAME "
+        tm[reg.name] = [f"{m.tm_name(reg.name)} {m.ttls.traffic_manager} IN CNAME "
                         f"{m.fqdn(m.replica_host(reg.name, rep))}"]
     return "\n".join(_common_records(m, tm)) + "\n"
 
@@ -205,7 +194,7 @@ def pdns_lua_zone(m: ZoneModel, function: str = "pickwhashed") -> str:
     tm = {}
     for reg in m.registries:
         items = ", ".join(f"{{{rep.weight}, '{m.fqdn(m.replica_host(reg.name, rep.name))}'}}" for rep in reg.replicas)
-        tm[reg.name] = [f"{m.tm_name(reg.name)} {m.ttl.get('traffic_manager', 30)} IN LUA CNAME "
+        tm[reg.name] = [f"{m.tm_name(reg.name)} {m.ttls.traffic_manager} IN LUA CNAME "
                         f"\"{function}({{{items}}})\""]
     return "\n".join(_common_records(m, tm)) + "\n"
 
@@ -215,7 +204,7 @@ def gdnsd_zone(m: ZoneModel) -> str:
     gdnsd 3.x forbids a DYNC whose CNAME target is inside the same zone, so the weighted CNAME to
     the replica host cannot be expressed; the DYNA returns the chosen replica's address at the tm
     name instead (one CNAME fewer in the chain, the same final address and weights)."""
-    ttl = m.ttl.get("replica", 10)
+    ttl = m.ttls.replica
     tm = {reg.name: [f"{m.tm_name(reg.name)} {ttl}/{ttl} DYNA weighted!{reg.name}_tm"]
           for reg in m.registries}
     lines = _common_records(m, tm, skip_types=("CAA",))
@@ -338,12 +327,10 @@ def pdns_named_conf(m: ZoneModel, zone_file: str) -> str:
     return f'zone "{m.zone}" {{\n    type master;\n    file "{zone_file}";\n}};\n'
 
 
-def geotm_bench_config(config_path: str | Path, tmp: str | Path, port: int) -> str:
-    """A copy of the geotm config for benchmarking: no health feeds (every replica online, nothing
-    polled), admin API off, every state file in the temp dir, listening on 127.0.0.1:port."""
-    import yaml
-
-    doc = yaml.safe_load(Path(config_path).read_text())
+def geotm_bench_document(config_path: str | Path, tmp: str | Path, port: int) -> dict:
+    """A copy of the geotm config for benchmarking, as data: no health feeds (every replica online,
+    nothing polled), admin API off, every state file in the temp dir, listening on 127.0.0.1:port."""
+    doc = read_document(config_path)
     tmp = Path(tmp)
     doc.setdefault("server", {})["listen"] = [f"127.0.0.1:{port}"]
     health = doc.setdefault("health", {})
@@ -356,7 +343,12 @@ def geotm_bench_config(config_path: str | Path, tmp: str | Path, port: int) -> s
     admin["token_file"] = str(tmp / "admin-token")
     if "probes" in doc:
         doc["probes"]["state_file"] = str(tmp / "probes-state.json")
-    return yaml.safe_dump(doc, sort_keys=False)
+    return doc
+
+
+def geotm_bench_config(config_path: str | Path, tmp: str | Path, port: int) -> str:
+    """geotm_bench_document as the YAML file dnsd reads."""
+    return yaml.safe_dump(geotm_bench_document(config_path, tmp, port), sort_keys=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,7 +385,7 @@ def query_lines(m: ZoneModel, total: int = 2000, seed: int = 7) -> list[str]:
 def classify_query(m: ZoneModel, line: str) -> str:
     """Which mix class a query line belongs to (the inverse of query_lines, for the test)."""
     name, qtype = line.split()
-    rel = _rel(name, m.zone)
+    rel = m.relative(name)
     globals_ = {m.global_name(r.name) for r in m.registries}
     if qtype == "AAAA":
         return "aaaa_nodata"
@@ -409,8 +401,6 @@ def classify_query(m: ZoneModel, line: str) -> str:
 def ecs_option_hex(subnet: str) -> str:
     """EDNS Client Subnet option value (RFC 7871) as hex, for `dnsperf -E 8:HEX`:
     FAMILY(2) SOURCE-PREFIX(1) SCOPE-PREFIX(1)=0 ADDRESS (only the bytes the prefix covers)."""
-    import ipaddress
-
     net = ipaddress.ip_network(subnet, strict=False)
     family = 1 if net.version == 4 else 2
     nbytes = math.ceil(net.prefixlen / 8)

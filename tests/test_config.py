@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from dnsd.cli import main as dnsd_main
-from dnsd.config import ConfigError, load_config, parse_config_text
+from dnsd.config import ConfigError, load_config, parse_config_text, read_document
 from tests.dnstest import ROOT, example_dict
 
 BAD = sorted((ROOT / "tests" / "config" / "bad").glob("*.yaml"))
@@ -75,6 +75,30 @@ def test_a_bogus_key_in_any_mapping_is_rejected(site):
         parse_config_text(yaml.safe_dump(data, sort_keys=False), "injected.yaml")
     paths = [problem.path for problem in caught.value.problems]
     assert any(path.endswith("bogus_key") for path in paths), caught.value.render()
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_read_document_gives_what_yaml_gives(path):
+    assert read_document(path) == yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("a: {b: [1, 2.5, true, null, '3']}\n", {"a": {"b": [1, 2.5, True, None, "3"]}}),
+    ("x: &a [1]\ny: *a\n", {"x": [1], "y": [1]}),
+    ("- a\n", ["a"]),
+    ("", None),
+    ("a: 1\na: 2\n", "duplicate key 'a' (first defined at line 1)"),
+    ("a: &x {b: 1}\nc:\n  <<: *x\n", "keys must be plain strings"),
+], ids=["scalars", "alias", "list", "empty", "duplicate-key", "merge-key"])
+def test_read_document(tmp_path, text, expected):
+    path = tmp_path / "doc.yaml"
+    path.write_text(text)
+    if isinstance(expected, str):
+        with pytest.raises(ConfigError) as caught:
+            read_document(path)
+        assert f"{path}:" in caught.value.render() and expected in caught.value.render()
+    else:
+        assert read_document(path) == expected
 
 
 def test_problem_lines_are_file_line_column_path_message():
