@@ -20,6 +20,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]  # bench's modules, and dnsd when it is not installed
 
 import benchlib as bl  # noqa: E402
+import dnsperfout  # noqa: E402
 import peers  # noqa: E402
 from measure import CLIENTS, OUTSTANDING, WARMUP_S, measure, measure_latency  # noqa: E402
 from report import build_rows, print_report, versions  # noqa: E402
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not rate:
                     gq = results["servers"].get("geotm", {}).get("variants", {}).get("main", {}).get("runs", [])
                     qps = [r["qps"] for r in gq if "qps" in r]
-                    rate = int(bl.median(qps) / 2) if qps else DEFAULT_RATE
+                    rate = int(dnsperfout.median(qps) / 2) if qps else DEFAULT_RATE
                     results["rate_from"] = "half of geotm's median qps" if qps else "default"
                 measure_latency(s, qfile, args.seconds, args.runs, rate, res, commands, tmp)
                 if child.poll() is not None:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import benchlib as bl
+import dnsperfout
 from peers import Server
 
 from dnsd.common.children import Child
@@ -82,7 +83,7 @@ def measure(s: Server, qfile: Path, seconds: float, runs: int, variant_runs: int
             rc, out = run_dnsperf(argv, seconds + 60)
             cpu1, t1 = group_cpu_seconds(s.child.pid), time.monotonic()
             try:
-                parsed = bl.parse_dnsperf(out)
+                parsed = dnsperfout.parse_dnsperf(out)
             except ValueError:
                 parsed = {"error": f"dnsperf exit {rc}", "output": out[-2000:]}
             parsed["argv"] = argv
@@ -113,17 +114,17 @@ def measure_latency(s: Server, qfile: Path, seconds: float, runs: int, rate: int
             commands.append(shlex.join(argv) + f" > {outfile.name}    # fixed load, per-query latencies from -v")
         rc, out = run_dnsperf(argv, seconds + 60, outfile)
         outfile.unlink(missing_ok=True)
-        lat, codes = bl.parse_verbose_latencies(out)
+        lat, codes = dnsperfout.parse_verbose_latencies(out)
         try:
-            summary = bl.parse_dnsperf(out)
+            summary = dnsperfout.parse_dnsperf(out)
         except ValueError:
             summary = {"error": f"dnsperf exit {rc}"}
         run = {
             "argv": argv, "summary": summary, "answers": len(lat), "rcodes_seen": codes,
             "mean_ms": (sum(lat) / len(lat) * 1000) if lat else None,
-            "p50_ms": bl.percentile(lat, 50) * 1000 if lat else None,
-            "p99_ms": bl.percentile(lat, 99) * 1000 if lat else None,
-            "p999_ms": bl.percentile(lat, 99.9) * 1000 if lat else None,
+            "p50_ms": dnsperfout.percentile(lat, 50) * 1000 if lat else None,
+            "p99_ms": dnsperfout.percentile(lat, 99) * 1000 if lat else None,
+            "p999_ms": dnsperfout.percentile(lat, 99.9) * 1000 if lat else None,
         }
         run["saturated"] = bool(summary.get("qps") and summary["qps"] < 0.95 * rate)
         out_runs.append(run)
@@ -131,8 +132,8 @@ def measure_latency(s: Server, qfile: Path, seconds: float, runs: int, rate: int
     good = [r for r in out_runs if r["p99_ms"] is not None]
     result["latency"] = {
         "rate": rate, "runs": out_runs,
-        "mean_ms": bl.median([r["mean_ms"] for r in good]) if good else None,
-        "p99_ms": bl.median([r["p99_ms"] for r in good]) if good else None,
+        "mean_ms": dnsperfout.median([r["mean_ms"] for r in good]) if good else None,
+        "p99_ms": dnsperfout.median([r["p99_ms"] for r in good]) if good else None,
         "saturated": any(r["saturated"] for r in out_runs),
     }
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import benchlib as bl
+import peerconfig
 from verify import dig
 
 from dnsd.common.children import Child, free_port
@@ -132,25 +133,25 @@ def prepare(s: Server, m: bl.ZoneModel, tmp: Path, config: Path) -> None:
     if s.name == "knot":
         (d / "run").mkdir(exist_ok=True)
         zf = d / f"{m.zone}.zone"
-        zf.write_text(bl.static_zone(m))
-        (d / "knot.conf").write_text(bl.knot_config(m, s.port, str(d), str(zf)))
+        zf.write_text(peerconfig.static_zone(m))
+        (d / "knot.conf").write_text(peerconfig.knot_config(m, s.port, str(d), str(zf)))
         s.argv = ["knotd", "-c", str(d / "knot.conf")]
     elif s.name in ("pdns", "pdns-lua"):
         zf = d / f"{m.zone}.zone"
-        zf.write_text(bl.pdns_lua_zone(m) if s.name == "pdns-lua" else bl.static_zone(m))
-        (d / "named.conf").write_text(bl.pdns_named_conf(m, str(zf)))
-        (d / "pdns.conf").write_text(bl.pdns_config(s.port, str(d), lua=s.name == "pdns-lua"))
+        zf.write_text(peerconfig.pdns_lua_zone(m) if s.name == "pdns-lua" else peerconfig.static_zone(m))
+        (d / "named.conf").write_text(peerconfig.pdns_named_conf(m, str(zf)))
+        (d / "pdns.conf").write_text(peerconfig.pdns_config(s.port, str(d), lua=s.name == "pdns-lua"))
         s.argv = ["pdns_server", f"--config-dir={d}"]
     elif s.name == "gdnsd":
         (d / "zones").mkdir(exist_ok=True)
-        (d / "zones" / m.zone).write_text(bl.gdnsd_zone(m))
+        (d / "zones" / m.zone).write_text(peerconfig.gdnsd_zone(m))
         health = d / "health"
-        health.write_text(bl.gdnsd_health_file(m))
-        (d / "config").write_text(bl.gdnsd_config(m, s.port, str(d / "run"), str(d / "state"), str(health)))
+        health.write_text(peerconfig.gdnsd_health_file(m))
+        (d / "config").write_text(peerconfig.gdnsd_config(m, s.port, str(d / "run"), str(d / "state"), str(health)))
         s.argv = ["gdnsd", "-c", str(d), "start"]
     elif s.is_geotm:
         cfg = d / "geotm.yaml"
-        cfg.write_text(bl.geotm_bench_config(config, d, s.port))
+        cfg.write_text(peerconfig.geotm_bench_config(config, d, s.port))
         s.argv = [dnsd_program(), "serve", "--config", str(cfg), "--listen", f"127.0.0.1:{s.port}",
                   "--admin-listen", "off", "--log-level", "warning"]
         if s.name == "geotm-w2":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-import benchlib as bl
+import dnsperfout
 from measure import LOAD_CORE, VARIANT_LABEL, VARIANTS
 from peers import SERVER_CORE
 
@@ -30,7 +30,7 @@ def build_rows(results: dict) -> list[dict]:
     for name, res in results["servers"].items():
         for variant, v in res.get("variants", {}).items():
             qps = [r["qps"] for r in v["runs"] if "qps" in r]
-            v["median_qps"] = bl.median(qps) if qps else None
+            v["median_qps"] = dnsperfout.median(qps) if qps else None
             if name == "geotm" and qps:
                 geotm_qps[variant] = v["median_qps"]
     for name, res in results["servers"].items():
@@ -40,10 +40,10 @@ def build_rows(results: dict) -> list[dict]:
                 continue
             runs = [r for r in v["runs"] if "qps" in r]
             row = {"server": name + VARIANT_LABEL[variant], "qps": v.get("median_qps"),
-                   "mean_ms": bl.median([r["avg_latency_s"] * 1000 for r in runs if "avg_latency_s" in r]) if runs
+                   "mean_ms": dnsperfout.median([r["avg_latency_s"] * 1000 for r in runs if "avg_latency_s" in r]) if runs
                    else None,
                    "lost": sum(r.get("queries_lost", 0) for r in runs) if runs else None,
-                   "cpu": bl.median([r["server_cpu_cores"] for r in runs if r.get("server_cpu_cores") is not None])
+                   "cpu": dnsperfout.median([r["server_cpu_cores"] for r in runs if r.get("server_cpu_cores") is not None])
                    if runs else None,
                    "ratio": None, "rate_mean_ms": None, "p99_ms": None}
             if variant == "main" and "latency" in res:
@@ -65,7 +65,7 @@ def print_report(results: dict, json_path: str) -> None:
     print(f"query mix ({results['query_file_lines']} lines): "
           + ", ".join(f"{k} {v}" for k, v in sorted(results["query_mix"].items())))
     print()
-    print(bl.format_table(rows))
+    print(dnsperfout.format_table(rows))
     print()
     for name in failed:
         print(f"FAILED {name}: {results['servers'][name].get('error')}")

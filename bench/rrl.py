@@ -26,6 +26,8 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]  # bench's modules, and dnsd when it is not installed
 
 import benchlib as bl  # noqa: E402
+import dnsperfout  # noqa: E402
+import peerconfig  # noqa: E402
 import peers  # noqa: E402
 from measure import WARMUP_S, dnsperf_argv, group_cpu_seconds, run_dnsperf  # noqa: E402
 
@@ -53,7 +55,7 @@ def start_dnsd(name: str, tmp: Path, config_path: Path, model: bl.ZoneModel, rat
     s.port = free_port()
     cfg = d / "geotm.yaml"
     (d / "admin-token").write_text(ADMIN_TOKEN)  # geotm_bench_document's admin.token_file
-    cfg.write_text(dnsd_config(bl.geotm_bench_document(config_path, d, s.port), rate_limit, admin_port))
+    cfg.write_text(dnsd_config(peerconfig.geotm_bench_document(config_path, d, s.port), rate_limit, admin_port))
     s.argv = ["taskset", "-c", peers.SERVER_CORE, peers.dnsd_program(), "serve", "--config", str(cfg), "--listen",
               f"127.0.0.1:{s.port}", "--log-level", "warning"]
     if not admin_port:
@@ -73,7 +75,7 @@ def dnsperf_run(s: peers.Server, qfile: Path, seconds: float, extra: list[str], 
     cpu0, t0 = group_cpu_seconds(s.child.pid), time.monotonic()
     rc, out = run_dnsperf(argv, seconds + 60)
     cpu1, t1 = group_cpu_seconds(s.child.pid), time.monotonic()
-    parsed = bl.parse_dnsperf(out)
+    parsed = dnsperfout.parse_dnsperf(out)
     parsed["server_cpu_cores"] = round((cpu1 - cpu0) / (t1 - t0), 3)
     # on a shared machine the server may not get its whole core: qps per busy server core compares fairer
     parsed["qps_per_core"] = round(parsed["qps"] / parsed["server_cpu_cores"]) if parsed["server_cpu_cores"] else None
@@ -115,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"server {run['server_cpu_cores']} cores, {run['qps_per_core']} qps per server core")
         off.child.stop()
         on.child.stop()
-        qps = {name: bl.median([r["qps"] for r in runs]) for name, runs in result["runs"].items()}
+        qps = {name: dnsperfout.median([r["qps"] for r in runs]) for name, runs in result["runs"].items()}
         result["qps_median"] = qps
         result["cost_percent"] = round(100 * (1 - qps["on"] / qps["off"]), 1)
-        per_core = {name: bl.median([r["qps_per_core"] for r in runs]) for name, runs in result["runs"].items()}
+        per_core = {name: dnsperfout.median([r["qps_per_core"] for r in runs]) for name, runs in result["runs"].items()}
         result["qps_per_core_median"] = per_core
         result["cost_percent_per_core"] = round(100 * (1 - per_core["on"] / per_core["off"]), 1)
 

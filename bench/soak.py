@@ -28,7 +28,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]  # bench's modules, and dnsd when not installed
-from benchlib import ecs_option_hex, parse_dnsperf  # noqa: E402
+from benchlib import ecs_option_hex  # noqa: E402
+from dnsperfout import parse_dnsperf  # noqa: E402
 
 from dnsd import names  # noqa: E402
 from dnsd.common.children import Child, ChildFailed, free_port  # noqa: E402

@@ -23,7 +23,7 @@ import yaml
 from attacklib import GLOBAL_NAME, ROOT, ZONE  # (puts ROOT on sys.path)
 
 sys.path.insert(0, str(ROOT / "bench"))
-import benchlib as bl  # noqa: E402
+import peerconfig  # noqa: E402
 
 from dnsd.common.children import Child, ChildFailed, free_port  # noqa: E402
 
@@ -117,7 +117,7 @@ def flood(port: int, query: bytes, seconds: float, rate: int) -> dict:
 
 def start_dnsd(tmp: Path, name: str, rate_limit: dict | None) -> tuple[Child, int]:
     port = free_port()
-    doc = bl.geotm_bench_document(ROOT / "config" / "example.yaml", tmp, port)
+    doc = peerconfig.geotm_bench_document(ROOT / "config" / "example.yaml", tmp, port)
     if rate_limit is not None:
         doc["server"]["rate_limit"] = rate_limit
     cfg = tmp / f"{name}.yaml"
