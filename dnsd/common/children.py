@@ -69,8 +69,8 @@ def poll_until(condition: Callable[[], Any], timeout: float, interval: float = P
         time.sleep(interval)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: the kernel sends it SIGKILL when the process that started it dies."""
+def die_with_parent() -> None:
+    """A preexec_fn: the kernel sends the child SIGKILL when the process that started it dies."""
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
@@ -128,7 +128,7 @@ class Child:
 
     def _in_child(self) -> None:
         if self.die_with_parent:
-            _die_with_parent()
+            die_with_parent()
         if self.preexec_fn:
             self.preexec_fn()
 
