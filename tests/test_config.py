@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from dnsd.cli import main as dnsd_main
-from dnsd.config import ConfigError, keys, load_config, parse_config_text
+from dnsd.config import ConfigError, keys, load_config, parse_config_text, read_document
 from dnsd.model import Soa
 from tests.dnstest import ROOT, example_dict
 
@@ -135,6 +135,30 @@ def test_an_unknown_key_names_every_key_its_mapping_allows(site, given, allowed)
 def test_a_key_list_naming_a_field_the_model_does_not_have_fails_at_import():
     with pytest.raises(TypeError, match="Soa has no field serial_number"):
         keys.keys_of(Soa, renamed={"serial_number": "serial"})
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_read_document_gives_what_yaml_gives(path):
+    assert read_document(path) == yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("a: {b: [1, 2.5, true, null, '3']}\n", {"a": {"b": [1, 2.5, True, None, "3"]}}),
+    ("x: &a [1]\ny: *a\n", {"x": [1], "y": [1]}),
+    ("- a\n", ["a"]),
+    ("", None),
+    ("a: 1\na: 2\n", "duplicate key 'a' (first defined at line 1)"),
+    ("a: &x {b: 1}\nc:\n  <<: *x\n", "keys must be plain strings"),
+], ids=["scalars", "alias", "list", "empty", "duplicate-key", "merge-key"])
+def test_read_document(tmp_path, text, expected):
+    path = tmp_path / "doc.yaml"
+    path.write_text(text)
+    if isinstance(expected, str):
+        with pytest.raises(ConfigError) as caught:
+            read_document(path)
+        assert f"{path}:" in caught.value.render() and expected in caught.value.render()
+    else:
+        assert read_document(path) == expected
 
 
 def test_problem_lines_are_file_line_column_path_message():

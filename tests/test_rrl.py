@@ -459,10 +459,10 @@ def test_bench_rrl_configs_are_valid(tmp_path, rate_limit, admin_port):
     """bench/rrl.py's three dnsd configs: the bench copy of the example plus rate_limit (and metrics)."""
     import sys
     sys.path.insert(0, str(harness.REPO_ROOT / "bench"))
-    import benchlib
+    import peerconfig
     import rrl as bench_rrl
-    text = bench_rrl.dnsd_config(benchlib.geotm_bench_config(harness.REPO_ROOT / "config" / "example.yaml",
-                                                             tmp_path, 5399), rate_limit, admin_port)
+    text = bench_rrl.dnsd_config(peerconfig.geotm_bench_document(harness.REPO_ROOT / "config" / "example.yaml",
+                                                                 tmp_path, 5399), rate_limit, admin_port)
     config = config_from(text)
     expected = None if rate_limit is None else RateLimitSettings(**rate_limit)
     assert config.server.rate_limit == expected
