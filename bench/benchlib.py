@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dnsd import names
-from dnsd.answers.records import normalize_name, type_name
+from dnsd.records import normalize_name, type_name
 from dnsd.config import load_config
 from dnsd.model import NameTTLs
 
