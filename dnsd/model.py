@@ -19,16 +19,25 @@ def frozen_map(mapping: Mapping) -> Mapping:
     return MappingProxyType(dict(mapping))
 
 
+def default_of(cls: type, name: str) -> object:
+    """The default of one field of a model class: the config builders take every default from here."""
+    return cls.__dataclass_fields__[name].default  # type: ignore[attr-defined]
+
+
+RECORD_TTL = 3600  # a static record's TTL when it gives none
+REPLICA_WEIGHT = 100  # a replica's weight when it gives none (weighted routing)
+
+
 @dataclass(frozen=True, slots=True)
 class Soa:
     mname: str
     rname: str
     serial: int
-    refresh: int
-    retry: int
-    expire: int
-    negative_ttl: int  # the SOA MINIMUM field: how long resolvers cache NXDOMAIN/NODATA (RFC 2308)
-    ttl: int
+    refresh: int = 3600
+    retry: int = 600
+    expire: int = 604800
+    negative_ttl: int = 60  # the SOA MINIMUM field: how long resolvers cache NXDOMAIN/NODATA (RFC 2308)
+    ttl: int = 3600
     auto_serial: bool = False  # `serial: auto`: the load time, kept by a reload of the same file (config.zone)
 
 
@@ -51,9 +60,9 @@ class Zone:
     name: str  # canonical: lower case, no trailing dot
     soa: Soa
     nameservers: tuple[str, ...]
-    ns_ttl: int
     ttls: NameTTLs
     records: tuple[RR, ...]  # static records, served as given
+    ns_ttl: int = 3600
 
 
 PROBE_KINDS = ("oci", "distribution", "harbor", "http", "https", "tcp")

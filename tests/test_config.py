@@ -89,7 +89,7 @@ ALLOWED_KEYS = [
                         "rate_limit"),
     (("server", "rate_limit"), {}, "responses_per_second, nxdomains_per_second, errors_per_second, slip, "
                                    "ipv4_prefix_length, ipv6_prefix_length, exempt, table_size"),
-    (("zone",), None, "name, soa, nameservers, ns_ttl, ttl, records"),
+    (("zone",), None, "name, soa, nameservers, ttl, records, ns_ttl"),
     (("zone", "soa"), None, "mname, rname, serial, refresh, retry, expire, negative_ttl, ttl"),
     (("zone", "ttl"), None, "global, privatelink, traffic_manager, traffic_manager_short, regional, data, replica, "
                             "private"),
