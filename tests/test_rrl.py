@@ -110,7 +110,7 @@ def nxdomain_with_chain(qname: str, target: str, zone: str = "azurecr.test", com
     (nxdomain_with_chain("a.example.org", "gone.example.org", zone="example.org"), "nx1.azurecr.test", False),
     (nxdomain_with_chain("A.EXAMPLE.ORG", "x.example.org", zone="example.org"),
      nxdomain_with_chain("b.example.org", "y.example.org", zone="example.org"), True),
-])
+], ids=["compressed", "uncompressed", "other-zone", "same-other-zone"])  # the replies' IDs are random
 def test_nxdomain_class_is_the_zone_of_the_soa_whatever_comes_before(a, b, same_class):
     rrl, _ = limiter(responses_per_second=1, slip=0)
     b = reply_for(b) if isinstance(b, str) else b
