@@ -4,6 +4,7 @@ resolver on loopback (asyncio UDP and TCP on one port) whose behaviour each test
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import struct
 from collections.abc import Awaitable, Callable
 
@@ -16,7 +17,7 @@ import dns.rdatatype
 import dns.rrset
 
 from dnsd.forward.message import Cleaned, clean_reply, upstream_query
-from dnsd.forward.settings import ForwardSettings
+from dnsd.model import ForwardCache, ForwardSettings
 from dnsd.protocol import wire
 from tests.harness import free_port
 
@@ -91,9 +92,15 @@ def decode(reply: bytes) -> dns.message.Message:
     return dns.message.from_wire(reply)
 
 
+_CACHE_KEYS = frozenset(field.name for field in dataclasses.fields(ForwardCache))
+
+
 def settings(*ports: int, **overrides) -> ForwardSettings:
+    """The forward section with these upstream ports on 127.0.0.1, short timeouts, and any other value
+    given by its name (those of forward.cache too: max_entries=2, serve_stale=60)."""
+    cache = {key: overrides.pop(key) for key in list(overrides) if key in _CACHE_KEYS}
     values = {"upstreams": tuple(("127.0.0.1", port) for port in ports), "try_timeout": 0.3,
-              "deadline": 2.0}
+              "deadline": 2.0, "cache": ForwardCache(**cache)}
     values.update(overrides)
     return ForwardSettings(**values)
 

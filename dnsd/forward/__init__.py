@@ -1,13 +1,13 @@
 """Forwarding (issue 10): names outside our zone resolved through upstream resolvers, with a cache, for
 allowed clients only, so docker hosts can use dnsd as their resolver without it becoming an open one.
 
-Modules: settings (ForwardSettings: knobs and defaults), upstreams (addresses, resolv.conf, SRTT
-order, per-upstream counters), exchange (one query over UDP or TCP), message (the hand-written
+Settings: dnsd.model.ForwardSettings (the config's `forward:` section, every default there). Modules:
+upstreams (addresses, resolv.conf, SRTT order, per-upstream counters), exchange (one query over UDP or TCP), message (the hand-written
 walker: upstream query, reply checks, cleaning, client replies), cache (entries, lifetimes, LRU,
 serve-stale, flush), forwarder (Forwarder: the entry points, coalescing, failover, describe).
 
 Per query (a wire.Query from parse_query; the caller has answered BADVERS and malformed input):
-    answer_now: client in allow_clients? name outside our zone? class IN, no zone transfer?
+    answer_now: client in clients? name outside our zone? class IN, no zone transfer?
                 (else REFUSED) -> fresh cache entry? -> reply now
     answer_later: the same refusals again (no caller can skip them), then: the lookup for this key
                 under way? join it (coalescing) : start one, unless
@@ -41,8 +41,7 @@ Counters are plain attributes (Forwarder.stats, Upstream.stats, Upstream.srtt, F
 len/bytes, in_flight); describe() gives explain the upstream order and the cache state of a question.
 """
 from dnsd.forward.forwarder import Description, Forwarder, ForwardStats
-from dnsd.forward.settings import ForwardSettings
 from dnsd.forward.upstreams import nameservers_from_resolv_conf, parse_upstreams, read_resolv_conf
 
-__all__ = ["Description", "ForwardSettings", "ForwardStats", "Forwarder", "nameservers_from_resolv_conf",
+__all__ = ["Description", "ForwardStats", "Forwarder", "nameservers_from_resolv_conf",
            "parse_upstreams", "read_resolv_conf"]
