@@ -2,7 +2,7 @@
 allowed clients only, so docker hosts can use dnsd as their resolver without it becoming an open one.
 
 Settings: dnsd.model.ForwardSettings (the config's `forward:` section, every default there). Modules:
-upstreams (addresses, resolv.conf, SRTT order, per-upstream counters), exchange (one query over UDP or TCP), message (the hand-written
+upstreams (SRTT order, per-upstream counters; the addresses come from dnsd.config.upstreams), exchange (one query over UDP or TCP), message (the hand-written
 walker: upstream query, reply checks, cleaning, client replies), cache (entries, lifetimes, LRU,
 serve-stale, flush), forwarder (Forwarder: the entry points, coalescing, failover, describe).
 
@@ -41,7 +41,5 @@ Counters are plain attributes (Forwarder.stats, Upstream.stats, Upstream.srtt, F
 len/bytes, in_flight); describe() gives explain the upstream order and the cache state of a question.
 """
 from dnsd.forward.forwarder import Description, Forwarder, ForwardStats
-from dnsd.forward.upstreams import nameservers_from_resolv_conf, parse_upstreams, read_resolv_conf
 
-__all__ = ["Description", "ForwardStats", "Forwarder", "nameservers_from_resolv_conf",
-           "parse_upstreams", "read_resolv_conf"]
+__all__ = ["Description", "ForwardStats", "Forwarder"]
