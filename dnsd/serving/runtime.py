@@ -156,15 +156,16 @@ class QueryEngine:
         for limiter in (self.failed_log, self.refused_log, self.malformed_log):
             limiter.flush(force)
 
-    def swap(self, snapshot: Snapshot, forwarder: Forwarder | None | _Forward = FORWARD) -> None:
-        """The new snapshot, and the forwarder that goes with it when that changes too (FORWARD: keep
-        the one there is): the packet cache holds replies whose RA bit depends on the forwarder."""
+    def swap(self, snapshot: Snapshot) -> None:
         # handle() runs to completion on the event loop's thread and swaps happen between calls, so
         # a query sees the old snapshot (and its cache) or the new one, never a mix
         self.cache = {}
         self.snapshot = snapshot
-        if forwarder is not FORWARD:
-            self.forwarder = forwarder
+
+    def swap_forwarder(self, forwarder: Forwarder | None) -> None:
+        """A new forwarder (or none): the packet cache goes too, its replies' RA bit came from the old."""
+        self.cache = {}
+        self.forwarder = forwarder
 
     def handle(self, data: bytes, client_ip: str, over_tcp: bool) -> bytes | None | asyncio.Task[bytes]:
         started = perf_counter()
