@@ -416,3 +416,57 @@ def test_reload_turns_forwarding_on_and_off(tmp_path):
             assert flags(ask(proc, "contoso.azurecr.test.")) == (True, False)
     assert upstream.questions() == ["www.example.com."]  # the second answer came from the cache
 
+
+
+# -- behind an existing recursive resolver (the README's second way) ----------------------------------
+
+def _unbound_config(base, port: int, dnsd_port: int) -> str:
+    """The README's stub-zone and ECS settings; ECS of whole addresses (the example view's sources are a
+    /26), sent from 127.0.0.53, the example view's trusted resolver."""
+    return textwrap.dedent(f"""\
+        server:
+            interface: 127.0.0.1
+            port: {port}
+            do-daemonize: no
+            username: ""
+            chroot: ""
+            directory: "{base}"
+            pidfile: ""
+            use-syslog: no
+            logfile: ""
+            verbosity: 0
+            do-ip6: no
+            num-threads: 1
+            so-reuseport: no
+            access-control: 127.0.0.0/8 allow
+            local-zone: "test." nodefault
+            do-not-query-localhost: no
+            domain-insecure: "azurecr.test"
+            module-config: "subnetcache iterator"
+            send-client-subnet: 127.0.0.1
+            max-client-subnet-ipv4: 32
+            client-subnet-always-forward: no
+            outgoing-interface: 127.0.0.53
+        remote-control:
+            control-enable: no
+        stub-zone:
+            name: "azurecr.test"
+            stub-addr: 127.0.0.1@{dnsd_port}
+        """)
+
+
+def test_behind_unbound_with_ecs_each_client_gets_its_view(tmp_path):
+    program = require_tool("unbound", "as the recursive resolver in front of geotm")
+    path, admin_port = write_config(tmp_path, None)
+    with harness.dnsd(path, admin_port=admin_port) as proc:
+        port = harness.free_port()
+        (tmp_path / "unbound.conf").write_text(_unbound_config(tmp_path, port, proc.port))
+        with harness.ServiceProcess([program, "-d", "-c", str(tmp_path / "unbound.conf")], name="unbound", timeout=20,
+                                    ready=lambda: harness.udp_answers("127.0.0.1", port, "ns1.azurecr.test.", "A")):
+            def via_unbound(source: str) -> list[str]:
+                query = dns.message.make_query("contoso.azurecr.test.", "A")
+                reply = dns.query.udp(query, "127.0.0.1", port=port, timeout=3, source=source)
+                return [rd.address for rrset in reply.answer if rrset.rdtype == dns.rdatatype.A for rd in rrset]
+
+            assert via_unbound("127.0.0.70") == ["10.1.0.4"]  # inside corp-vnet's sources: its private IP
+            assert via_unbound("127.0.0.1") == ["127.0.0.11"]  # a public client: the public chain
