@@ -364,7 +364,7 @@ def test_rate_limiting_applies_to_forwarded_answers(tmp_path):
     assert 'geotm_rrl_dropped_total{response_class="noerror"}' in limited
 
 
-async def _many_at_once(port: int, name: str, count: int, wait: float = 1.0) -> list[dns.message.Message]:
+async def _many_at_once(port: int, name: str, count: int, wait: float = 0.7) -> list[dns.message.Message]:
     """`count` UDP queries sent together from one socket; the replies that arrive within `wait`."""
     loop = asyncio.get_running_loop()
     replies: list[dns.message.Message] = []
