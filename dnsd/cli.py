@@ -154,8 +154,11 @@ def check_config(path: str) -> int:
         print(err.render(), file=sys.stderr)
         return 1
     replicas = sum(len(reg.replicas) for reg in config.registries)
+    forward = config.forward
+    forwarding = (f", forwarding to {len(forward.upstreams)} upstreams for {len(forward.clients)} client networks"
+                  if forward is not None else "")
     print(f"{path}: OK: zone {config.zone.name}, {len(config.registries)} registries, {replicas} replicas, "
-          f"{len(config.views)} views, {len(config.zone.records)} static records")
+          f"{len(config.views)} views, {len(config.zone.records)} static records{forwarding}")
     return 0
 
 

@@ -8,6 +8,7 @@ import ipaddress
 
 import pytest
 
+from dnsd.cli import main as dnsd_main
 from dnsd.config import ConfigError, load_config, parse_config_text
 from dnsd.config.upstreams import is_own
 from dnsd.model import ForwardCache, ForwardSettings
@@ -103,6 +104,11 @@ OWN_CASES = [
 @pytest.mark.parametrize("upstream, ours, own", OWN_CASES)
 def test_is_own(upstream, ours, own):
     assert is_own(*upstream, ours) is own
+
+
+def test_check_config_mentions_forwarding(capsys):
+    assert dnsd_main(["check-config", str(ROOT / "config" / "forward-example.yaml")]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(", forwarding to 2 upstreams for 4 client networks")
 
 
 def test_the_shipped_forwarding_example():
