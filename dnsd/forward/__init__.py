@@ -1,10 +1,11 @@
 """Forwarding (issue 10): names outside our zone resolved through upstream resolvers, with a cache, for
 allowed clients only, so docker hosts can use dnsd as their resolver without it becoming an open one.
 
-Settings: dnsd.model.ForwardSettings (the config's `forward:` section, every default there). Modules:
-upstreams (SRTT order, per-upstream counters; the addresses come from dnsd.config.upstreams), exchange (one query over UDP or TCP), message (the hand-written
-walker: upstream query, reply checks, cleaning, client replies), cache (entries, lifetimes, LRU,
-serve-stale, flush), forwarder (Forwarder: the entry points, coalescing, failover, describe).
+Settings: dnsd.model.ForwardSettings (the config's `forward:` section, every default there; the
+addresses come from dnsd.config.upstreams). Modules: upstreams (SRTT order, per-upstream counters),
+exchange (one query over UDP or TCP), message (the hand-written walker: upstream query, reply checks,
+cleaning, client replies), cache (entries, lifetimes, LRU, serve-stale, flush), forwarder (Forwarder:
+the entry points, coalescing, failover, describe). Wired in by dnsd.serving (QueryEngine, Dnsd).
 
 Per query (a wire.Query from parse_query; the caller has answered BADVERS and malformed input):
     answer_now: client in clients? name outside our zone? class IN, no zone transfer?

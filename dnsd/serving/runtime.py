@@ -278,9 +278,10 @@ class QueryEngine:
                 reply = error_reply(query, rc.SERVFAIL, forwarder.edns_udp_size)
                 self.stats.forward_overloaded += 1
             else:
-                self.forward_pending += 1
-                return asyncio.get_running_loop().create_task(
+                later = asyncio.get_running_loop().create_task(
                     self._forward_later(forwarder, query, client_ip, max_size))
+                self.forward_pending += 1  # _forward_later takes it back when it ends
+                return later
         self.stats.count("", FORWARDED, query.qtype, reply[3] & 0xF)
         self.stats.observe_latency(perf_counter() - started)
         return reply

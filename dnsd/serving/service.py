@@ -1,7 +1,8 @@
 """The running dnsd's state: owns the serving snapshot and every change to it (health, overrides,
 reload), and the forwarder of names outside the zone (built from the config, swapped by reload,
-flushed on request), logging what routing changed and why. No sockets, no HTTP: dnsd.app wires listeners, health
-feed and admin API around it, and dnsd.ops.admin maps the refusals below to HTTP statuses."""
+flushed on request), logging what routing changed and why. No sockets, no HTTP: dnsd.app wires
+listeners, health feed and admin API around it, and dnsd.ops.admin maps the refusals below to HTTP
+statuses."""
 from __future__ import annotations
 
 import asyncio
