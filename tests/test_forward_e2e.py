@@ -470,3 +470,30 @@ def test_behind_unbound_with_ecs_each_client_gets_its_view(tmp_path):
 
             assert via_unbound("127.0.0.70") == ["10.1.0.4"]  # inside corp-vnet's sources: its private IP
             assert via_unbound("127.0.0.1") == ["127.0.0.11"]  # a public client: the public chain
+
+
+# -- workers ------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_flush_reaches_every_worker(tmp_path):
+    """`serve --workers 2`: each worker caches on its own; a flush through worker 0's admin API reaches
+    the other through the workers' state dir. Each upstream answer carries a new address, so an
+    answer from before the flush is told apart from one looked up after it."""
+    lookups = iter(range(1, 255))
+
+    async def numbered(data: bytes, over_tcp: bool):
+        return [(reply_to(data, f"counted.example. 300 IN A 192.0.2.{next(lookups)}"), "same")]
+
+    def answers(port: int) -> set[str]:  # from 40 source ports: SO_REUSEPORT spreads them over both
+        return {records(dns.query.udp(dns.message.make_query("counted.example.", "A"), "127.0.0.1", port=port,
+                                      timeout=3))[0] for _ in range(40)}
+
+    with UpstreamThread(numbered) as upstream:
+        path, admin_port = write_config(tmp_path, {**FORWARD, "upstreams": [f"127.0.0.1:{upstream.port}"]})
+        with harness.dnsd(path, admin_port=admin_port, extra_args=["--workers", "2"]) as supervisor:
+            harness.wait_until(lambda: supervisor.log_text().count('"dnsd_started"') == 2, 10, "both workers started")
+            before = answers(supervisor.port)
+            assert len(before) == 2  # one lookup per worker
+            flushed = dnsd_cli(path, "flush", "counted.example")
+            assert flushed.returncode == 0, flushed.stderr
+            harness.wait_until(lambda: not answers(supervisor.port) & before, 5, "every worker flushed", interval=0.3)
