@@ -1,6 +1,7 @@
-"""Wires one dnsd process together (as aiohttp's runner does an app): the Dnsd state, the DNS
-listeners sized to the open-files limit, the health feed, the admin API, housekeeping and the
-signals (SIGTERM/SIGINT stop, SIGHUP reloads); started in order, stopped in reverse."""
+"""Wires one dnsd process together (as aiohttp's runner does an app): the Dnsd state (with the
+forwarder of names outside the zone, when the config has a forward section), the DNS listeners sized
+to the open-files limit, the health feed, the admin API, housekeeping and the signals (SIGTERM/SIGINT
+stop, SIGHUP reloads); started in order, stopped in reverse."""
 from __future__ import annotations
 
 import asyncio
@@ -56,14 +57,17 @@ async def start_admin(dnsd: Dnsd, config: Config) -> web.AppRunner:
 
 
 async def housekeeping(dnsd: Dnsd, worker: WorkerRole | None = None, period: float = 1.0) -> None:
-    """Expire overrides (each second), follow worker 0's override file (followers), and sample answer
-    counts for the recent shares (every 10 s)."""
+    """Expire overrides (each second), follow worker 0's override file and forwarding-cache flushes
+    (followers), the forwarder's own (expired entries, log summaries), and sample answer counts for the
+    recent shares (every 10 s)."""
     last_sample = 0.0
     while True:
         if worker is not None and worker.follower:
             dnsd.follow_overrides()
+            dnsd.follow_flushes()
         else:
             dnsd.expire_overrides()
+        dnsd.forward_housekeeping()
         now = time.monotonic()
         if now - last_sample >= SHARE_SAMPLE:
             dnsd.engine.stats.sample(now)
@@ -108,7 +112,10 @@ def _tell_supervisor_to_reload() -> None:
 
 async def serve(config: Config, listen: list[tuple[str, int]] | None = None, worker: WorkerRole | None = None) -> None:
     stop = StopSignals()
-    dnsd = Dnsd(config, after_reload=_tell_supervisor_to_reload if worker is not None and worker.index == 0 else None)
+    listen = listen or list(config.server.listen)
+    flush_file = f"{worker.state_dir}/forward-flushes.jsonl" if worker is not None and worker.state_dir else None
+    dnsd = Dnsd(config, after_reload=_tell_supervisor_to_reload if worker is not None and worker.index == 0 else None,
+                listen=listen, flush_file=flush_file)
     offloop.keep_built()  # the serving tables: no GC pass walks them again
     if worker is not None:
         structlog.contextvars.bind_contextvars(worker=worker.index)
@@ -125,7 +132,7 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None, wor
                                                                name="SIGHUP reload"))
     admin_runner = None
     settings = listener_settings(config.server, reuse_port=worker is not None)
-    server = DnsServer(dnsd.engine.handle, listen or list(config.server.listen), settings, rate_limiter=dnsd.rrl)
+    server = DnsServer(dnsd.engine.handle, listen, settings, rate_limiter=dnsd.rrl)
     dnsd.attach_listeners(server.tcp_stats, settings.tcp_max_connections)
     try:
         admin_runner = await start_admin(dnsd, config) if config.admin.listen else None
@@ -133,7 +140,8 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None, wor
         log.info("dnsd_started", config=config.source, version=config.digest[:12], zone=config.zone.name,
                  registries=len(config.registries), views=len(config.views),
                  health_feeds=list(config.health.feeds), listen=[f"{h}:{p}" for h, p in server.addresses],
-                 rate_limit=config.server.rate_limit.responses_per_second if config.server.rate_limit else "off")
+                 rate_limit=config.server.rate_limit.responses_per_second if config.server.rate_limit else "off",
+                 forward=[up.address for up in dnsd.forwarder.upstreams.all] if dnsd.forwarder else "off")
         await stop.wait()
     finally:
         stop.close()
@@ -144,3 +152,4 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None, wor
         if admin_runner:
             await admin_runner.cleanup()
         await server.stop()
+        await dnsd.close_forwarders()  # after the listeners: no new lookups start

@@ -1,4 +1,5 @@
-"""The validated config as frozen values: Zone, Registry, Replica, Topology, View. No I/O, no runtime state."""
+"""The validated config as frozen values: Zone, Registry, Replica, Topology, View, ForwardSettings. No I/O,
+no runtime state."""
 from __future__ import annotations
 
 import ipaddress
@@ -301,6 +302,37 @@ class AdminSettings:
     state_file: str | None = None  # overrides and the audit log, kept across restarts
 
 
+LOOPBACK_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardCache:
+    """forward.cache: how much the forwarding cache holds and how long (dnsd.forward.cache)."""
+
+    max_entries: int = 10_000
+    max_bytes: int = 16 * 1024 * 1024  # stored messages plus a fixed overhead per entry
+    min_ttl: int = 0  # floor of every cached TTL
+    max_ttl: int = 3600  # cap of every cached TTL
+    max_negative_ttl: int = 1800  # cap of NXDOMAIN/NODATA lifetimes (RFC 2308: min(SOA TTL, MINIMUM))
+    serve_stale: float = 0.0  # seconds past expiry an answer may stand in (TTL 30) while every upstream fails; 0: off
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardSettings:
+    """The `forward:` section: names outside our zone resolved through upstream resolvers, with a cache
+    (dnsd.forward reads these values as they are). Absent: off, every outside name is REFUSED."""
+
+    upstreams: tuple[tuple[str, int], ...] = ()  # (IP, port) in config order; from resolv_conf when given
+    resolv_conf: str | None = None  # the file the upstreams were read from (its nameserver lines)
+    # Sources that may have outside names resolved; everyone else gets REFUSED for them, so geotm is
+    # never an open resolver (amplification, cache poisoning). Loopback unless the config lists more.
+    clients: tuple[IPNetwork, ...] = LOOPBACK_NETWORKS
+    try_timeout: float = 1.0  # seconds one upstream gets (the TCP retry after TC=1 gets as long again)
+    deadline: float = 3.0  # seconds for the whole lookup, every upstream and retry included
+    max_in_flight: int = 1000  # distinct lookups under way upstream; more -> stale or SERVFAIL
+    cache: ForwardCache = field(default_factory=ForwardCache)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     source: str  # file it was loaded from
@@ -313,6 +345,7 @@ class Config:
     probes: ProbesSettings = field(default_factory=ProbesSettings)
     health: HealthFeedSettings = field(default_factory=HealthFeedSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    forward: ForwardSettings | None = None  # None (the section absent): names outside the zone are REFUSED
 
     def registry(self, name: str) -> Registry:
         for registry in self.registries:

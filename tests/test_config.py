@@ -83,7 +83,7 @@ CHECK_KEYS = ("kind, address, port, scheme, host_header, path, method, headers, 
 REPLICA = ("registries", "contoso", "replicas", "eastus")
 ALLOWED_KEYS = [
     # (mapping, what is put there first (None: the example's own), the keys its unknown-key problem lists)
-    ((), None, "server, zone, regions, latency_ms, clients, registries, views, probes, health, admin"),
+    ((), None, "server, zone, regions, latency_ms, clients, registries, views, probes, health, admin, forward"),
     (("server",), None, "listen, edns_udp_size, tcp_idle_timeout, tcp_idle_timeout_under_load, tcp_max_connections, "
                         "tcp_max_connections_per_source, tcp_source_prefix_v4, tcp_source_prefix_v6, fd_reserve, "
                         "rate_limit"),
@@ -110,6 +110,8 @@ ALLOWED_KEYS = [
     (("health",), None, "feeds, quorum, poll_interval, ttl, state_file, ca_file, token_file"),
     (("health", "feeds", 0), {"url": "http://127.0.0.1:8053/v1/health"}, "url, ca_file, token_file"),
     (("admin",), None, "listen, token_file, token_env, public_metrics, public_status_page, state_file"),
+    (("forward",), {"upstreams": ["9.9.9.9"]}, "upstreams, resolv_conf, clients, try_timeout, deadline, "
+                                                "max_in_flight, cache"),
 ]
 
 

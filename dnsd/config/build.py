@@ -8,6 +8,7 @@ from pathlib import Path
 from dnsd.config import keys
 from dnsd.config.errors import ConfigError, Mark, Problem, Problems
 from dnsd.config.feeds import health_section, probes_section
+from dnsd.config.forward import forward_section
 from dnsd.config.reader import Reader
 from dnsd.config.registries import check_replica_hosts, registries_section
 from dnsd.config.server import admin_section, server_section
@@ -67,6 +68,7 @@ def _build(r: Reader, root: Node, filename: str, digest: str, now: float | None)
     probes = probes_section(r, top.get("probes"))
     health = health_section(r, top.get("health"))
     admin = admin_section(r, top.get("admin"))
+    forward = forward_section(r, top.get("forward"), server)
     if zone is not None:
         check_generated_names(r, located_records, zone, registries)
         check_replica_hosts(r, top.get("registries"), registries)
@@ -74,4 +76,4 @@ def _build(r: Reader, root: Node, filename: str, digest: str, now: float | None)
         return None
     return Config(source=filename, digest=digest, server=server, zone=zone, topology=topology,
                   registries=tuple(reg for reg in registries.values() if reg is not None),
-                  views=tuple(views), probes=probes, health=health, admin=admin)
+                  views=tuple(views), probes=probes, health=health, admin=admin, forward=forward)

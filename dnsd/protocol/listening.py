@@ -18,8 +18,14 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-# Every message received is given to the handler: (query, client_ip, over_tcp) -> reply, or None for silence.
-Handler = Callable[[bytes, str, bool], bytes | None]
+# Every message received is given to the handler: (query, client_ip, over_tcp) -> the reply, None for
+# silence, or an asyncio Future (a Task) of either when the reply comes later (a forwarded query
+# waiting for an upstream). The listeners tell them apart by `type(reply) is bytes` only, so the
+# reply sent at once costs nothing more: the handler returns exactly bytes, never a subclass or a
+# bytearray. A later reply is sent as one sent at once would be (UDP: through the rate limiter; TCP:
+# framed, possibly out of order, RFC 7766 6.2.1.1); a Future cancelled or failed sends nothing.
+Reply = bytes | None | asyncio.Future[bytes | None]
+Handler = Callable[[bytes, str, bool], Reply]
 
 _LOAD_FRACTION = 0.75  # "near the limit": the short idle timeout applies from this share of tcp_max_connections
 

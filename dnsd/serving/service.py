@@ -1,13 +1,17 @@
 """The running dnsd's state: owns the serving snapshot and every change to it (health, overrides,
-reload), logging what routing changed and why. No sockets, no HTTP: dnsd.app wires listeners, health
-feed and admin API around it, and dnsd.ops.admin maps the refusals below to HTTP statuses."""
+reload), and the forwarder of names outside the zone (built from the config, swapped by reload,
+flushed on request), logging what routing changed and why. No sockets, no HTTP: dnsd.app wires
+listeners, health feed and admin API around it, and dnsd.ops.admin maps the refusals below to HTTP
+statuses."""
 from __future__ import annotations
 
 import asyncio
 import collections
+import json
+import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Callable
@@ -16,6 +20,8 @@ import structlog
 
 from dnsd.serving import offloop
 from dnsd.config import ConfigError, carry_serial, load_config
+from dnsd.config.upstreams import is_own
+from dnsd.forward import Forwarder
 from dnsd.routing.health import HealthSnapshot
 from dnsd.model import Config
 from dnsd.routing.overrides import DRAIN, FORCE_DOWN, KINDS, Override, OverrideStore
@@ -52,6 +58,10 @@ class WouldLeaveNoReplica(Refused):
     """Draining or forcing down the last serving replica of a registry, without force."""
 
 
+class NotForwarding(Refused):
+    """A forwarding operation (flush) while the config has no forward section."""
+
+
 @dataclass(frozen=True, slots=True)
 class ReloadResult:
     ok: bool
@@ -70,13 +80,21 @@ class Dnsd:
     with one assignment; the query path never sees a half-applied change."""
 
     def __init__(self, config: Config, overrides: OverrideStore | None = None, clock=time.time,
-                 after_reload: Callable[[], None] | None = None):
+                 after_reload: Callable[[], None] | None = None, listen: Sequence[tuple[str, int]] | None = None,
+                 flush_file: str | None = None):
         self.clock = clock
         self.overrides = overrides or OverrideStore(config.admin.state_file,
                                                     _audit_path(config.admin.state_file), clock)
         self.overrides.load()
         self.overrides.prune(replica_keys(config))
-        self.engine = QueryEngine(new_snapshot(config, overrides=self.overrides.current()))
+        # where we answer (--listen may differ from server.listen): never an upstream of our own
+        self.listen = tuple(listen) if listen else config.server.listen
+        self.retired_forwarders: list[Forwarder] = []  # replaced by a reload, lookups still under way
+        # workers: flushes worker 0 took, for the others to follow (one JSON line each)
+        self.flush_file = flush_file
+        self._flushes_seen = _file_size(flush_file)
+        self.engine = QueryEngine(new_snapshot(config, overrides=self.overrides.current()),
+                                  self._new_forwarder(config))
         self.feed: HealthFeed | None = None
         self.all_down_activations: dict[str, int] = {}
         self.reloads = {"ok": 0, "failed": 0}
@@ -92,6 +110,11 @@ class Dnsd:
     @property
     def snapshot(self) -> Snapshot:
         return self.engine.snapshot
+
+    @property
+    def forwarder(self) -> Forwarder | None:
+        """The forwarder of names outside the zone; None while the config has no forward section."""
+        return self.engine.forwarder
 
     # -- what the wiring attaches ------------------------------------------------------------------
 
@@ -234,6 +257,83 @@ class Dnsd:
         except KeyError:
             raise UnknownReplica(f"no replica {registry}/{replica} in the running config") from None
 
+    # -- forwarding ------------------------------------------------------------------------------
+
+    def _new_forwarder(self, config: Config) -> Forwarder | None:
+        settings = config.forward
+        if settings is None:
+            return None
+        # the config left out server.listen; --listen may name other addresses of ours
+        own = [address for address in settings.upstreams if is_own(*address, self.listen)]
+        if own:
+            settings = replace(settings, upstreams=tuple(a for a in settings.upstreams if a not in own))
+            log.warning("forward_upstreams_skipped", upstreams=[f"{h}:{p}" for h, p in own],
+                        reason="dnsd listens there itself: forwarding to it would loop")
+        if not settings.upstreams:
+            log.error("forward_no_upstreams", effect="every name outside the zone gets SERVFAIL")
+        return Forwarder(settings, self._in_zone, edns_udp_size=config.server.edns_udp_size)
+
+    def _in_zone(self, name_key: bytes) -> bool:
+        """For the forwarder: whether a name is ours, in the zone serving now (a reload may move it)."""
+        return self.engine.snapshot.compiled.in_zone(name_key)
+
+    def flush_forwarded(self, name: str | None, actor: str) -> int:
+        """Forget the forwarding cache's answers for a name (all its types), or everything (None);
+        -> how many entries went. Other workers follow through flush_file."""
+        forwarder = self.engine.forwarder
+        if forwarder is None:
+            raise NotForwarding("forwarding is off (the config has no forward section): nothing is cached")
+        try:
+            count = forwarder.flush(name) if name is not None else forwarder.flush_all()
+        except ValueError as err:
+            raise InvalidChange(f"bad name {name!r}: {err}") from None
+        if self.flush_file:
+            with open(self.flush_file, "a") as handle:
+                handle.write(json.dumps({"name": name}) + "\n")
+            self._flushes_seen = _file_size(self.flush_file)
+        self.overrides.audit("flush", actor, {"name": name if name is not None else "(all)", "entries": count})
+        self.note("forward_flushed", name=name if name is not None else "(all)", entries=count, actor=actor)
+        return count
+
+    def follow_flushes(self) -> int:
+        """A follower worker: apply the flushes worker 0 appended to flush_file since the last call."""
+        if not self.flush_file or _file_size(self.flush_file) <= self._flushes_seen:
+            return 0
+        with open(self.flush_file, "rb") as handle:
+            handle.seek(self._flushes_seen)
+            *complete, _being_written = handle.read().split(b"\n")  # a partial line waits for the next call
+        self._flushes_seen += sum(len(line) + 1 for line in complete)
+        forwarder = self.engine.forwarder
+        for line in complete:
+            try:
+                name = json.loads(line)["name"]
+            except (ValueError, KeyError, TypeError):
+                log.warning("forward_flush_unreadable", file=self.flush_file, line=line[:200].decode(errors="replace"))
+                continue
+            if forwarder is None:
+                continue
+            if name is None:
+                forwarder.flush_all()
+            else:
+                forwarder.flush(name)
+        return len(complete)
+
+    def forward_housekeeping(self) -> None:
+        """Each second: the forwarder's (expired entries, log summaries); forget replaced forwarders
+        once their last lookup has ended."""
+        forwarder = self.engine.forwarder
+        if forwarder is not None:
+            forwarder.housekeeping()
+        self.retired_forwarders = [old for old in self.retired_forwarders if old.in_flight]
+
+    async def close_forwarders(self) -> None:
+        """At stop: end the lookups under way (their clients get SERVFAIL), flush the log summaries."""
+        forwarders = [f for f in (self.engine.forwarder, *self.retired_forwarders) if f is not None]
+        self.retired_forwarders = []
+        for forwarder in forwarders:
+            await forwarder.close()
+            forwarder.housekeeping(force=True)
+
     # -- reload ----------------------------------------------------------------------------------
 
     async def reload(self, path: str | None = None, actor: str = "geotm", by_signal: bool = False) -> ReloadResult:
@@ -267,6 +367,11 @@ class Dnsd:
                     plans = await offloop.in_thread(build_plans, config, health, overrides)
                     new = replace(new, health=health, plans=plans, overrides=overrides)
                 new = replace(new, generation=self.engine.snapshot.generation + 1)
+                if _forwarding_changed(old.config, config):
+                    # a new forwarder, its cache empty; the old one finishes the lookups under way
+                    if self.engine.forwarder is not None:
+                        self.retired_forwarders.append(self.engine.forwarder)
+                    self.engine.swap_forwarder(self._new_forwarder(config))
                 self.engine.swap(new)
                 offloop.keep_built()
             await offloop.run_sliced(self.routing_events(new, old, f"config reload by {actor}"))
@@ -284,6 +389,19 @@ class Dnsd:
             if self._after_reload is not None and not by_signal:
                 self._after_reload()
             return ReloadResult(True, config.digest[:12], (), changes, restart)
+
+
+def _file_size(path: str | None) -> int:
+    try:
+        return os.path.getsize(path) if path else 0
+    except OSError:
+        return 0
+
+
+def _forwarding_changed(old: Config, new: Config) -> bool:
+    """Whether a reload needs a new forwarder: its section, or the EDNS size it advertises, changed."""
+    return old.forward != new.forward or (new.forward is not None
+                                          and old.server.edns_udp_size != new.server.edns_udp_size)
 
 
 def _kept_health(health: HealthSnapshot, known: set[tuple[str, str]]) -> HealthSnapshot:
@@ -317,6 +435,12 @@ def _describe_changes(old: Config, new: Config) -> list[str]:
     old_views, new_views = {v.name for v in old.views}, {v.name for v in new.views}
     changes += [f"view {v} added" for v in sorted(new_views - old_views)]
     changes += [f"view {v} removed" for v in sorted(old_views - new_views)]
+    if old.forward is None and new.forward is not None:
+        changes.append("forwarding on")
+    elif old.forward is not None and new.forward is None:
+        changes.append("forwarding off: names outside the zone are REFUSED")
+    elif _forwarding_changed(old, new):
+        changes.append("forward settings changed: a new forwarder, its cache empty")
     if old.zone != new.zone and not changes:
         changes.append("zone settings or records changed")
     return changes or (["no routing-relevant change"] if old.digest != new.digest else ["identical"])
