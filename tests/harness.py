@@ -18,7 +18,7 @@ from typing import Any
 import dns.message
 import dns.query
 
-from dnsd.common.children import Child, free_port, poll_until
+from dnsd.common.children import Child, ChildFailed, free_port, poll_until
 from dnsd.routing.health import EndpointHealth, FeedDocument, Status
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -89,29 +89,45 @@ class ServiceProcess(Child):
         return super().wait_for_log(text, timeout)
 
 
+class _Dnsd(ServiceProcess):
+    """dnsd on ports picked here. Another process may bind a free port between free_port() and dnsd's
+    own bind (parallel tests, other suites on the machine), so a start that fails with EADDRINUSE on
+    ports we picked tries again on new ones (3 tries in all)."""
+
+    def __init__(self, argv_for: Callable[[int, int], list[str]], port: int | None, admin_port: int | None,
+                 **kwargs) -> None:
+        pick = (port is None, admin_port is None)
+        port, admin_port = port or free_port(), admin_port or free_port()
+        super().__init__(argv_for(port, admin_port), ready=lambda: udp_answers("127.0.0.1", self.port),
+                         name="dnsd", **kwargs)
+        self._argv_for, self._pick = argv_for, pick
+        self.port, self.admin_port = port, admin_port
+
+    def start(self) -> ServiceProcess:
+        for attempt in range(3):
+            try:
+                return super().start()
+            except ChildFailed as failure:
+                if attempt == 2 or not any(self._pick) or "Address already in use" not in failure.log_tail:
+                    raise
+            self.reset()
+            self.port = free_port() if self._pick[0] else self.port
+            self.admin_port = free_port() if self._pick[1] else self.admin_port
+            self.argv = self._argv_for(self.port, self.admin_port)
+        raise AssertionError("unreachable")
+
+
 def dnsd(config_path: str | os.PathLike[str], port: int | None = None, extra_args: Sequence[str] = (),
          env: dict[str, str] | None = None, timeout: float = 15.0, admin_port: int | None = None,
          preexec_fn: Callable[[], None] | None = None) -> ServiceProcess:
     """The real server, `python -m dnsd serve --config FILE --listen 127.0.0.1:PORT`, ready when
     it answers a UDP query. Use as `with dnsd(cfg) as proc: ... proc.port ...`."""
-    if port is None:
-        port = free_port()
-    admin_port = admin_port or free_port()
-    argv = [sys.executable, "-m", "dnsd", "serve", "--config", str(config_path),
-            "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin_port}", *extra_args]
+    def argv_for(port: int, admin_port: int) -> list[str]:
+        return [sys.executable, "-m", "dnsd", "serve", "--config", str(config_path),
+                "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin_port}", *extra_args]
     pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    proc = ServiceProcess(
-        argv,
-        ready=lambda: udp_answers("127.0.0.1", port),
-        name="dnsd",
-        env={"PYTHONPATH": pythonpath, **(env or {})},
-        timeout=timeout,
-        cwd=REPO_ROOT,
-        preexec_fn=preexec_fn,
-    )
-    proc.port = port
-    proc.admin_port = admin_port
-    return proc
+    return _Dnsd(argv_for, port, admin_port, env={"PYTHONPATH": pythonpath, **(env or {})}, timeout=timeout,
+                 cwd=REPO_ROOT, preexec_fn=preexec_fn)
 
 
 class FakeFeed(ThreadingHTTPServer):

@@ -224,3 +224,23 @@ def test_free_port_is_free_for_udp_and_tcp(host: str) -> None:
     with socket.socket(family, socket.SOCK_DGRAM) as udp, socket.socket(family, socket.SOCK_STREAM) as tcp:
         udp.bind((host, port))
         tcp.bind((host, port))
+
+
+def test_a_dnsd_whose_port_was_taken_first_starts_on_new_ones(tmp_path):
+    """harness.dnsd picks its ports; when another process binds one first, it tries new ones."""
+    import socket
+
+    from tests import harness
+    from tests.dnstest import EXAMPLE
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    try:
+        proc = harness.dnsd(EXAMPLE)
+        clashing = proc.port
+        proc.port = taken.getsockname()[1]  # as if another process took the port free_port() gave
+        proc.argv = [a.replace(f"127.0.0.1:{clashing}", f"127.0.0.1:{proc.port}") for a in proc.argv]
+        with proc:
+            assert proc.port != taken.getsockname()[1]
+            assert harness.udp_answers("127.0.0.1", proc.port)
+    finally:
+        taken.close()

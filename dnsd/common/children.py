@@ -167,6 +167,15 @@ class Child:
         tail = self.log_tail()
         raise ChildFailed(f"{message}\n--- last {LOG_TAIL_LINES} log lines of {self.name} ---\n{tail}", code, tail)
 
+    def reset(self) -> None:
+        """Forget a finished run (stopped, or failed in wait_ready) so start() may run the child again,
+        with argv changed if need be (a port another process took first)."""
+        if self.running():
+            raise RuntimeError(f"{self.name} is running: stop it first")
+        self._popen, self._reader, self.pid = None, None, 0
+        if self._temporary_log:
+            self.log_path, self._final_log = None, None
+
     # -- while it runs --------------------------------------------------------------------------
 
     def poll(self) -> int | None:
