@@ -334,6 +334,35 @@ class ForwardSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class EtcdTls:
+    """cluster.etcd.tls: how dnsd and probes trust etcd (https endpoints) and prove who they are."""
+
+    ca_file: str | None = None  # PEM bundle that signs etcd's certificates; None: the system CAs
+    cert_file: str | None = None  # our client certificate, when etcd requires one...
+    key_file: str | None = None  # ...and its key
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdSettings:
+    """cluster.etcd: where the shared truth lives (dnsd.cluster)."""
+
+    endpoints: tuple[str, ...] = ()  # client URLs, e.g. http://10.0.0.1:2379; tried in order
+    prefix: str = "/geotm/"  # every key of this deployment starts with it (several may share one etcd)
+    tls: EtcdTls | None = None  # None: plain http endpoints
+    username: str | None = None  # etcd auth (a role with read/write on prefix)...
+    password_file: str | None = None  # ...and its password, read from this file
+    timeout: float = 2.0  # seconds one request may take: a write etcd cannot commit by then is refused
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """The `cluster:` section: many dnsd and probes instances share overrides, verdicts and their own
+    registrations through etcd. Absent: one machine, each dnsd with its own state files."""
+
+    etcd: EtcdSettings
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str  # file it was loaded from
     digest: str  # sha256 of the file text: the running config's version
@@ -346,6 +375,7 @@ class Config:
     health: HealthFeedSettings = field(default_factory=HealthFeedSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     forward: ForwardSettings | None = None  # None (the section absent): names outside the zone are REFUSED
+    cluster: ClusterSettings | None = None  # None (the section absent): no etcd, local state files only
 
     def registry(self, name: str) -> Registry:
         for registry in self.registries:

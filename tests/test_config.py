@@ -10,7 +10,7 @@ import yaml
 
 from dnsd.cli import main as dnsd_main
 from dnsd.config import ConfigError, keys, load_config, parse_config_text, read_document
-from dnsd.model import Soa
+from dnsd.model import EtcdSettings, Soa
 from tests.dnstest import ROOT, example_dict
 
 BAD = sorted((ROOT / "tests" / "config" / "bad").glob("*.yaml"))
@@ -83,7 +83,8 @@ CHECK_KEYS = ("kind, address, port, scheme, host_header, path, method, headers, 
 REPLICA = ("registries", "contoso", "replicas", "eastus")
 ALLOWED_KEYS = [
     # (mapping, what is put there first (None: the example's own), the keys its unknown-key problem lists)
-    ((), None, "server, zone, regions, latency_ms, clients, registries, views, probes, health, admin, forward"),
+    ((), None, "server, zone, regions, latency_ms, clients, registries, views, probes, health, admin, forward, "
+              "cluster"),
     (("server",), None, "listen, edns_udp_size, tcp_idle_timeout, tcp_idle_timeout_under_load, tcp_max_connections, "
                         "tcp_max_connections_per_source, tcp_source_prefix_v4, tcp_source_prefix_v6, fd_reserve, "
                         "rate_limit"),
@@ -112,6 +113,11 @@ ALLOWED_KEYS = [
     (("admin",), None, "listen, token_file, token_env, public_metrics, public_status_page, state_file"),
     (("forward",), {"upstreams": ["9.9.9.9"]}, "upstreams, resolv_conf, clients, try_timeout, deadline, "
                                                 "max_in_flight, cache"),
+    (("cluster",), {"etcd": {"endpoints": ["http://127.0.0.1:2379"], "tls": {}}}, "etcd"),
+]
+CLUSTER_KEYS = [  # (where in the cluster section, the keys its unknown-key problem lists)
+    (("etcd",), "endpoints, prefix, tls, username, password_file, timeout"),
+    (("etcd", "tls"), "ca_file, cert_file, key_file"),
 ]
 
 
@@ -132,6 +138,28 @@ def test_an_unknown_key_names_every_key_its_mapping_allows(site, given, allowed)
         parse_config_text(yaml.safe_dump(data, sort_keys=False), "keys.yaml")
     path = ".".join(f"[{k}]" if isinstance(k, int) else k for k in site + ("bogus_key",)).replace(".[", "[")
     assert f"{path}: unknown key 'bogus_key' (allowed: {allowed})" in caught.value.render()
+
+
+@pytest.mark.parametrize("site, allowed", CLUSTER_KEYS, ids=lambda v: ".".join(v) if isinstance(v, tuple) else "")
+def test_an_unknown_cluster_key_names_every_key_its_mapping_allows(site, allowed):
+    data = copy.deepcopy(example_dict())
+    data["cluster"] = {"etcd": {"endpoints": ["http://127.0.0.1:2379"], "tls": {}}}
+    node = data["cluster"]
+    for key in site:
+        node = node[key]
+    node["bogus_key"] = "bogus"
+    with pytest.raises(ConfigError) as caught:
+        parse_config_text(yaml.safe_dump(data, sort_keys=False), "keys.yaml")
+    path = ".".join(("cluster",) + site + ("bogus_key",))
+    assert f"{path}: unknown key 'bogus_key' (allowed: {allowed})" in caught.value.render()
+
+
+def test_the_cluster_section_absent_is_none_and_present_takes_the_model_defaults():
+    data = copy.deepcopy(example_dict())
+    assert parse_config_text(yaml.safe_dump(data), "plain.yaml").cluster is None
+    data["cluster"] = {"etcd": {"endpoints": ["http://127.0.0.1:2379/", "https://10.0.0.2:2379"]}}
+    etcd = parse_config_text(yaml.safe_dump(data), "cluster.yaml").cluster.etcd
+    assert etcd == EtcdSettings(endpoints=("http://127.0.0.1:2379", "https://10.0.0.2:2379"))
 
 
 def test_a_key_list_naming_a_field_the_model_does_not_have_fails_at_import():

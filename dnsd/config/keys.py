@@ -6,7 +6,8 @@ from dataclasses import fields
 from typing import Mapping
 
 from dnsd.records import RR
-from dnsd.model import (AdminSettings, AllDownPolicy, Config, FeedAccess, ForwardCache, ForwardSettings,
+from dnsd.model import (AdminSettings, AllDownPolicy, ClusterSettings, Config, EtcdSettings, EtcdTls, FeedAccess,
+                        ForwardCache, ForwardSettings,
                         HealthFeedSettings, NameTTLs, PrivateEndpoints, ProbeCheck, ProbeSpec, ProbesSettings,
                         RateLimitSettings, Registry, Replica, ServerSettings, Soa, Topology, View, Webhook, Zone)
 
@@ -84,3 +85,9 @@ FEED = ("url",) + FEED_ACCESS  # one of `feeds` as a mapping: the URL (a string 
 
 FORWARD = keys_of(ForwardSettings)
 FORWARD_CACHE = keys_of(ForwardCache)
+
+# -- cluster --------------------------------------------------------------------------------------
+
+CLUSTER = keys_of(ClusterSettings)
+ETCD = keys_of(EtcdSettings)
+ETCD_TLS = keys_of(EtcdTls)
