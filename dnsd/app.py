@@ -7,12 +7,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
 
+from dnsd.cluster.etcd import client_for
+from dnsd.cluster.overrides import SharedOverrides
+from dnsd.common.secretfile import SecretUnreadable
 from dnsd.ops import admin
 from dnsd.serving import offloop
 from dnsd.ops.admintoken import UnusableToken, load_token
@@ -76,6 +80,30 @@ async def housekeeping(dnsd: Dnsd, worker: WorkerRole | None = None, period: flo
         await asyncio.sleep(period)
 
 
+def instance_name(listen: list[tuple[str, int]]) -> str:
+    """How this dnsd is known in the cluster: host name and first DNS address (unique per machine)."""
+    host, port = listen[0]
+    return f"{socket.gethostname()}/{host}:{port}"
+
+
+def join_cluster(dnsd: Dnsd, config: Config, listen: list[tuple[str, int]]) -> SharedOverrides | None:
+    """With a cluster section: override changes kept in etcd and followed from it (worker 0 only;
+    the other workers follow its state file as without a cluster)."""
+    if config.cluster is None:
+        return None
+    settings = config.cluster.etcd
+    try:
+        client = client_for(settings)
+    except SecretUnreadable as err:
+        # as with the admin token: DNS serves from the local state; override changes are refused
+        log.error("cluster_unusable", error=str(err), effect="serving local overrides; changes refused")
+        return None
+    shared = SharedOverrides(client, settings.prefix, dnsd.overrides, instance_name(listen), dnsd.follow_cluster)
+    dnsd.attach_cluster(shared)
+    log.info("cluster_joining", endpoints=list(settings.endpoints), prefix=settings.prefix, instance=shared.instance)
+    return shared
+
+
 def listener_settings(server: ServerSettings, reuse_port: bool) -> ListenerSettings:
     """The DNS listeners' settings. Raises the soft open-files limit to the hard one first and lowers
     tcp_max_connections when the descriptors left after server.fd_reserve cannot hold it, so DNS
@@ -127,6 +155,9 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None, wor
         feed.load_state()
         feed.refresh()  # apply what was persisted before the first query is answered
         tasks.start(feed.run(), name="health feed")
+    cluster = join_cluster(dnsd, config, listen) if worker is None or not worker.follower else None
+    if cluster is not None:
+        tasks.start(cluster.run(), name="cluster overrides")
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, lambda: tasks.start(dnsd.reload(actor="SIGHUP", by_signal=True),
                                                                name="SIGHUP reload"))
@@ -153,3 +184,5 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None, wor
             await admin_runner.cleanup()
         await server.stop()
         await dnsd.close_forwarders()  # after the listeners: no new lookups start
+        if cluster is not None:
+            await cluster.client.close()

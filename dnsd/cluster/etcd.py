@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import aiohttp
 import structlog
 
+from dnsd.common.secretfile import SecretFile
+from dnsd.model import EtcdSettings
+
 log = structlog.get_logger(__name__)
 
 API = "/v3"  # etcd 3.4 serves /v3 (and /v3beta); 3.5 and later only /v3
@@ -276,3 +279,11 @@ def client_ssl_context(ca_file: str | None, cert_file: str | None, key_file: str
     if cert_file:
         context.load_cert_chain(cert_file, key_file)
     return context
+
+
+def client_for(settings: EtcdSettings) -> EtcdClient:
+    """The client the cluster section describes (reads the password file now: SecretUnreadable)."""
+    tls = settings.tls
+    context = client_ssl_context(tls.ca_file, tls.cert_file, tls.key_file) if tls is not None else None
+    password = SecretFile(settings.password_file, "etcd password file").value() if settings.password_file else None
+    return EtcdClient(settings.endpoints, settings.timeout, context, settings.username, password)

@@ -21,8 +21,8 @@ from dnsd.answers.answer import RCODE_NAMES
 from dnsd.config.reader import parse_duration as parse_config_duration
 from dnsd.ops.explain import client_context, explain, forwarding
 from dnsd.model import AdminSettings
-from dnsd.serving.service import (InvalidChange, NoSuchOverride, NotForwarding, Refused, UnknownReplica,
-                                  WouldLeaveNoReplica)
+from dnsd.serving.service import (ClusterUnavailable, InvalidChange, NoSuchOverride, NotForwarding, Refused,
+                                  UnknownReplica, WouldLeaveNoReplica)
 from dnsd.ops.status import override_json, status_document
 from dnsd.ops.statuspage import render_status_page
 
@@ -42,7 +42,8 @@ class AdminError(Exception):
 
 # the HTTP status for each refusal of the running dnsd (dnsd.serving.service)
 REFUSAL_STATUS: dict[type[Refused], int] = {InvalidChange: 400, UnknownReplica: 404, NoSuchOverride: 404,
-                                            WouldLeaveNoReplica: 409, NotForwarding: 409}
+                                            WouldLeaveNoReplica: 409, NotForwarding: 409,
+                                            ClusterUnavailable: 503}
 
 PUBLIC_METRICS, PUBLIC_STATUS_PAGE, READ, MUTATE = "metrics", "status_page", "read", "mutate"
 # Bearer for the CLI and Prometheus; Basic (any user name, the token as password) so a browser can
@@ -132,7 +133,7 @@ def make_app(dnsd: Dnsd, settings: AdminSettings, token: str | UnusableToken | N
 
     async def get_audit(request: web.Request) -> web.Response:
         limit = _int_query(request, "limit", 100)
-        return web.json_response({"entries": dnsd.overrides.audit_entries(limit)})
+        return web.json_response({"entries": await dnsd.read_audit(limit)})
 
     async def get_overrides(request: web.Request) -> web.Response:
         return web.json_response({"overrides": [override_json(o) for o in dnsd.snapshot.overrides.values()]})
@@ -144,15 +145,15 @@ def make_app(dnsd: Dnsd, settings: AdminSettings, token: str | UnusableToken | N
             duration = parse_duration(duration)
         elif duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))):
             raise AdminError(400, f"duration must be seconds or text like 30m, got {duration!r}")
-        override = dnsd.set_override(_text(body, "registry"), _text(body, "replica"), _text(body, "kind"),
-                                     duration, str(body.get("reason", "")), actor_of(request),
-                                     force=bool(body.get("force", False)))
+        override = await dnsd.request_override(_text(body, "registry"), _text(body, "replica"),
+                                               _text(body, "kind"), duration, str(body.get("reason", "")),
+                                               actor_of(request), force=bool(body.get("force", False)))
         return web.json_response(override_json(override), status=201)
 
     async def delete_override(request: web.Request) -> web.Response:
-        removed = dnsd.remove_override(request.match_info["registry"], request.match_info["replica"],
-                                       actor_of(request), request.query.get("reason", ""),
-                                       request.query.get("kind"))
+        removed = await dnsd.request_removal(request.match_info["registry"], request.match_info["replica"],
+                                             actor_of(request), request.query.get("reason", ""),
+                                             request.query.get("kind"))
         return web.json_response({"removed": override_json(removed)})
 
     async def post_reload(request: web.Request) -> web.Response:

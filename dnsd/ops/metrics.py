@@ -124,6 +124,16 @@ class DnsdCollector(Collector):
         generation = GaugeMetricFamily("geotm_snapshot_generation", "Serving-state swaps since start")
         generation.add_metric([], snapshot.generation)
         yield generation
+        if dnsd.cluster is not None:
+            yield from _cluster_metrics(dnsd)
+
+
+def _cluster_metrics(dnsd: Dnsd) -> Iterator[Metric]:
+    """With a cluster section: whether etcd is reachable (0: the last known state serves, changes refused)."""
+    connected = GaugeMetricFamily("geotm_cluster_connected", "1 while the cluster's etcd is reachable with a "
+                                  "leader; 0: serving the last known overrides, override changes refused")
+    connected.add_metric([], 1.0 if dnsd.cluster.connected else 0.0)
+    yield connected
 
 
 def _tcp_metrics(dnsd: Dnsd) -> Iterator[Metric]:

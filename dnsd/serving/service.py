@@ -24,12 +24,14 @@ from dnsd.config.upstreams import is_own
 from dnsd.forward import Forwarder
 from dnsd.routing.health import HealthSnapshot
 from dnsd.model import Config
-from dnsd.routing.overrides import DRAIN, FORCE_DOWN, KINDS, Override, OverrideStore
+from dnsd.cluster.etcd import EtcdRefused, EtcdUnavailable
+from dnsd.routing.overrides import DRAIN, FORCE_DOWN, KINDS, Override, OverrideBackend, OverrideStore
 from dnsd.routing.policy import RoutingPlan, plan as make_plan
 from dnsd.protocol.rrl import ResponseRateLimiter
 from dnsd.serving.runtime import QueryEngine, Snapshot, build_plans, new_snapshot
 
 if TYPE_CHECKING:
+    from dnsd.cluster.overrides import SharedOverrides
     from dnsd.routing.feed import HealthFeed
     from dnsd.protocol.tcp import TcpStats
 
@@ -56,6 +58,10 @@ class NoSuchOverride(Refused):
 
 class WouldLeaveNoReplica(Refused):
     """Draining or forcing down the last serving replica of a registry, without force."""
+
+
+class ClusterUnavailable(Refused):
+    """The cluster's etcd cannot take a change now (unreachable, no quorum): nothing changed anywhere."""
 
 
 class NotForwarding(Refused):
@@ -87,6 +93,8 @@ class Dnsd:
                                                     _audit_path(config.admin.state_file), clock)
         self.overrides.load()
         self.overrides.prune(replica_keys(config))
+        self.backend: OverrideBackend = self.overrides  # where changes are kept: these files, or etcd
+        self.cluster: SharedOverrides | None = None  # the cluster's overrides (attach_cluster)
         # where we answer (--listen may differ from server.listen): never an upstream of our own
         self.listen = tuple(listen) if listen else config.server.listen
         self.retired_forwarders: list[Forwarder] = []  # replaced by a reload, lookups still under way
@@ -121,6 +129,11 @@ class Dnsd:
     def attach_feed(self, feed: HealthFeed) -> None:
         """The health feed whose verdicts reach apply_health (its state shows in status and metrics)."""
         self.feed = feed
+
+    def attach_cluster(self, shared: SharedOverrides) -> None:
+        """Keep override changes in the cluster's etcd (the local store becomes its mirror)."""
+        self.cluster = shared
+        self.backend = shared
 
     def attach_listeners(self, tcp_stats: Callable[[], TcpStats], tcp_limit: int) -> None:
         """The DNS listeners' TCP admission counters, and the connection cap they enforce."""
@@ -187,6 +200,48 @@ class Dnsd:
 
     def set_override(self, registry: str, replica: str, kind: str, duration: float | None, reason: str,
                      actor: str, force: bool = False) -> Override:
+        """This machine's change, kept in its own files."""
+        override = self._checked_override(registry, replica, kind, duration, reason, actor, force)
+        self.overrides.put(override)
+        self._override_set(override)
+        return override
+
+    async def request_override(self, registry: str, replica: str, kind: str, duration: float | None, reason: str,
+                               actor: str, force: bool = False) -> Override:
+        """The admin API's change: kept by the backend (the cluster's etcd when there is one, which
+        every dnsd follows) before it is applied here; ClusterUnavailable when etcd cannot keep it."""
+        override = self._checked_override(registry, replica, kind, duration, reason, actor, force)
+        await self._kept(self.backend.publish(override), f"{kind} {registry}/{replica}")
+        self._override_set(override)
+        return override
+
+    async def request_removal(self, registry: str, replica: str, actor: str, reason: str = "",
+                              kind: str | None = None) -> Override:
+        """remove_override through the backend (as request_override)."""
+        current = self._current_override(registry, replica, kind)
+        if not await self._kept(self.backend.withdraw(current, actor, reason), f"undo {registry}/{replica}"):
+            raise NoSuchOverride(f"{registry}/{replica}: its {current.kind} was removed elsewhere meanwhile")
+        self._override_removed(current, actor)
+        return current
+
+    async def read_audit(self, limit: int) -> list[dict]:
+        return await self._kept(self.backend.read_audit(limit), "reading the audit log")
+
+    @staticmethod
+    async def _kept(write, what: str):
+        try:
+            return await write
+        except (EtcdUnavailable, EtcdRefused) as err:
+            raise ClusterUnavailable(f"{what} NOT done: the cluster's etcd cannot take it now ({err}); no dnsd "
+                                     "changed. Retry when etcd has quorum again") from None
+
+    def follow_cluster(self, why: str) -> None:
+        """The cluster's overrides changed (mirrored into self.overrides): apply them."""
+        self._apply_overrides(why)
+        self.note("overrides_from_cluster", why=why)
+
+    def _checked_override(self, registry: str, replica: str, kind: str, duration: float | None, reason: str,
+                          actor: str, force: bool) -> Override:
         snapshot = self.engine.snapshot
         self._check_replica(snapshot, registry, replica)
         if kind not in KINDS:
@@ -206,24 +261,34 @@ class Dnsd:
                 raise WouldLeaveNoReplica(f"{replica} is the last serving replica of {registry}: {kind} would leave "
                                       f"the global name with none (all-down policy {before.registry.all_down.mode} "
                                       "would decide); repeat with force to do it anyway")
-        self.overrides.put(override)
-        self._apply_overrides(f"{kind} {registry}/{replica} by {actor}: {reason or 'no reason given'}")
-        self.note("override_set", registry=registry, replica=replica, kind=kind, actor=actor, reason=reason,
-                  expires_at=override.expires_at)
         return override
+
+    def _override_set(self, override: Override) -> None:
+        self._apply_overrides(f"{override.kind} {override.registry}/{override.replica} by {override.actor}: "
+                              f"{override.reason or 'no reason given'}")
+        self.note("override_set", registry=override.registry, replica=override.replica, kind=override.kind,
+                  actor=override.actor, reason=override.reason, expires_at=override.expires_at)
 
     def remove_override(self, registry: str, replica: str, actor: str, reason: str = "",
                         kind: str | None = None) -> Override:
+        current = self._current_override(registry, replica, kind)
+        self.overrides.remove(registry, replica, actor, reason)
+        self._override_removed(current, actor)
+        return current
+
+    def _current_override(self, registry: str, replica: str, kind: str | None) -> Override:
         self._check_replica(self.engine.snapshot, registry, replica)
         current = self.engine.snapshot.overrides.get((registry, replica))
         if current is None or (kind is not None and current.kind != kind):
             what = f"a {kind} override" if kind else "an override"
             raise NoSuchOverride(f"{registry}/{replica} has no {what}"
                                   + (f" (it has {current.kind})" if current else ""))
-        self.overrides.remove(registry, replica, actor, reason)
-        self._apply_overrides(f"undo {current.kind} {registry}/{replica} by {actor}")
-        self.note("override_removed", registry=registry, replica=replica, kind=current.kind, actor=actor)
         return current
+
+    def _override_removed(self, current: Override, actor: str) -> None:
+        self._apply_overrides(f"undo {current.kind} {current.registry}/{current.replica} by {actor}")
+        self.note("override_removed", registry=current.registry, replica=current.replica, kind=current.kind,
+                  actor=actor)
 
     def expire_overrides(self) -> list[Override]:
         gone = self.overrides.expire()
@@ -464,5 +529,7 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
         result.append("admin.listen/token_file")
     if old.health != new.health:
         result.append("health")
+    if old.cluster != new.cluster:
+        result.append("cluster")
     return result
 
