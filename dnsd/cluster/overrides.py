@@ -9,7 +9,6 @@ Keys under the deployment's prefix:
     audit/<ns since epoch>-<instance> JSON audit entry (as the local JSONL log's)"""
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from dataclasses import asdict
@@ -17,31 +16,27 @@ from typing import Callable
 
 import structlog
 
-from dnsd.cluster.etcd import EtcdClient, EtcdRefused, EtcdUnavailable, KeyValue, absent, delete_op, put_op
+from dnsd.cluster.etcd import EtcdClient, EtcdRefused, EtcdUnavailable, KeyValue, WatchEvent, absent, delete_op, put_op
+from dnsd.cluster.follow import PrefixFollower
 from dnsd.routing.overrides import KINDS, Override, OverrideStore
 
 log = structlog.get_logger(__name__)
 
-HEARTBEAT = 1.0  # seconds between checks that the etcd member we talk to still has a leader
-RETRY_FIRST, RETRY_MAX = 0.2, 3.0  # reconnect backoff (seconds), doubled per failure
 
 
-class SharedOverrides:
+class SharedOverrides(PrefixFollower):
     """The cluster's overrides for one dnsd. `on_change(why)` runs after each change mirrored into
-    `local` (Dnsd applies it); `on_connected(bool)` when etcd becomes reachable or not."""
+    `local` (Dnsd applies it)."""
+
+    what = "overrides"
 
     def __init__(self, client: EtcdClient, prefix: str, local: OverrideStore, instance: str,
                  on_change: Callable[[str], None], clock: Callable[[], float] = time.time):
-        self.client = client
+        super().__init__(client, prefix + "overrides/", clock)
         self.prefix = prefix
-        self.keys = prefix + "overrides/"
         self.local = local
         self.instance = instance
         self.on_change = on_change
-        self.clock = clock
-        self.connected = False
-        self.last_sync: float | None = None  # when etcd's state was last mirrored (a read or a watch event)
-        self.revision = 0  # etcd's revision of the state mirrored
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -92,78 +87,40 @@ class SharedOverrides:
             state[(registry, replica)] = override
         self.local.mirror(state)
 
-    # -- following -------------------------------------------------------------------------------
+    # -- following (PrefixFollower) -------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Read the whole prefix, then watch it from that revision; on any failure mark disconnected,
-        keep the last state and start again (the full read converges to whatever changed meanwhile)."""
-        delay = RETRY_FIRST
-        while True:
-            try:
-                await self._follow()
-            except EtcdUnavailable as err:
-                if self.connected:
-                    log.warning("cluster_disconnected", error=str(err), effect="serving the last known overrides; "
-                                "override changes are refused until etcd is back")
-                self._set_connected(False)
-            except EtcdRefused as err:
-                log.error("cluster_refused", error=str(err), effect="serving the last known overrides")
-                self._set_connected(False)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
-            if self.connected:
-                delay = RETRY_FIRST
-
-    async def _follow(self) -> None:
-        kvs, revision = await self.client.get_prefix(self.keys)
+    def _load(self, kvs: list[KeyValue], revision: int) -> None:
         state = {}
         for kv in kvs:
             override = _override(kv)
             if override is not None:
                 state[(override.registry, override.replica)] = override
-        self.revision, self.last_sync = revision, self.clock()
-        changed = self.local.mirror(state)
-        self._set_connected(True)
-        if changed:
+        if self.local.mirror(state):
             self.on_change(f"converged to etcd's overrides (revision {revision})")
-        watch = asyncio.ensure_future(self._watch(revision + 1))
-        beat = asyncio.ensure_future(self._heartbeat())
-        try:
-            done, _ = await asyncio.wait({watch, beat}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()  # raises what ended it
-            raise EtcdUnavailable("watch ended")
-        finally:
-            for task in (watch, beat):
-                task.cancel()
-            await asyncio.gather(watch, beat, return_exceptions=True)
 
-    async def _watch(self, start: int) -> None:
-        async for events in self.client.watch_prefix(self.keys, start):
-            state = dict(self.local.current())
-            whys = []
-            for event in events:
-                name = event.kv.key[len(self.keys):]
-                registry, _, replica = name.partition("/")
-                if event.kind == "put":
-                    override = _override(event.kv)
-                    if override is None:
-                        continue
-                    state[(registry, replica)] = override
-                    whys.append(f"{override.kind} {registry}/{replica} by {override.actor}: "
-                                f"{override.reason or 'no reason given'}")
+    async def _apply(self, events: list[WatchEvent]) -> None:
+        state = dict(self.local.current())
+        whys = []
+        for event in events:
+            name = event.kv.key[len(self.keys):]
+            registry, _, replica = name.partition("/")
+            if event.kind == "put":
+                override = _override(event.kv)
+                if override is None:
+                    continue
+                state[(registry, replica)] = override
+                whys.append(f"{override.kind} {registry}/{replica} by {override.actor}: "
+                            f"{override.reason or 'no reason given'}")
+            else:
+                state.pop((registry, replica), None)
+                before = _override(event.previous) if event.previous else None
+                if before is not None and before.expires_at is not None and before.expires_at <= self.clock() + 1:
+                    whys.append(f"expired {before.kind} {registry}/{replica}")
+                    await self._audit_expiry(before)
                 else:
-                    state.pop((registry, replica), None)
-                    before = _override(event.previous) if event.previous else None
-                    if before is not None and before.expires_at is not None and before.expires_at <= self.clock() + 1:
-                        whys.append(f"expired {before.kind} {registry}/{replica}")
-                        await self._audit_expiry(before)
-                    else:
-                        whys.append(f"undo {before.kind if before else 'override'} {registry}/{replica}")
-                self.revision = max(self.revision, event.kv.mod_revision)
-            self.last_sync = self.clock()
-            if whys and self.local.mirror(state):
-                self.on_change("etcd: " + "; ".join(whys))
+                    whys.append(f"undo {before.kind if before else 'override'} {registry}/{replica}")
+        if whys and self.local.mirror(state):
+            self.on_change("etcd: " + "; ".join(whys))
 
     async def _audit_expiry(self, override: Override) -> None:
         """One audit entry per expiry, whichever dnsd sees it first (created only if absent)."""
@@ -176,27 +133,6 @@ class SharedOverrides:
             await self.client.txn([put_op(key, json.dumps(entry).encode())], compare=[absent(key)])
         except (EtcdUnavailable, EtcdRefused) as err:
             log.warning("cluster_audit_failed", action="expired", error=str(err))
-
-    async def _heartbeat(self) -> None:
-        """A watch through a cut network hears nothing, like a quiet one: ask the member every second
-        whether it still reaches a leader, and end the watch when it does not (twice in a row)."""
-        misses = 0
-        while True:
-            await asyncio.sleep(HEARTBEAT)
-            try:
-                status = await self.client.status()
-                ok = int(status.get("leader", 0)) != 0
-            except EtcdUnavailable:
-                ok = False
-            misses = 0 if ok else misses + 1
-            if misses >= 2:
-                raise EtcdUnavailable("etcd member unreachable or without a leader")
-
-    def _set_connected(self, connected: bool) -> None:
-        if connected != self.connected:
-            self.connected = connected
-            log.info("cluster_connected" if connected else "cluster_not_connected", endpoints=self.client.endpoints,
-                     prefix=self.prefix)
 
 
 def _override(kv: KeyValue) -> Override | None:
