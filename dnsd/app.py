@@ -16,6 +16,7 @@ from aiohttp import web
 
 from dnsd.cluster.etcd import client_for
 from dnsd.cluster.overrides import SharedOverrides
+from dnsd.cluster.verdicts import VerdictFollower
 from dnsd.common.secretfile import SecretUnreadable
 from dnsd.ops import admin
 from dnsd.serving import offloop
@@ -149,7 +150,7 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None, wor
         structlog.contextvars.bind_contextvars(worker=worker.index)
     tasks = TaskSet()
     tasks.start(housekeeping(dnsd, worker), name="housekeeping")
-    if config.health.feeds:
+    if config.health.feeds or config.cluster is not None:  # a cluster's probes publish through etcd
         feed = HealthFeed(config.health, replica_keys(config), dnsd.apply_health)
         dnsd.attach_feed(feed)
         feed.load_state()
@@ -158,6 +159,9 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None, wor
     cluster = join_cluster(dnsd, config, listen) if worker is None or not worker.follower else None
     if cluster is not None:
         tasks.start(cluster.run(), name="cluster overrides")
+        if dnsd.feed is not None:
+            verdicts = VerdictFollower(cluster.client, cluster.prefix, dnsd.feed)
+            tasks.start(verdicts.run(), name="cluster verdicts")
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, lambda: tasks.start(dnsd.reload(actor="SIGHUP", by_signal=True),
                                                                name="SIGHUP reload"))
