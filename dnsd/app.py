@@ -5,6 +5,7 @@ stop, SIGHUP reloads); started in order, stopped in reverse."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import socket
@@ -15,6 +16,8 @@ import structlog
 from aiohttp import web
 
 from dnsd.cluster.etcd import client_for
+from dnsd.cluster.follow import PrefixFollower
+from dnsd.cluster.members import MemberFollower, MemberPublisher
 from dnsd.cluster.overrides import SharedOverrides
 from dnsd.cluster.verdicts import VerdictFollower
 from dnsd.common.secretfile import SecretUnreadable
@@ -105,6 +108,21 @@ def join_cluster(dnsd: Dnsd, config: Config, listen: list[tuple[str, int]]) -> S
     return shared
 
 
+def registration(dnsd: Dnsd, followers: list[PrefixFollower], dns: list[tuple[str, int]],
+                 admin_address: tuple[str, int] | None) -> dict:
+    """What this dnsd says about itself in the cluster (dnsd.cluster.members)."""
+    shared = dnsd.cluster
+    assert shared is not None
+    syncs = [follower.last_sync for follower in followers]
+    return {"instance": shared.instance, "dns": [f"{host}:{port}" for host, port in dns],
+            "admin": f"{admin_address[0]}:{admin_address[1]}" if admin_address else None,
+            "config": dnsd.snapshot.config.digest, "config_source": dnsd.snapshot.config.source,
+            "health_generation": dnsd.feed.generation if dnsd.feed is not None else None,
+            "overrides_revision": shared.revision, "overrides_changed": shared.changed_revision,
+            "last_sync": None if None in syncs else min(syncs),  # type: ignore[type-var]
+            "connected": all(follower.connected for follower in followers), "pid": os.getpid()}
+
+
 def listener_settings(server: ServerSettings, reuse_port: bool) -> ListenerSettings:
     """The DNS listeners' settings. Raises the soft open-files limit to the hard one first and lowers
     tcp_max_connections when the descriptors left after server.fd_reserve cannot hold it, so DNS
@@ -159,9 +177,18 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None, wor
     cluster = join_cluster(dnsd, config, listen) if worker is None or not worker.follower else None
     if cluster is not None:
         tasks.start(cluster.run(), name="cluster overrides")
+        followers: list[PrefixFollower] = [cluster]
         if dnsd.feed is not None:
             verdicts = VerdictFollower(cluster.client, cluster.prefix, dnsd.feed)
             tasks.start(verdicts.run(), name="cluster verdicts")
+            followers.append(verdicts)
+        assert config.cluster is not None
+        document = functools.partial(registration, dnsd, followers, listen, config.admin.listen)
+        member_ttl = config.cluster.member_ttl
+        dnsd.members = MemberFollower(cluster.client, cluster.prefix, document, member_ttl)
+        tasks.start(dnsd.members.run(), name="cluster instances")
+        registered = MemberPublisher(cluster.client, cluster.prefix, cluster.instance, member_ttl, document)
+        tasks.start(registered.run(), name="cluster registration")
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, lambda: tasks.start(dnsd.reload(actor="SIGHUP", by_signal=True),
                                                                name="SIGHUP reload"))
@@ -189,4 +216,5 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None, wor
         await server.stop()
         await dnsd.close_forwarders()  # after the listeners: no new lookups start
         if cluster is not None:
+            await registered.withdraw()  # a clean stop leaves the list now, not at the lease's end
             await cluster.client.close()

@@ -218,6 +218,23 @@ def render_refusal(command: str, status: int, body: dict) -> str:
     return "\n".join([head] + [f"  {problem}" for problem in problems])
 
 
+def _cluster_lines(cluster: dict) -> list[str]:
+    instances = cluster["instances"]
+    lagging = sum(1 for member in instances if member["problems"])
+    lines = [f"cluster: {len(instances)} dnsd instance{'' if len(instances) == 1 else 's'}"
+             f"{f', {lagging} OUT OF STEP' if lagging else ', all in step'}"
+             f"{'' if cluster['connected'] else ' (this one cannot reach etcd: as last seen)'}"]
+    for member in instances:
+        synced = f"synced {member['last_sync_age_seconds']:g}s ago" if member["last_sync_age_seconds"] is not None \
+            else "never synced"
+        lines.append(f"  {member['instance']}{' (this one)' if member['self'] else ''}: dns "
+                     f"{','.join(member['dns'])} admin {member['admin'] or 'off'}, config {member['config_version']}, "
+                     f"health generation {member['health_generation']}, overrides revision "
+                     f"{member['overrides_revision']}, {synced}")
+        lines += [f"    OUT OF STEP: {problem}" for problem in member["problems"]]
+    return lines
+
+
 def render_admin_answer(command: str, body: dict) -> str:
     if command == "status":
         lines = [f"config {body['config']['version']} ({body['config']['source']}), generation {body['generation']}"]
@@ -231,6 +248,8 @@ def render_admin_answer(command: str, body: dict) -> str:
                 extra = f"  [{override['kind']} by {override['actor']}: {override['reason']}]" if override else ""
                 serving = "serving" if rep["serving"] else "not serving"
                 lines.append(f"  {rep['name']:<16} {rep['status']:<9} {serving:<12} {rep['reason']}{extra}")
+        if "cluster" in body:
+            lines += _cluster_lines(body["cluster"])
         return "\n".join(lines)
     if command in OVERRIDE_KINDS:
         until = (f" until {time.strftime('%H:%M:%S', time.localtime(body['expires_at']))}"

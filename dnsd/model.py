@@ -360,6 +360,9 @@ class ClusterSettings:
     registrations through etcd. Absent: one machine, each dnsd with its own state files."""
 
     etcd: EtcdSettings
+    # each dnsd's registration (instances/<instance>) is leased this long: a dead dnsd leaves the list
+    # after it; also the bound on a live one's last sync before `dnsd status` flags it out of sync
+    member_ttl: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

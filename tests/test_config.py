@@ -113,7 +113,7 @@ ALLOWED_KEYS = [
     (("admin",), None, "listen, token_file, token_env, public_metrics, public_status_page, state_file"),
     (("forward",), {"upstreams": ["9.9.9.9"]}, "upstreams, resolv_conf, clients, try_timeout, deadline, "
                                                 "max_in_flight, cache"),
-    (("cluster",), {"etcd": {"endpoints": ["http://127.0.0.1:2379"], "tls": {}}}, "etcd"),
+    (("cluster",), {"etcd": {"endpoints": ["http://127.0.0.1:2379"], "tls": {}}}, "etcd, member_ttl"),
 ]
 CLUSTER_KEYS = [  # (where in the cluster section, the keys its unknown-key problem lists)
     (("etcd",), "endpoints, prefix, tls, username, password_file, timeout"),

@@ -30,6 +30,7 @@ class PrefixFollower:
         self.connected = False
         self.last_sync: float | None = None  # when etcd's state was last taken (a read or a watch batch)
         self.revision = 0  # etcd's revision of the state taken
+        self.changed_revision = 0  # the newest change under keys seen (a key's or a delete's revision)
 
     def _load(self, kvs: list[KeyValue], revision: int) -> None:
         raise NotImplementedError
@@ -58,6 +59,7 @@ class PrefixFollower:
         kvs, revision = await self.client.get_prefix(self.keys)
         self.revision, self.last_sync = revision, self.clock()
         self._load(kvs, revision)
+        self.changed_revision = max([self.changed_revision, *(kv.mod_revision for kv in kvs)])
         self._set_connected(True)
         watch = asyncio.ensure_future(self._watch(revision + 1))
         beat = asyncio.ensure_future(self._heartbeat())
@@ -75,7 +77,8 @@ class PrefixFollower:
         async for events in self.client.watch_prefix(self.keys, start):
             if events:
                 await self._apply(events)
-                self.revision = max(self.revision, *(event.kv.mod_revision for event in events))
+                newest = max(event.kv.mod_revision for event in events)
+                self.revision, self.changed_revision = max(self.revision, newest), max(self.changed_revision, newest)
             self.last_sync = self.clock()
 
     async def _heartbeat(self) -> None:
@@ -90,6 +93,8 @@ class PrefixFollower:
             except EtcdUnavailable:
                 ok = False
             misses = 0 if ok else misses + 1
+            if ok:  # the watch is open on a member with a leader: nothing missed
+                self.last_sync = self.clock()
             if misses >= 2:
                 raise EtcdUnavailable("etcd member unreachable or without a leader")
 

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 from dnsd.config import keys
 from dnsd.config.reader import Reader
 from dnsd.config.yamlnodes import Node
-from dnsd.model import ClusterSettings, EtcdSettings, EtcdTls
+from dnsd.model import ClusterSettings, EtcdSettings, EtcdTls, default_of
 
 
 def cluster_section(r: Reader, node: Node | None) -> tuple[bool, ClusterSettings | None]:
@@ -19,7 +19,9 @@ def cluster_section(r: Reader, node: Node | None) -> tuple[bool, ClusterSettings
     if m is None:
         return False, None
     etcd = _etcd(r, m.get("etcd"))
-    return (etcd is not None), (ClusterSettings(etcd=etcd) if etcd is not None else None)
+    member_ttl = r.duration(m.get("member_ttl"), default_of(ClusterSettings, "member_ttl"), 1.0)  # etcd's leases: whole seconds
+    usable = etcd is not None and member_ttl is not None
+    return usable, (ClusterSettings(etcd=etcd, member_ttl=member_ttl) if usable else None)  # type: ignore[arg-type]
 
 
 def _etcd(r: Reader, node: Node | None) -> EtcdSettings | None:

@@ -44,4 +44,19 @@ def status_document(dnsd: Dnsd) -> dict:
                                   "age_seconds": round(now - f.fetched_at, 1) if f.fetched_at else None}
                                  for f in feed.feeds] if feed else [],
                        "expired": bool(feed and feed.expired)},
-            "registries": registries}
+            "registries": registries, **({"cluster": cluster_json(dnsd)} if dnsd.members is not None else {})}
+
+
+def cluster_json(dnsd: Dnsd) -> dict:
+    """Every dnsd of the cluster as its registration in etcd says (this one live), each with what puts
+    it out of step (another config, not synced lately, overrides behind)."""
+    members = dnsd.members
+    assert members is not None
+    now = time.time()
+    instances = [{"instance": m["instance"], "self": m["self"], "dns": m.get("dns", []), "admin": m.get("admin"),
+                  "config_version": str(m.get("config"))[:12], "health_generation": m.get("health_generation"),
+                  "overrides_revision": m.get("overrides_revision"), "connected": bool(m.get("connected")),
+                  "last_sync_age_seconds": round(now - m["last_sync"], 1) if m.get("last_sync") else None,
+                  "problems": m["problems"]}
+                 for m in members.listing()]
+    return {"connected": members.connected, "sync_bound_seconds": members.bound, "instances": instances}

@@ -31,6 +31,7 @@ from dnsd.protocol.rrl import ResponseRateLimiter
 from dnsd.serving.runtime import QueryEngine, Snapshot, build_plans, new_snapshot
 
 if TYPE_CHECKING:
+    from dnsd.cluster.members import MemberFollower
     from dnsd.cluster.overrides import SharedOverrides
     from dnsd.routing.feed import HealthFeed
     from dnsd.protocol.tcp import TcpStats
@@ -95,6 +96,7 @@ class Dnsd:
         self.overrides.prune(replica_keys(config))
         self.backend: OverrideBackend = self.overrides  # where changes are kept: these files, or etcd
         self.cluster: SharedOverrides | None = None  # the cluster's overrides (attach_cluster)
+        self.members: MemberFollower | None = None  # every dnsd of the cluster, for status (app wires it)
         # where we answer (--listen may differ from server.listen): never an upstream of our own
         self.listen = tuple(listen) if listen else config.server.listen
         self.retired_forwarders: list[Forwarder] = []  # replaced by a reload, lookups still under way
