@@ -58,18 +58,20 @@ def make_ca(directory: Path) -> tuple[Path, Path]:
 
 
 def make_server_cert(directory: Path, name: str, ca: tuple[Path, Path], names: tuple[str, ...],
-                     addresses: tuple[str, ...]) -> ServerCert:
+                     addresses: tuple[str, ...], usage: str = "serverAuth", subject: str | None = None) -> ServerCert:
+    """`usage`: the extended key usage (etcd's certificates: "serverAuth,clientAuth"; a client's:
+    "clientAuth"); `subject`: default /CN=<first name>."""
     ca_cert, ca_key = ca
     cert, key, csr, ext = (directory / f"{name}.crt", directory / f"{name}.key", directory / f"{name}.csr",
                            directory / f"{name}.ext")
     ext.write_text("\n".join([
         "basicConstraints=critical,CA:FALSE",
         "keyUsage=critical,digitalSignature,keyEncipherment",
-        "extendedKeyUsage=serverAuth",
+        f"extendedKeyUsage={usage}",
         san_extension(names, addresses),
     ]) + "\n")
     _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={names[0]}", cwd=directory)
+             "-keyout", str(key), "-out", str(csr), "-subj", subject or f"/CN={names[0]}", cwd=directory)
     _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial",
              "-days", "2", "-sha256", "-extfile", str(ext), "-out", str(cert), cwd=directory)
     return ServerCert(cert, key, names)

@@ -175,3 +175,34 @@ async def _undrain_directly(etcd: Etcd) -> None:
         await client.delete("/test-geotm/overrides/contoso/westeurope")
     finally:
         await client.close()
+
+
+def test_an_expiry_while_no_dnsd_watched_is_audited_once_by_the_first_to_read_again(tmp_path, etcd):
+    """Decision: a dnsd that knew an override (its state file) and finds it gone at a full read, past
+    its expiry and with no undo or expiry entry since its creation, audits it as expired (one entry
+    however many find it: the entry's key is made from the expiry). One undone meanwhile is not."""
+    one, two = instance_config(tmp_path, "one", etcd), instance_config(tmp_path, "two", etcd)
+    with instance(one) as first, instance(two) as second:
+        harness.wait_until(lambda: metric(second, "geotm_cluster_connected") == 1.0, 10, "connected")
+        drained = time.monotonic()
+        assert drain(first, "6s")[0] == 201
+        body = {"registry": "contoso", "replica": "southeastasia", "kind": "drain", "reason": "r", "duration": "6s"}
+        assert admin(first, "POST", "/v1/overrides", body)[0] == 201
+        harness.wait_until(lambda: global_answer(second) == EASTUS, 1.0, "drain seen by instance 2")
+        second.stop()
+        assert admin(first, "DELETE", "/v1/overrides/contoso/southeastasia?kind=drain")[0] == 200
+        first.stop()
+        assert time.monotonic() - drained < 5, "both stopped before the expiry (else this tests the watch)"
+        harness.wait_until(lambda: not etcd_keys(etcd, "/test-geotm/overrides/"), 10, "the lease's end")
+        time.sleep(1.0)  # past expires_at + 1 s, the margin a dnsd allows etcd's lease clock
+        for process in (first, second):
+            process.reset()
+            process.start()
+        expected = [("set", "westeurope"), ("set", "southeastasia"), ("undo", "southeastasia"),
+                    ("expired", "westeurope")]
+        harness.wait_until(lambda: [(e["action"], e["replica"]) for e in admin(first, "GET", "/v1/audit")[1]
+                                    ["entries"]] == expected, 10, "one expiry entry, none for the undone")
+        time.sleep(0.5)  # the second instance's read is done too: still one
+        entries = admin(second, "GET", "/v1/audit")[1]["entries"]
+        assert [(e["action"], e["replica"]) for e in entries] == expected
+        assert entries[-1]["noticed_at"] > entries[-1]["at"]

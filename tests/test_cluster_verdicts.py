@@ -69,3 +69,33 @@ async def test_live_probes_vote_and_a_killed_one_takes_its_verdicts_with_it(tmp_
             await asyncio.gather(*tasks.values(), return_exceptions=True)
             for publisher in publishers.values():
                 await publisher.client.close()
+
+
+async def test_verdicts_from_etcd_outlive_a_restart_without_etcd(tmp_path, etcd):
+    """Saved in the health state file: a dnsd restarted while etcd is down applies them for health.ttl."""
+    path = instance_config(tmp_path, "one", etcd)
+    state = tmp_path / "one" / "health.json"
+    path.write_text(path.read_text().replace("health: {}", f"health: {{ttl: 30s, state_file: {state}}}"))
+    client = EtcdClient(etcd.urls)
+    publishers = [VerdictPublisher(client, "/test-geotm/", name, 30, lambda d=verdicts(name, Status.DEGRADED): d,
+                                   lambda: 1) for name in ("probe-a", "probe-b")]
+    tasks = [asyncio.create_task(publisher.run()) for publisher in publishers]
+    try:
+        with harness.dnsd(path) as process:
+            await harness.wait_until_async(lambda: global_answer(process) == EASTUS, 10, "both say degraded")
+            await harness.wait_until_async(lambda: "probe-b" in state.read_text(), 5, "saved")
+            process.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            etcd.stop()
+            process.reset()
+            process.start()  # etcd down: from the state file
+            assert await answer(process) == EASTUS
+            assert "probe-a" in process.log_text() and '"health_state_loaded"' in process.log_text()
+            assert metric(process, "geotm_cluster_connected") == 0.0
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await client.close()

@@ -170,6 +170,11 @@ class EtcdClient:
         answer = await self.post("/kv/range", {"key": _b64(prefix), "range_end": prefix_end(prefix)})
         return [_kv(entry) for entry in answer.get("kvs", [])], int(answer["header"]["revision"])
 
+    async def get_from(self, start: str, prefix: str) -> list[KeyValue]:
+        """The keys under prefix from start on (in key order)."""
+        answer = await self.post("/kv/range", {"key": _b64(start), "range_end": prefix_end(prefix)})
+        return [_kv(entry) for entry in answer.get("kvs", [])]
+
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         answer = await self.post("/kv/put", {"key": _b64(key), "value": _b64(value),
                                              **({"lease": str(lease)} if lease else {})})

@@ -38,6 +38,9 @@ class PrefixFollower:
     async def _apply(self, events: list[WatchEvent]) -> None:
         raise NotImplementedError
 
+    async def _settle(self) -> None:
+        """After a full read: what the read showed that needs etcd again (nothing by default)."""
+
     def _lost(self) -> None:
         """etcd became unreachable (called once per outage)."""
 
@@ -61,6 +64,7 @@ class PrefixFollower:
         self._load(kvs, revision)
         self.changed_revision = max([self.changed_revision, *(kv.mod_revision for kv in kvs)])
         self._set_connected(True)
+        await self._settle()
         watch = asyncio.ensure_future(self._watch(revision + 1))
         beat = asyncio.ensure_future(self._heartbeat())
         try:

@@ -37,6 +37,10 @@ class SharedOverrides(PrefixFollower):
         self.local = local
         self.instance = instance
         self.on_change = on_change
+        # every override this dnsd knew in etcd (its state file's at start): one found gone at a full
+        # read, past its expiry and without a removal entry, ended while no dnsd watched
+        self.seen = dict(local.current())
+        self._ended_unwatched: list[Override] = []
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -83,8 +87,10 @@ class SharedOverrides(PrefixFollower):
         state = dict(self.local.current())
         if override is None:
             state.pop((registry, replica), None)
+            self.seen.pop((registry, replica), None)
         else:
             state[(registry, replica)] = override
+            self.seen[(registry, replica)] = override
         self.local.mirror(state)
 
     # -- following (PrefixFollower) -------------------------------------------------------------
@@ -95,6 +101,10 @@ class SharedOverrides(PrefixFollower):
             override = _override(kv)
             if override is not None:
                 state[(override.registry, override.replica)] = override
+        now = self.clock()
+        self._ended_unwatched = [o for key, o in self.seen.items()
+                                 if key not in state and o.expires_at is not None and o.expires_at <= now + 1]
+        self.seen = dict(state)
         if self.local.mirror(state):
             self.on_change(f"converged to etcd's overrides (revision {revision})")
 
@@ -109,10 +119,12 @@ class SharedOverrides(PrefixFollower):
                 if override is None:
                     continue
                 state[(registry, replica)] = override
+                self.seen[(registry, replica)] = override
                 whys.append(f"{override.kind} {registry}/{replica} by {override.actor}: "
                             f"{override.reason or 'no reason given'}")
             else:
                 state.pop((registry, replica), None)
+                self.seen.pop((registry, replica), None)
                 before = _override(event.previous) if event.previous else None
                 if before is not None and before.expires_at is not None and before.expires_at <= self.clock() + 1:
                     whys.append(f"expired {before.kind} {registry}/{replica}")
@@ -122,17 +134,41 @@ class SharedOverrides(PrefixFollower):
         if whys and self.local.mirror(state):
             self.on_change("etcd: " + "; ".join(whys))
 
-    async def _audit_expiry(self, override: Override) -> None:
-        """One audit entry per expiry, whichever dnsd sees it first (created only if absent)."""
+    async def _settle(self) -> None:
+        """Overrides whose lease ended while no dnsd watched (all down, or cut off): audited as expired
+        by the first dnsd to read etcd again, unless the log already says how they went."""
+        ended, self._ended_unwatched = self._ended_unwatched, []
+        for override in ended:
+            since = f"{self.prefix}audit/{int(override.created_at * 1e9):020d}"
+            try:
+                entries = [_entry(kv) for kv in await self.client.get_from(since, self.prefix + "audit/")]
+            except (EtcdUnavailable, EtcdRefused) as err:
+                log.warning("cluster_audit_failed", action="expired", error=str(err))
+                return
+            if not any(entry.get("action") in ("undo", "expired") and entry.get("registry") == override.registry
+                       and entry.get("replica") == override.replica for entry in entries):
+                await self._audit_expiry(override, noticed=True)
+
+    async def _audit_expiry(self, override: Override, noticed: bool = False) -> None:
+        """One audit entry per expiry, whichever dnsd sees it first (created only if absent). `noticed`:
+        found gone at a read after the lease's end (the entry says when)."""
         key = (f"{self.prefix}audit/{int((override.expires_at or 0) * 1e9):020d}-expired-"
                f"{override.registry}-{override.replica}")
         entry = {"at": override.expires_at, "action": "expired", "actor": "geotm", "instance": self.instance,
                  "registry": override.registry, "replica": override.replica, "kind": override.kind,
-                 "reason": override.reason}
+                 "reason": override.reason, **({"noticed_at": self.clock()} if noticed else {})}
         try:
             await self.client.txn([put_op(key, json.dumps(entry).encode())], compare=[absent(key)])
         except (EtcdUnavailable, EtcdRefused) as err:
             log.warning("cluster_audit_failed", action="expired", error=str(err))
+
+
+def _entry(kv: KeyValue) -> dict:
+    try:
+        entry = json.loads(kv.value)
+    except ValueError:
+        return {}
+    return entry if isinstance(entry, dict) else {}
 
 
 def _override(kv: KeyValue) -> Override | None:

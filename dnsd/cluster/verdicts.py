@@ -38,6 +38,7 @@ class VerdictFollower(PrefixFollower):
         for instance, document in live.items():
             self.feed.set_cluster_verdicts(instance, document)
         self.feed.refresh()
+        self.feed.save_state(force=True)  # a restart that cannot reach etcd starts from these
 
     async def _apply(self, events: list[WatchEvent]) -> None:
         for event in events:
@@ -49,6 +50,7 @@ class VerdictFollower(PrefixFollower):
                 if document is not None:
                     self.feed.set_cluster_verdicts(instance, document)
         self.feed.refresh()
+        self.feed.save_state(force=True)
 
     def _lost(self) -> None:
         self.feed.cluster_unreachable()

@@ -81,8 +81,13 @@ class HealthFeed:
                     continue
                 feed.document = FeedDocument.from_json(entry["document"])
                 feed.fetched_at = float(entry["fetched_at"])
+            for entry in data.get("cluster_feeds", []):  # verdicts from etcd: they age out through the TTL
+                feed = FeedState(f"etcd:{entry['instance']}", FeedDocument.from_json(entry["document"]),
+                                 fetched_at=float(entry["fetched_at"]))
+                self.cluster_feeds[entry["instance"]] = feed
             log.info("health_state_loaded", path=path,
-                     feeds=sum(1 for f in self.feeds if f.document is not None))
+                     feeds=sum(1 for f in self.feeds if f.document is not None),
+                     cluster_feeds=sorted(self.cluster_feeds))
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError) as err:
@@ -95,7 +100,11 @@ class HealthFeed:
             return
         data = {"format": STATE_FORMAT,
                 "feeds": [{"url": f.url, "fetched_at": f.fetched_at, "document": f.document.to_json()}
-                          for f in self.feeds if f.document is not None]}
+                          for f in self.feeds if f.document is not None],
+                # a leased instance's verdicts were live now: a restart without etcd keeps them for the TTL
+                "cluster_feeds": [{"instance": instance, "fetched_at": now if f.leased else f.fetched_at,
+                                   "document": f.document.to_json()}
+                                  for instance, f in self.cluster_feeds.items() if f.document is not None]}
         try:
             write_json_atomically(path, data)
             self._last_saved = now
@@ -119,8 +128,9 @@ class HealthFeed:
 
     def cluster_unreachable(self) -> None:
         """etcd's word is no longer current: the verdicts last seen age out through health.ttl."""
-        for feed in self.cluster_feeds.values():
-            feed.leased = False
+        now = self.clock()
+        for feed in self.cluster_feeds.values():  # live until now: they age from here
+            feed.leased, feed.fetched_at = False, now if feed.leased else feed.fetched_at
 
     def combine(self) -> dict[tuple[str, str], EndpointHealth]:
         now = self.clock()
