@@ -206,3 +206,26 @@ def test_an_expiry_while_no_dnsd_watched_is_audited_once_by_the_first_to_read_ag
         entries = admin(second, "GET", "/v1/audit")[1]["entries"]
         assert [(e["action"], e["replica"]) for e in entries] == expected
         assert entries[-1]["noticed_at"] > entries[-1]["at"]
+
+
+async def test_an_undo_of_an_override_removed_elsewhere_applies_the_removal_here(etcd):
+    """A dnsd whose watch is behind (cut off, reconnecting) undoes an override another already
+    removed: refused (404), and its own answers follow etcd at once, not its stale copy (the drill
+    found one stuck on the drain: its mirror dropped the override, its routing did not)."""
+    from dnsd.cluster.overrides import SharedOverrides
+    from dnsd.routing.overrides import Override, OverrideStore
+    client = EtcdClient(etcd.urls)
+    applied: dict[str, list[str]] = {"a": [], "b": []}
+    a, b = (SharedOverrides(client, "/test-geotm/", OverrideStore(None, None), name, applied[name].append)
+            for name in ("a", "b"))
+    try:
+        drain = Override("contoso", "westeurope", "drain", "r", "ops", time.time(), None)
+        await a.publish(drain)
+        b._load(*await client.get_prefix(b.keys))  # b saw the drain (its watch then falls behind)
+        assert applied["b"] and ("contoso", "westeurope") in b.local.current()
+        assert await a.withdraw(drain, "ops", "done")
+        assert not await b.withdraw(drain, "ops", "done")  # removed elsewhere meanwhile
+        assert b.local.current() == {}
+        assert applied["b"][-1] == "etcd: drain contoso/westeurope already removed"
+    finally:
+        await client.close()

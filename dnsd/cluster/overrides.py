@@ -61,6 +61,8 @@ class SharedOverrides(PrefixFollower):
         exists = {**absent(key), "result": "GREATER"}  # created, not deleted since
         done = await self.client.txn([delete_op(key), self._audit_op("undo", actor, entry)], compare=[exists])
         self._mirror_one(override.registry, override.replica, None)
+        if not done:  # removed elsewhere and not yet seen here (a watch behind, a reconnect pending)
+            self.on_change(f"etcd: {override.kind} {override.registry}/{override.replica} already removed")
         return done
 
     async def read_audit(self, limit: int) -> list[dict]:
