@@ -1,0 +1,438 @@
+"""Client regions from a GeoIP database (the MaxMind DB format of GeoLite2/GeoIP2, DB-IP and IPinfo):
+the database compiled once per load into sorted address ranges, each holding the region its records
+place clients in, so that a query costs one short bisect; and, for explain, one client's record.
+
+Why the search tree is walked here: maxminddb's own network iterator decodes every network's full
+record (about 20 microseconds each with City records: over a minute for GeoLite2 City's 3.5 million
+networks). The tree is a plain array of node records (MaxMind DB spec, "Search Tree Section"), and
+the records are shared, so walking it ourselves and decoding each distinct record once through
+maxminddb (Reader.get) compiles the same database in a few seconds. tests/test_geoip.py checks the
+walk against maxminddb's iterator for every record size."""
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import math
+import mmap
+import os
+import sys
+import time
+from array import array
+from dataclasses import dataclass
+from typing import Iterator
+
+import maxminddb
+
+from dnsd.model import GeoIPSettings, Topology
+
+EARTH_RADIUS_KM = 6371.0088  # mean radius (IUGG)
+INDEX_BITS = 16  # the bisect is bounded by an index with one entry per /16 (of IPv4, and of IPv6)
+METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"
+COUNTRY_TABLE, CONTINENT_TABLE, NEAREST = "country table", "continent table", "nearest region"
+
+
+class GeoIPError(Exception):
+    """The database cannot be used (missing, unreadable, corrupt, or holding no locations). The text
+    is located like a config problem: `file:line:column: clients.geoip.database: what`."""
+
+
+def _problem(settings: GeoIPSettings, message: str) -> GeoIPError:
+    return GeoIPError(f"{settings.mark or '<config>'}: clients.geoip.database: {message}")
+
+
+# -- what a record says ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a record puts its network: any of these may be unknown."""
+
+    country: str | None  # ISO 3166 code
+    continent: str | None  # AF AN AS EU NA OC SA
+    latitude: float | None
+    longitude: float | None
+
+    def describe(self) -> str:
+        parts = [f"country {self.country or '?'}", f"continent {self.continent or '?'}"]
+        if self.latitude is not None and self.longitude is not None:
+            parts.append(f"at {self.latitude:g}, {self.longitude:g}")
+        else:
+            parts.append("no coordinates")
+        return ", ".join(parts)
+
+
+def place_of(record: object) -> Place | None:
+    """The place of a record in MaxMind's schema (GeoIP2/GeoLite2, DB-IP: nested `country.iso_code`,
+    `continent.code`, `location.latitude`) or IPinfo's flat one (`country_code` or `country`,
+    `continent_code` or `continent`, `lat`/`lng` or `latitude`/`longitude`); None when it has none."""
+    if not isinstance(record, dict):
+        return None
+    country = _code(_get(record, "country", "iso_code")) or _code(_get(record, "registered_country", "iso_code")) \
+        or _code(record.get("country_code")) or _code(record.get("country"))
+    continent = _code(_get(record, "continent", "code")) or _code(record.get("continent_code")) \
+        or _code(record.get("continent"))
+    latitude = _number(_get(record, "location", "latitude"), 90) \
+        if isinstance(record.get("location"), dict) else _number(record.get("latitude", record.get("lat")), 90)
+    longitude = _number(_get(record, "location", "longitude"), 180) \
+        if isinstance(record.get("location"), dict) else _number(record.get("longitude", record.get("lng")), 180)
+    if latitude is None or longitude is None:
+        latitude = longitude = None
+    if country is None and continent is None and latitude is None:
+        return None
+    return Place(country, continent, latitude, longitude)
+
+
+def _get(record: dict, outer: str, inner: str) -> object:
+    value = record.get(outer)
+    return value.get(inner) if isinstance(value, dict) else None
+
+
+def _code(value: object) -> str | None:
+    return value.upper() if isinstance(value, str) and len(value) == 2 and value.isascii() else None
+
+
+def _number(value: object, limit: float) -> float | None:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -limit <= value <= limit:
+        return None
+    return float(value)
+
+
+def great_circle_km(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Distance in km between two (latitude, longitude) points in degrees (haversine)."""
+    lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
+
+
+class RegionChooser:
+    """A place's region: its country's in the country table, else its continent's in the continent
+    table, else the nearest region with coordinates; None when none of these applies."""
+
+    def __init__(self, topology: Topology):
+        settings = topology.geoip
+        assert settings is not None
+        self.regions = topology.regions
+        index = {name: i for i, name in enumerate(self.regions)}
+        self.countries = {code: index[region] for code, region in settings.countries.items()}
+        self.continents = {code: index[region] for code, region in settings.continents.items()}
+        self.points = [(index[name], (where.latitude, where.longitude))
+                       for name, where in topology.coordinates.items() if name in index]
+        self.points.sort()  # ties go to the region listed first
+
+    def choose(self, place: Place) -> tuple[int, str] | None:
+        """(region index, how it was decided), or None."""
+        if place.country in self.countries:
+            return self.countries[place.country], COUNTRY_TABLE
+        if place.continent in self.continents:
+            return self.continents[place.continent], CONTINENT_TABLE
+        if place.latitude is None or not self.points:
+            return None
+        where = (place.latitude, place.longitude)
+        return min(self.points, key=lambda point: great_circle_km(where, point[1]))[0], NEAREST
+
+    def distances(self, place: Place) -> list[tuple[str, float]]:
+        """(region, km) for each region with coordinates, nearest first."""
+        if place.latitude is None:
+            return []
+        where = (place.latitude, place.longitude)
+        return sorted(((self.regions[i], great_circle_km(where, point)) for i, point in self.points),
+                      key=lambda item: item[1])
+
+
+# -- the search tree ------------------------------------------------------------------------------
+
+def _tree_records(tree: bytes, node_count: int, record_size: int) -> memoryview:
+    """Every node's two records (left, right) as native unsigned 32-bit ints, rearranged from the
+    file's big-endian 24/28/32-bit layout by C-speed slice copies (a Python loop would take seconds)."""
+    out = bytearray(8 * node_count)
+    # position of each big-endian byte (most significant first) in a native 4-byte int
+    at = (0, 1, 2, 3) if sys.byteorder == "big" else (3, 2, 1, 0)
+    if record_size == 24:  # a node: 3 bytes left, 3 bytes right
+        for k in range(3):
+            out[at[k + 1]::4] = tree[k::3]
+    elif record_size == 28:  # 3 bytes left, a byte of two nibbles (left's, right's top 4 bits), 3 bytes right
+        middle = tree[3::7]
+        out[at[0]::8] = middle.translate(bytes(b >> 4 for b in range(256)))
+        out[4 + at[0]::8] = middle.translate(bytes(b & 15 for b in range(256)))
+        for k in range(3):
+            out[at[k + 1]::8] = tree[k::7]
+            out[4 + at[k + 1]::8] = tree[4 + k::7]
+    elif record_size == 32:
+        for k in range(4):
+            out[at[k]::4] = tree[k::4]
+    else:
+        raise ValueError(f"record size {record_size} (the format has 24, 28 and 32)")
+    return memoryview(out).cast("I")
+
+
+def tree_leaves(buffer: bytes | mmap.mmap, metadata) -> Iterator[tuple[int, int, int, int]]:
+    """(bits, first address, prefix length, data offset) of every network with a record, in address
+    order: IPv4 networks (bits 32) first, from the ::/96 subtree of an IPv6 database, then IPv6. The
+    aliases of IPv4 inside IPv6 (::ffff:0:0/96, 2002::/16, ...) are skipped, as maxminddb does.
+    ValueError when the tree is inconsistent (a corrupt file)."""
+    nodes, record_size = metadata.node_count, metadata.record_size
+    tree_size = nodes * record_size // 4
+    data_end = buffer.rfind(METADATA_MARKER) - tree_size - 16  # size of the data section
+    if tree_size + 16 > len(buffer) or data_end < 0:
+        raise ValueError(f"the search tree ({nodes} nodes) does not fit in the file ({len(buffer)} bytes)")
+    records = _tree_records(buffer[:tree_size], nodes, record_size)
+    bits = 128 if metadata.ip_version == 6 else 32
+    alias = -1  # the node of ::/96 in an IPv6 database, which aliases of IPv4 point at too
+    if bits == 128:
+        node = 0
+        for _ in range(96):
+            if node >= nodes:
+                break
+            node = records[2 * node]
+        alias = node if 0 < node < nodes else -1
+    if nodes == 0:
+        return
+    limit = 2 * nodes + 2  # a tree visits each node once; more means a cycle
+    visits = 0
+    stack = [(0, 0, 0)]  # (node, depth, prefix value so far)
+    pop, push = stack.pop, stack.append
+    while stack:  # depth first, the left (lower) half first: pushed last, popped first
+        node, depth, prefix = pop()
+        if node > nodes:  # a record: the network prefix/depth has data
+            offset = node - nodes - 16
+            if offset >= data_end:
+                raise ValueError(f"a record points past the data section ({offset} >= {data_end})")
+            yield from _leaf(bits, depth, prefix, offset)
+            continue
+        visits += 1
+        if visits > limit or depth >= bits:
+            raise ValueError("the search tree is deeper than an address or loops")
+        depth += 1
+        prefix <<= 1
+        right, left = records[2 * node + 1], records[2 * node]
+        if right != nodes and right != alias:  # nodes: no data; a right child is never on ::/96's path
+            push((right, depth, prefix | 1))
+        if left != nodes and not (left == alias and prefix):
+            push((left, depth, prefix))
+
+
+def _leaf(bits: int, depth: int, prefix: int, offset: int) -> Iterator[tuple[int, int, int, int]]:
+    first = prefix << (bits - depth)
+    if bits == 128 and first < (1 << 32):  # inside ::/96: IPv4 (or a network holding all of IPv4)
+        if depth >= 96:
+            yield 32, first, depth - 96, offset
+            return
+        yield 32, 0, 0, offset
+    yield bits, first, depth, offset
+
+
+# -- the compiled table ---------------------------------------------------------------------------
+
+class _Ranges:
+    """One family's address space cut into ranges: starts[i] is the first address of range i (starts[0]
+    is 0), values[i] its region index or -1 (no record); adjacent ranges never share a value."""
+
+    def __init__(self, bits: int):
+        self.bits = bits
+        self.starts: list[int] = [0]
+        self.values: list[int] = [-1]
+        self.end = 0  # one past the last address added
+
+    def add(self, first: int, last: int, value: int) -> None:
+        """The addresses first..last (in order, after every earlier one) hold `value`."""
+        if first > self.end and self.values[-1] != -1:
+            self.starts.append(self.end)
+            self.values.append(-1)
+        if value != self.values[-1]:
+            if self.starts[-1] == first:  # an empty network before it at the same start: replace
+                self.values[-1] = value
+            else:
+                self.starts.append(first)
+                self.values.append(value)
+        self.end = last + 1
+
+    def frozen(self) -> tuple:
+        """(starts, values, index, shift) for GeoTable.lookup; the index holds, per /16, the range holding
+        its first address, and one more entry, so ranges index[c] .. index[c + 1] cover chunk c."""
+        if self.end < (1 << self.bits) and self.values[-1] != -1:
+            self.starts.append(self.end)
+            self.values.append(-1)
+        shift = self.bits - INDEX_BITS
+        index = array("I", bytes(4 * ((1 << INDEX_BITS) + 1)))
+        starts, i = self.starts, 0
+        for chunk in range(1 << INDEX_BITS):
+            first = chunk << shift
+            while i + 1 < len(starts) and starts[i + 1] <= first:
+                i += 1
+            index[chunk] = i
+        index[1 << INDEX_BITS] = len(starts) - 1
+        packed_starts = array("I", starts) if self.bits == 32 else starts
+        return packed_starts, array("h", self.values), index, shift
+
+
+def _identity(path: str) -> tuple[int, int, int, int] | None:
+    """What tells a changed file from the one loaded: device, inode, size, mtime; None when missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _settings_key(topology: Topology) -> tuple:
+    settings = topology.geoip
+    assert settings is not None
+    return (settings.database, tuple(sorted(settings.countries.items())), tuple(sorted(settings.continents.items())),
+            tuple(sorted((name, (c.latitude, c.longitude)) for name, c in topology.coordinates.items())),
+            topology.regions)
+
+
+@dataclass(frozen=True, slots=True)
+class GeoStats:
+    """What the load found and cost: shown by check-config, explain, /metrics and the status API."""
+
+    database_type: str
+    build_epoch: int  # when the database was made (its metadata), seconds since the epoch
+    networks: int  # networks with a record
+    records: int  # distinct records among them
+    located: int  # records that place their networks in a region
+    ranges_v4: int
+    ranges_v6: int
+    compile_seconds: float
+    table_bytes: int  # memory of the compiled table
+
+    def describe(self) -> str:
+        return (f"{self.database_type}, {self.networks:,} networks ({self.records:,} records, {self.located:,} "
+                f"placed) -> {self.ranges_v4:,} IPv4 + {self.ranges_v6:,} IPv6 ranges, "
+                f"{self.table_bytes / 2**20:.1f} MiB, compiled in {self.compile_seconds:.2f} s")
+
+
+class GeoTable:
+    """A database compiled for one topology: address -> region index, per query."""
+
+    def __init__(self, path: str, key: tuple, identity: tuple | None, v4: tuple, v6: tuple, stats: GeoStats):
+        self.path = path
+        self.key = key
+        self.identity = identity
+        self._v4 = v4
+        self._v6 = v6
+        self.stats = stats
+
+    def lookup(self, bits: int, address: int, source_prefix: int | None = None) -> int | None:
+        """The region index of an address, or None. With an ECS source prefix, only when the whole
+        subnet the client revealed lies in one range (as netmatch counts only networks that fit
+        inside it): a /16 across two regions places nobody."""
+        starts, values, index, shift = self._v4 if bits == 32 else self._v6
+        chunk = address >> shift
+        i = bisect.bisect_right(starts, address, index[chunk], index[chunk + 1] + 1) - 1
+        value = values[i]
+        if value < 0:
+            return None
+        if source_prefix is not None and i + 1 < len(starts) \
+                and address | ((1 << (bits - source_prefix)) - 1) >= starts[i + 1]:
+            return None
+        return value
+
+    def reusable_for(self, topology: Topology) -> bool:
+        """The same file, unchanged on disk, and the same settings: a reload may keep this table."""
+        return topology.geoip is not None and _settings_key(topology) == self.key \
+            and _identity(self.path) == self.identity
+
+    def changed_on_disk(self) -> tuple[int, int, int, int] | None | bool:
+        """The file's identity now when it differs from the loaded one (None: it is missing), else False."""
+        now = _identity(self.path)
+        return False if now == self.identity else now
+
+
+def load(topology: Topology) -> GeoTable:
+    """Read and compile topology.geoip's database. GeoIPError when it cannot be used."""
+    settings = topology.geoip
+    assert settings is not None
+    started = time.perf_counter()
+    path = settings.database
+    identity = _identity(path)
+    try:
+        reader = maxminddb.open_database(path)
+    except FileNotFoundError:
+        raise _problem(settings, f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise _problem(settings, f"{path}: is a directory, not a database file") from None
+    except OSError as err:
+        raise _problem(settings, f"{path}: cannot read: {err.strerror or err}") from None
+    except (maxminddb.InvalidDatabaseError, ValueError) as err:
+        raise _problem(settings, f"{path}: not a MaxMind DB file ({err})") from None
+    try:
+        return _compile(reader, path, identity, topology, started)
+    except (maxminddb.InvalidDatabaseError, ValueError, IndexError) as err:  # ValueError: also bad UTF-8
+        raise _problem(settings, f"{path}: corrupt database: {err}") from None
+    finally:
+        reader.close()
+
+
+def _compile(reader, path: str, identity: tuple | None, topology: Topology, started: float) -> GeoTable:
+    settings = topology.geoip
+    metadata = reader.metadata()
+    chooser = RegionChooser(topology)
+    families = {32: _Ranges(32), 128: _Ranges(128)}
+    decided: dict[int, int] = {}  # data offset -> region index or -1
+    networks = located = 0
+    with open(path, "rb") as file:
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
+            for bits, first, length, offset in tree_leaves(buffer, metadata):
+                networks += 1
+                value = decided.get(offset)
+                if value is None:
+                    address = ipaddress.IPv4Address(first) if bits == 32 else ipaddress.IPv6Address(first)
+                    place = place_of(reader.get(address))
+                    choice = chooser.choose(place) if place is not None else None
+                    value = decided[offset] = choice[0] if choice is not None else -1
+                    located += choice is not None
+                families[bits].add(first, first + (1 << (bits - length)) - 1, value)
+    if networks == 0:
+        raise _problem(settings, f"{path}: the database holds no networks")
+    if not any(value >= 0 for value in decided.values()):
+        raise _problem(settings, f"{path}: no record places a client in a region: {networks:,} networks, "
+                                 f"{len(decided):,} records, none with a country, continent or coordinates "
+                                 f"that the config maps to a region (database type {metadata.database_type}; "
+                                 "clients.geoip needs a City or Country database)")
+    v4, v6 = families[32].frozen(), families[128].frozen()
+    table_bytes = sum(_nbytes(part) for part in (*v4, *v6) if not isinstance(part, int))
+    stats = GeoStats(database_type=metadata.database_type, build_epoch=metadata.build_epoch, networks=networks,
+                     records=len(decided), located=located, ranges_v4=len(v4[0]), ranges_v6=len(v6[0]),
+                     compile_seconds=time.perf_counter() - started, table_bytes=table_bytes)
+    return GeoTable(path, _settings_key(topology), identity, v4, v6, stats)
+
+
+def _nbytes(part: array | list) -> int:
+    if isinstance(part, array):
+        return part.itemsize * len(part) + 64
+    return sys.getsizeof(part) + sum(sys.getsizeof(item) for item in part)
+
+
+# -- explain --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class RecordLookup:
+    """One address's record, as explain shows it."""
+
+    network: str  # the record's network, e.g. 198.51.100.0/24
+    place: Place | None
+    region: str | None  # where the record places the client (before any ECS-prefix rule)
+    how: str | None  # COUNTRY_TABLE, CONTINENT_TABLE, NEAREST
+    distances: tuple[tuple[str, float], ...]  # (region, km), nearest first
+
+
+def look_up_record(topology: Topology, address: str) -> RecordLookup | None:
+    """The record of one address, read from the database file now (None: no record). OSError or
+    maxminddb's errors when the file cannot be read."""
+    settings = topology.geoip
+    assert settings is not None
+    with maxminddb.open_database(settings.database) as reader:
+        record, length = reader.get_with_prefix_len(address)
+    if record is None:
+        return None
+    network = ipaddress.ip_network(f"{address}/{length}", strict=False)
+    place = place_of(record)
+    chooser = RegionChooser(topology)
+    choice = chooser.choose(place) if place is not None else None
+    return RecordLookup(str(network), place, topology.regions[choice[0]] if choice else None,
+                        choice[1] if choice else None, tuple(chooser.distances(place)) if place else ())
