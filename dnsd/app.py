@@ -72,6 +72,15 @@ async def housekeeping(dnsd: Dnsd, worker: WorkerRole | None = None, period: flo
         await asyncio.sleep(period)
 
 
+async def watch_geoip(dnsd: Dnsd, period: float = 1.0) -> None:
+    """Reload when the GeoIP database file has changed: compiled off the loop like any reload, the old
+    database serving until then (and on, if the new file is broken). Every worker watches it itself."""
+    while True:
+        if dnsd.geoip_changed():
+            await dnsd.reload(actor="geoip database change", by_signal=True)
+        await asyncio.sleep(period)
+
+
 def listener_settings(server: ServerSettings, reuse_port: bool) -> ListenerSettings:
     """The DNS listeners' settings. Raises the soft open-files limit to the hard one first and lowers
     tcp_max_connections when the descriptors left after server.fd_reserve cannot hold it, so DNS
@@ -114,6 +123,7 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None, wor
         structlog.contextvars.bind_contextvars(worker=worker.index)
     tasks = TaskSet()
     tasks.start(housekeeping(dnsd, worker), name="housekeeping")
+    tasks.start(watch_geoip(dnsd), name="geoip watch")
     if config.health.feeds:
         feed = HealthFeed(config.health, replica_keys(config), dnsd.apply_health)
         dnsd.attach_feed(feed)

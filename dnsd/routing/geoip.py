@@ -269,7 +269,7 @@ class _Ranges:
         return packed_starts, array("h", self.values), index, shift
 
 
-def _identity(path: str) -> tuple[int, int, int, int] | None:
+def file_identity(path: str) -> tuple[int, int, int, int] | None:
     """What tells a changed file from the one loaded: device, inode, size, mtime; None when missing."""
     try:
         st = os.stat(path)
@@ -335,12 +335,7 @@ class GeoTable:
     def reusable_for(self, topology: Topology) -> bool:
         """The same file, unchanged on disk, and the same settings: a reload may keep this table."""
         return topology.geoip is not None and _settings_key(topology) == self.key \
-            and _identity(self.path) == self.identity
-
-    def changed_on_disk(self) -> tuple[int, int, int, int] | None | bool:
-        """The file's identity now when it differs from the loaded one (None: it is missing), else False."""
-        now = _identity(self.path)
-        return False if now == self.identity else now
+            and file_identity(self.path) == self.identity
 
 
 def load(topology: Topology) -> GeoTable:
@@ -349,7 +344,7 @@ def load(topology: Topology) -> GeoTable:
     assert settings is not None
     started = time.perf_counter()
     path = settings.database
-    identity = _identity(path)
+    identity = file_identity(path)
     try:
         reader = maxminddb.open_database(path)
     except FileNotFoundError:
@@ -374,7 +369,7 @@ def _compile(reader, path: str, identity: tuple | None, topology: Topology, star
     chooser = RegionChooser(topology)
     families = {32: _Ranges(32), 128: _Ranges(128)}
     decided: dict[int, int] = {}  # data offset -> region index or -1
-    networks = located = 0
+    networks = located = with_place = 0
     with open(path, "rb") as file:
         with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
             for bits, first, length, offset in tree_leaves(buffer, metadata):
@@ -386,14 +381,18 @@ def _compile(reader, path: str, identity: tuple | None, topology: Topology, star
                     choice = chooser.choose(place) if place is not None else None
                     value = decided[offset] = choice[0] if choice is not None else -1
                     located += choice is not None
+                    with_place += place is not None
                 families[bits].add(first, first + (1 << (bits - length)) - 1, value)
     if networks == 0:
         raise _problem(settings, f"{path}: the database holds no networks")
-    if not any(value >= 0 for value in decided.values()):
-        raise _problem(settings, f"{path}: no record places a client in a region: {networks:,} networks, "
-                                 f"{len(decided):,} records, none with a country, continent or coordinates "
-                                 f"that the config maps to a region (database type {metadata.database_type}; "
-                                 "clients.geoip needs a City or Country database)")
+    if not with_place:
+        raise _problem(settings, f"{path}: no location data: none of its {len(decided):,} records has a country, "
+                                 f"continent or coordinates (database type {metadata.database_type}); "
+                                 "clients.geoip needs a City or Country database")
+    if not located:
+        raise _problem(settings, f"{path}: no record places a client in a region: its {with_place:,} records "
+                                 "with a location have no coordinates (a Country database?), and none of their "
+                                 "countries or continents is in clients.geoip.countries or continents")
     v4, v6 = families[32].frozen(), families[128].frozen()
     table_bytes = sum(_nbytes(part) for part in (*v4, *v6) if not isinstance(part, int))
     stats = GeoStats(database_type=metadata.database_type, build_epoch=metadata.build_epoch, networks=networks,
