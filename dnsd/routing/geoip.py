@@ -345,12 +345,12 @@ def load(topology: Topology) -> GeoTable:
     started = time.perf_counter()
     path = settings.database
     identity = file_identity(path)
+    if os.path.isdir(path):
+        raise _problem(settings, f"{path}: is a directory, not a database file")
     try:
         reader = maxminddb.open_database(path)
     except FileNotFoundError:
         raise _problem(settings, f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise _problem(settings, f"{path}: is a directory, not a database file") from None
     except OSError as err:
         raise _problem(settings, f"{path}: cannot read: {err.strerror or err}") from None
     except (maxminddb.InvalidDatabaseError, ValueError) as err:
