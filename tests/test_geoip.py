@@ -9,6 +9,7 @@ import dataclasses
 import ipaddress
 import mmap
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +20,11 @@ import yaml
 
 from dnsd.cli import main as dnsd_main
 from dnsd.config import ConfigError, load_config, parse_config_text, read_document
-from dnsd.model import Coordinates, GeoIPSettings, Topology
+from dnsd.model import ClientNetwork, Coordinates, GeoIPSettings, Topology
 from dnsd.ops.explain import client_context, explain
 from dnsd.ops.metrics import make_registry, render
 from dnsd.routing import geoip
+from dnsd.routing.netmatch import PrefixMatcher
 from dnsd.serving.runtime import QueryEngine, new_snapshot
 from dnsd.serving.service import Dnsd
 from tests import harness
@@ -220,39 +222,79 @@ def test_the_region_of_a_place(countries, continents, place, expected):
 RANGES_DB = [("10.0.0.0/25", TOKYO), ("10.0.0.128/25", city("KR", "AS", 37.57, 126.98)),  # both southeastasia
              ("10.0.1.0/24", FRANKFURT), ("10.0.3.0/24", WASHINGTON), ("10.0.4.0/24", city("XX", "AN")),
              ("2001:db8:a::/48", TOKYO), ("2001:db8:b::/48", TOKYO)]
+HAND_WRITTEN = {"10.0.1.128/25": "eastus", "10.0.8.0/21": "westeurope", "10.0.9.0/24": "southeastasia"}
 
 
 @pytest.fixture(scope="module")
-def ranges_table(tmp_path_factory):
-    path = write_db(tmp_path_factory.mktemp("ranges") / "ranges.mmdb", RANGES_DB)
-    return geoip.load(topology_with(GeoIPSettings(str(path))))
+def ranges_database(tmp_path_factory):
+    return write_db(tmp_path_factory.mktemp("ranges") / "ranges.mmdb", RANGES_DB)
 
 
-@pytest.mark.parametrize("subnet,region", [
-    ("10.0.0.5", "southeastasia"), ("10.0.0.200", "southeastasia"),
-    ("10.0.0.0/24", "southeastasia"),      # two records of one region: merged, so a /24 fits inside
-    ("10.0.0.0/23", None),                  # ...but a /23 reaches into westeurope
-    ("10.0.1.0/24", "westeurope"), ("10.0.1.128/25", "westeurope"),
-    ("10.0.2.1", None),                     # a gap: no record
-    ("10.0.2.0/23", None),                  # the gap and eastus
-    ("10.0.3.255", "eastus"),
-    ("10.0.4.1", None),                     # a record that places nobody (no coordinates, no table)
-    ("0.0.0.0/0", None), ("255.255.255.255", None),
-    ("2001:db8:a::/47", "southeastasia"),   # two adjacent /48 of one region: one range
-    ("2001:db8:8::/46", None), ("2001:db8:b:ffff::1", "southeastasia"), ("2001:db8:c::1", None),
-    ("::ffff:0:0/96", None),                # no alias of IPv4 in IPv6 here: IPv4-mapped clients are looked up as IPv4
-])
-def test_compiled_ranges(ranges_table, subnet, region):
+@pytest.fixture(scope="module")
+def ranges_table(ranges_database):
+    networks = tuple(ClientNetwork(ipaddress.ip_network(cidr), region) for cidr, region in HAND_WRITTEN.items())
+    return geoip.load(dataclasses.replace(topology_with(GeoIPSettings(str(ranges_database))), client_networks=networks))
+
+
+COMPILED = [
+    # (address or ECS subnet, what the map says: a hand-written network, a database region, default, or
+    #  None: the subnet lies across ranges)
+    ("10.0.0.5", "db southeastasia"), ("10.0.0.200", "db southeastasia"),
+    ("10.0.0.0/24", "db southeastasia"),   # two records of one region: merged, so a /24 fits inside
+    ("10.0.0.0/23", None),                 # ...but a /23 reaches into westeurope
+    ("10.0.1.0/25", "db westeurope"),
+    ("10.0.1.200", "10.0.1.128/25"),       # written by hand: wins over the database
+    ("10.0.1.0/24", None),                 # database and hand-written
+    ("10.0.2.1", "default"),               # a gap: no record
+    ("10.0.2.0/23", None),                 # the gap and eastus
+    ("10.0.3.255", "db eastus"),
+    ("10.0.4.1", "default"),               # a record that places nobody (no coordinates, no table)
+    ("10.0.8.1", "10.0.8.0/21"), ("10.0.9.1", "10.0.9.0/24"),  # nested: the longest prefix
+    ("10.0.10.0/23", "10.0.8.0/21"),
+    ("10.0.8.0/21", None),                 # the /24 inside cuts it: network_of asks the hand-written ones
+    ("0.0.0.0/0", None), ("255.255.255.255", "default"),
+    ("2001:db8:a::/47", "db southeastasia"),  # two adjacent /48 of one region: one range
+    ("2001:db8:8::/46", None), ("2001:db8:b:ffff::1", "db southeastasia"), ("2001:db8:c::1", "default"),
+]
+
+
+@pytest.mark.parametrize("subnet,expected", COMPILED)
+def test_compiled_ranges(ranges_table, subnet, expected):
     network = ipaddress.ip_network(subnet)
-    prefix = network.prefixlen if "/" in subnet else None
-    found = ranges_table.lookup(network.max_prefixlen, int(network.network_address), prefix)
-    assert (None if found is None else ranges_table.key[-1][found]) == region  # key[-1]: the regions
+    found = ranges_table.lookup(network.max_prefixlen, int(network.network_address),
+                                network.prefixlen if "/" in subnet else None)
+    regions = load_config(GEOIP_CONFIG).topology.regions
+    names = [*HAND_WRITTEN, "default", *(f"db {region}" for region in regions)]
+    assert (None if found is None else names[found]) == expected
 
 
 def test_compiled_ranges_are_merged(ranges_table):
     stats = ranges_table.stats
-    # IPv4: none, AS (two records), EU, none, US, none (the record placing nobody, and on); IPv6: none, AS, none
-    assert (stats.networks, stats.records, stats.located, stats.ranges_v4, stats.ranges_v6) == (7, 5, 4, 6, 3)
+    # IPv4: none, AS (two records), EU, 10.0.1.128/25, none, US, none (the record placing nobody, and on),
+    # 10.0.8.0/21, 10.0.9.0/24, 10.0.8.0/21 again, none; IPv6: none, AS (two networks), none
+    assert (stats.networks, stats.records, stats.located, stats.ranges_v4, stats.ranges_v6) == (7, 5, 4, 11, 3)
+
+
+@pytest.mark.parametrize("address,expected", [
+    ("2001:db8:a::1", "db southeastasia"), ("2001:db8:a:0:1::5", "2001:db8:a:0:1::/80"),
+    ("2001:db8:a:0:2::", "db southeastasia"), ("2001:db8:a::/64", None), ("2001:db8:a:0:1::/96", "2001:db8:a:0:1::/80"),
+])
+def test_a_network_inside_a_slash_64_keeps_whole_ipv6_addresses(ranges_database, address, expected):
+    hand = (ClientNetwork(ipaddress.ip_network("2001:db8:a:0:1::/80"), "westeurope"),)
+    table = geoip.load(dataclasses.replace(topology_with(GeoIPSettings(str(ranges_database))), client_networks=hand))
+    network = ipaddress.ip_network(address)
+    found = table.lookup(128, int(network.network_address), network.prefixlen if "/" in address else None)
+    names = ["2001:db8:a:0:1::/80", "default", *(f"db {r}" for r in load_config(GEOIP_CONFIG).topology.regions)]
+    assert (None if found is None else names[found]) == expected
+
+
+@pytest.mark.parametrize("ecs,replica", [("10.0.8.0/21", "westeurope"), ("10.0.1.128/25", "eastus"),
+                                         ("10.0.1.0/24", "eastus"),  # across ranges, in no network written by hand
+                                         ("10.0.0.0/24", "southeastasia")])
+def test_a_subnet_across_ranges_is_placed_by_the_networks_written_by_hand(ranges_database, ecs, replica):
+    data = geoip_dict(ranges_database)
+    data["clients"]["networks"] = HAND_WRITTEN
+    assert replica_for(engine_for(data), ecs=ecs) == replica
 
 
 # -- routing through the engine ---------------------------------------------------------------------
@@ -566,3 +608,58 @@ def test_the_server_will_not_start_with_a_broken_database(reloadable):
     assert run.returncode == 2
     assert "dnsd: cannot start:" in run.stderr and "clients.geoip.database:" in run.stderr and \
         "not a MaxMind DB file" in run.stderr
+
+
+def test_the_compiled_map_agrees_with_the_database_and_the_networks_everywhere(tmp_path):
+    """Against a reference that asks maxminddb and the hand-written networks directly: random networks
+    of random regions and sizes (so the index has chunks of many ranges, of one, and empty ones), and
+    random addresses and ECS subnets, many near the networks' edges."""
+    rng = random.Random(13)
+    places = [TOKYO, FRANKFURT, WASHINGTON, city("AU", "OC")]
+    networks = set()
+    for _ in range(1500):
+        if rng.random() < 0.7:
+            length = rng.choice((16, 20, 22, 24, 24, 24, 25, 28))
+            networks.add(ipaddress.ip_network((rng.randrange(1 << 24, 224 << 24) >> (32 - length) << (32 - length),
+                                               length)))
+        else:
+            length = rng.choice((32, 36, 44, 48, 48, 56, 64))
+            base = int(ipaddress.IPv6Address("2001:db8::")) if rng.random() < 0.5 else (0x2 << 124) + (rng.getrandbits(20) << 104)
+            address = base + (rng.getrandbits(32) << 64)
+            networks.add(ipaddress.ip_network((address >> (128 - length) << (128 - length), length)))
+    # disjoint: drop any network inside another (mmdb-writer would split the outer one)
+    kept = [n for n in networks if not any(o != n and o.version == n.version and n.subnet_of(o) for o in networks)]
+    path = write_db(tmp_path / "random.mmdb", [(str(n), rng.choice(places)) for n in kept])
+    hand = tuple(ClientNetwork(ipaddress.ip_network(cidr), region) for cidr, region in
+                 (("10.0.0.0/8", "westeurope"), ("10.1.0.0/16", "southeastasia"), (str(kept[0]), "westeurope"),
+                  ("2001:db8::/40", "eastus")))
+    topology = dataclasses.replace(topology_with(GeoIPSettings(str(path), continents={"OC": "southeastasia"})),
+                                   client_networks=hand)
+    table = geoip.load(topology)
+    matcher = PrefixMatcher((cn.network, i) for i, cn in enumerate(hand))
+    default, regions = len(hand), topology.regions
+    chooser = geoip.RegionChooser(topology)
+    reader = maxminddb.open_database(str(path))
+
+    def reference(bits: int, address: int) -> int:
+        index = matcher.lookup(bits, address)
+        if index is not None:
+            return index
+        record = reader.get(ipaddress.IPv4Address(address) if bits == 32 else ipaddress.IPv6Address(address))
+        place = geoip.place_of(record) if record else None
+        choice = chooser.choose(place) if place else None
+        return default if choice is None else default + 1 + choice[0]
+
+    edges = [(n.max_prefixlen, int(n.network_address) + d) for n in kept + [cn.network for cn in hand]
+             for d in (-1, 0, 1, n.num_addresses - 1, n.num_addresses)]
+    samples = edges + [(32, rng.getrandbits(32)) for _ in range(2000)] + [(128, rng.getrandbits(128)) for _ in range(500)]
+    for bits, address in samples:
+        address %= 1 << bits
+        assert table.lookup(bits, address) == reference(bits, address), (bits, address)
+        prefix = rng.choice((24, 28, 32) if bits == 32 else (48, 56, 64))
+        first = address >> (bits - prefix) << (bits - prefix)
+        cuts = sorted({first} | {start for b, start in edges if b == bits and first < start <= first + (1 << (bits - prefix)) - 1})
+        values = {reference(bits, cut) for cut in cuts}
+        expected = values.pop() if len(values) == 1 else None
+        assert table.lookup(bits, first, prefix) == expected, (bits, first, prefix)
+    reader.close()

@@ -26,7 +26,7 @@ import maxminddb
 from dnsd.model import GeoIPSettings, Topology
 
 EARTH_RADIUS_KM = 6371.0088  # mean radius (IUGG)
-INDEX_BITS = 16  # the bisect is bounded by an index with one entry per /16 (of IPv4, and of IPv6)
+INDEX_BITS = 16  # the bisect is bounded by an index of at most 2**16 chunks per family (see _Frozen)
 METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"
 COUNTRY_TABLE, CONTINENT_TABLE, NEAREST = "country table", "continent table", "nearest region"
 
@@ -145,25 +145,25 @@ class RegionChooser:
 
 # -- the search tree ------------------------------------------------------------------------------
 
-def _tree_records(tree: bytes, node_count: int, record_size: int) -> memoryview:
+def _tree_records(buffer: bytes | mmap.mmap, tree_size: int, node_count: int, record_size: int) -> memoryview:
     """Every node's two records (left, right) as native unsigned 32-bit ints, rearranged from the
-    file's big-endian 24/28/32-bit layout by C-speed slice copies (a Python loop would take seconds)."""
+    file's big-endian 24/28/32-bit layout by C-speed strided slice copies straight from the file's
+    buffer (a Python loop would take seconds; a copy of the whole tree first, memory)."""
     out = bytearray(8 * node_count)
     # position of each big-endian byte (most significant first) in a native 4-byte int
     at = (0, 1, 2, 3) if sys.byteorder == "big" else (3, 2, 1, 0)
     if record_size == 24:  # a node: 3 bytes left, 3 bytes right
         for k in range(3):
-            out[at[k + 1]::4] = tree[k::3]
+            out[at[k + 1]::4] = buffer[k:tree_size:3]
     elif record_size == 28:  # 3 bytes left, a byte of two nibbles (left's, right's top 4 bits), 3 bytes right
-        middle = tree[3::7]
-        out[at[0]::8] = middle.translate(bytes(b >> 4 for b in range(256)))
-        out[4 + at[0]::8] = middle.translate(bytes(b & 15 for b in range(256)))
+        out[at[0]::8] = buffer[3:tree_size:7].translate(bytes(b >> 4 for b in range(256)))
+        out[4 + at[0]::8] = buffer[3:tree_size:7].translate(bytes(b & 15 for b in range(256)))
         for k in range(3):
-            out[at[k + 1]::8] = tree[k::7]
-            out[4 + at[k + 1]::8] = tree[4 + k::7]
+            out[at[k + 1]::8] = buffer[k:tree_size:7]
+            out[4 + at[k + 1]::8] = buffer[4 + k:tree_size:7]
     elif record_size == 32:
         for k in range(4):
-            out[at[k]::4] = tree[k::4]
+            out[at[k]::4] = buffer[k:tree_size:4]
     else:
         raise ValueError(f"record size {record_size} (the format has 24, 28 and 32)")
     return memoryview(out).cast("I")
@@ -179,7 +179,7 @@ def tree_leaves(buffer: bytes | mmap.mmap, metadata) -> Iterator[tuple[int, int,
     data_end = buffer.rfind(METADATA_MARKER) - tree_size - 16  # size of the data section
     if tree_size + 16 > len(buffer) or data_end < 0:
         raise ValueError(f"the search tree ({nodes} nodes) does not fit in the file ({len(buffer)} bytes)")
-    records = _tree_records(buffer[:tree_size], nodes, record_size)
+    records = _tree_records(buffer, tree_size, nodes, record_size)
     bits = 128 if metadata.ip_version == 6 else 32
     alias = -1  # the node of ::/96 in an IPv6 database, which aliases of IPv4 point at too
     if bits == 128:
@@ -226,47 +226,114 @@ def _leaf(bits: int, depth: int, prefix: int, offset: int) -> Iterator[tuple[int
 
 
 # -- the compiled table ---------------------------------------------------------------------------
+# Values are the network indices of dnsd.answers.tables.CompiledZone: a client network written by hand
+# is its index i (0..N-1), no placement is N (default_region), GeoIP region r is N + 1 + r.
 
 class _Ranges:
     """One family's address space cut into ranges: starts[i] is the first address of range i (starts[0]
-    is 0), values[i] its region index or -1 (no record); adjacent ranges never share a value."""
+    is 0), values[i] its value; adjacent ranges never share a value. Kept in arrays (4 bytes per IPv4
+    start, 8 per IPv6 start: the top 64 bits, as long as every start is a /64's), not lists of ints,
+    so millions of ranges stay tens of MB, also while they are built."""
 
-    def __init__(self, bits: int):
+    def __init__(self, bits: int, empty: int):
         self.bits = bits
-        self.starts: list[int] = [0]
-        self.values: list[int] = [-1]
+        self.empty = empty  # the value of addresses in no network
+        self.drop = 64 if bits == 128 else 0  # low bits not stored
+        self.starts: array | list = array("I" if bits == 32 else "Q", [0])
+        self.values = array("i", [empty])
         self.end = 0  # one past the last address added
+
+    def start(self, i: int) -> int:
+        return self.starts[i] << self.drop
+
+    def _append(self, first: int, value: int) -> None:
+        if first & ((1 << self.drop) - 1):  # an IPv6 start inside a /64: keep whole addresses from now on
+            self.starts = [start << self.drop for start in self.starts]
+            self.drop = 0
+        self.starts.append(first >> self.drop)
+        self.values.append(value)
 
     def add(self, first: int, last: int, value: int) -> None:
         """The addresses first..last (in order, after every earlier one) hold `value`."""
-        if first > self.end and self.values[-1] != -1:
-            self.starts.append(self.end)
-            self.values.append(-1)
+        if first > self.end and self.values[-1] != self.empty:
+            self._append(self.end, self.empty)
         if value != self.values[-1]:
-            if self.starts[-1] == first:  # an empty network before it at the same start: replace
+            if first == 0:  # the first range takes the value
                 self.values[-1] = value
             else:
-                self.starts.append(first)
-                self.values.append(value)
+                self._append(first, value)
         self.end = last + 1
 
-    def frozen(self) -> tuple:
-        """(starts, values, index, shift) for GeoTable.lookup; the index holds, per /16, the range holding
-        its first address, and one more entry, so ranges index[c] .. index[c + 1] cover chunk c."""
-        if self.end < (1 << self.bits) and self.values[-1] != -1:
-            self.starts.append(self.end)
-            self.values.append(-1)
-        shift = self.bits - INDEX_BITS
-        index = array("I", bytes(4 * ((1 << INDEX_BITS) + 1)))
-        starts, i = self.starts, 0
-        for chunk in range(1 << INDEX_BITS):
-            first = chunk << shift
-            while i + 1 < len(starts) and starts[i + 1] <= first:
+    def finish(self) -> _Ranges:
+        if self.end < (1 << self.bits) and self.values[-1] != self.empty:
+            self._append(self.end, self.empty)
+        self.end = 1 << self.bits
+        return self
+
+
+def _overlay(base: _Ranges, networks: list[tuple[int, int, int]]) -> _Ranges:
+    """base with client networks written by hand laid over it, (first, last, index) each, the longest
+    prefix winning where they nest: those addresses take the network's index, whatever the database."""
+    top = 1 << base.bits
+    bounds = sorted({0} | {first for first, _, _ in networks} | {last + 1 for _, last, _ in networks if last + 1 < top})
+    by_size = sorted(networks, key=lambda n: n[1] - n[0])  # the smallest network first: the longest prefix
+    hand = [next((index for first, last, index in by_size if first <= bound <= last), None) for bound in bounds]
+    out = _Ranges(base.bits, base.empty)
+    at = i = h = 0
+    while at < top:  # both partitions in step: each piece takes the hand-written value, else the base's
+        base_end = base.start(i + 1) if i + 1 < len(base.starts) else top
+        hand_end = bounds[h + 1] if h + 1 < len(bounds) else top
+        following = min(base_end, hand_end)
+        out.add(at, following - 1, base.values[i] if hand[h] is None else hand[h])
+        i += following == base_end
+        h += following == hand_end
+        at = following
+    return out
+
+
+class _Frozen:
+    """_Ranges ready for lookups. An index cuts the window from the first start after 0 to the last one
+    into at most 2**INDEX_BITS equal chunks (fewer for few ranges: about 8 ranges a chunk) and holds
+    the range of each chunk's first address, one more entry at the end: the ranges of chunk c are
+    index[c] .. index[c + 1], so the bisect takes the same few steps, through a few adjacent cache
+    lines, whatever the size of the database and however its networks cluster (all IPv6 networks
+    lie in 2000::/3)."""
+
+    __slots__ = ("starts", "values", "index", "low", "shift", "size", "drop", "masks")
+
+    def __init__(self, ranges: _Ranges):
+        stored = ranges.bits - ranges.drop
+        self.starts, self.values, self.drop = ranges.starts, ranges.values, ranges.drop
+        starts = self.starts
+        last = len(starts) - 1
+        self.low = starts[1] if last else 0
+        self.size = 1 << min(INDEX_BITS, (len(starts) // 8).bit_length())  # chunks
+        self.shift = max(0, (starts[last] - self.low).bit_length() - (self.size.bit_length() - 1))
+        self.index = array("I", bytes(4 * (self.size + 1)))  # at most 256 KB: stays in the CPU's caches
+        i = 0
+        for chunk in range(self.size):
+            first = self.low + (chunk << self.shift)
+            while i < last and starts[i + 1] <= first:
                 i += 1
-            index[chunk] = i
-        index[1 << INDEX_BITS] = len(starts) - 1
-        packed_starts = array("I", starts) if self.bits == 32 else starts
-        return packed_starts, array("h", self.values), index, shift
+            self.index[chunk] = i
+        self.index[self.size] = last
+        # one more start past the ranges, the largest storable, so the ECS check needs no bounds test: only
+        # a subnet ending at the very last address (255.255.255.x, ffff:ffff:ffff:ffff::) is taken as across
+        starts.append(1 << ranges.bits if isinstance(starts, list) else (1 << (8 * starts.itemsize)) - 1)
+        # host bits of an ECS /prefix, in stored units (a subnet inside a /64 is inside one stored start)
+        self.masks = tuple((1 << max(0, stored - prefix)) - 1 for prefix in range(ranges.bits + 1))
+
+    def parts(self) -> tuple:
+        """What lookup needs, in one tuple (one unpack per lookup instead of an attribute load per part)."""
+        return self.starts, self.index, self.low, self.shift, self.size, self.masks, self.values, self.drop
+
+    def nbytes(self) -> int:
+        starts = (self.starts.itemsize * len(self.starts) if isinstance(self.starts, array)
+                  else sys.getsizeof(self.starts) + sum(sys.getsizeof(start) for start in self.starts))
+        return starts + self.values.itemsize * len(self.values) + self.index.itemsize * len(self.index)
+
+    def __len__(self) -> int:
+        return len(self.values)  # ranges (starts holds one more: the sentinel)
 
 
 def file_identity(path: str) -> tuple[int, int, int, int] | None:
@@ -279,26 +346,27 @@ def file_identity(path: str) -> tuple[int, int, int, int] | None:
 
 
 def _settings_key(topology: Topology) -> tuple:
+    """Everything a compiled table depends on besides the file's content."""
     settings = topology.geoip
     assert settings is not None
     return (settings.database, tuple(sorted(settings.countries.items())), tuple(sorted(settings.continents.items())),
             tuple(sorted((name, (c.latitude, c.longitude)) for name, c in topology.coordinates.items())),
-            topology.regions)
+            topology.client_networks, topology.regions)
 
 
 @dataclass(frozen=True, slots=True)
 class GeoStats:
-    """What the load found and cost: shown by check-config, explain, /metrics and the status API."""
+    """What the load found and cost: shown by check-config, the reload's changes, logs and /metrics."""
 
     database_type: str
     build_epoch: int  # when the database was made (its metadata), seconds since the epoch
     networks: int  # networks with a record
     records: int  # distinct records among them
     located: int  # records that place their networks in a region
-    ranges_v4: int
+    ranges_v4: int  # ranges of the compiled map (adjacent networks of one region merged)
     ranges_v6: int
     compile_seconds: float
-    table_bytes: int  # memory of the compiled table
+    table_bytes: int  # memory of the compiled map
 
     def describe(self) -> str:
         return (f"{self.database_type}, {self.networks:,} networks ({self.records:,} records, {self.located:,} "
@@ -307,30 +375,32 @@ class GeoStats:
 
 
 class GeoTable:
-    """A database compiled for one topology: address -> region index, per query."""
+    """The client networks written by hand and a GeoIP database, compiled for one topology into one map
+    of address ranges: a client's network index (see above) with one bounded bisect per query."""
 
-    def __init__(self, path: str, key: tuple, identity: tuple | None, v4: tuple, v6: tuple, stats: GeoStats):
+    def __init__(self, path: str, key: tuple, identity: tuple | None, v4: _Frozen, v6: _Frozen, stats: GeoStats):
         self.path = path
         self.key = key
         self.identity = identity
-        self._v4 = v4
-        self._v6 = v6
+        self._v4 = v4.parts()
+        self._v6 = v6.parts()
         self.stats = stats
 
     def lookup(self, bits: int, address: int, source_prefix: int | None = None) -> int | None:
-        """The region index of an address, or None. With an ECS source prefix, only when the whole
-        subnet the client revealed lies in one range (as netmatch counts only networks that fit
-        inside it): a /16 across two regions places nobody."""
-        starts, values, index, shift = self._v4 if bits == 32 else self._v6
-        chunk = address >> shift
-        i = bisect.bisect_right(starts, address, index[chunk], index[chunk + 1] + 1) - 1
-        value = values[i]
-        if value < 0:
+        """The network index of an address (a client network, default, or a GeoIP region's). With an
+        ECS source prefix, None when the subnet the client revealed does not lie in one range (a /16
+        across two regions): the caller then asks the client networks alone, as without a database."""
+        starts, index, low, shift, size, masks, values, drop = self._v4 if bits == 32 else self._v6
+        address >>= drop
+        if address < low:
+            i = 0
+        else:
+            chunk = (address - low) >> shift
+            i = bisect.bisect_right(starts, address, index[chunk], index[chunk + 1] + 1) - 1 if chunk < size \
+                else len(values) - 1
+        if source_prefix is not None and address | masks[source_prefix] >= starts[i + 1]:  # a sentinel ends starts
             return None
-        if source_prefix is not None and i + 1 < len(starts) \
-                and address | ((1 << (bits - source_prefix)) - 1) >= starts[i + 1]:
-            return None
-        return value
+        return values[i]
 
     def reusable_for(self, topology: Topology) -> bool:
         """The same file, unchanged on disk, and the same settings: a reload may keep this table."""
@@ -339,7 +409,8 @@ class GeoTable:
 
 
 def load(topology: Topology) -> GeoTable:
-    """Read and compile topology.geoip's database. GeoIPError when it cannot be used."""
+    """Read and compile topology.geoip's database, with topology.client_networks over it. GeoIPError
+    when it cannot be used."""
     settings = topology.geoip
     assert settings is not None
     started = time.perf_counter()
@@ -367,8 +438,9 @@ def _compile(reader, path: str, identity: tuple | None, topology: Topology, star
     settings = topology.geoip
     metadata = reader.metadata()
     chooser = RegionChooser(topology)
-    families = {32: _Ranges(32), 128: _Ranges(128)}
-    decided: dict[int, int] = {}  # data offset -> region index or -1
+    default = len(topology.client_networks)
+    families = {32: _Ranges(32, default), 128: _Ranges(128, default)}
+    decided: dict[int, int] = {}  # data offset -> network index
     networks = located = with_place = 0
     with open(path, "rb") as file:
         with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
@@ -379,7 +451,7 @@ def _compile(reader, path: str, identity: tuple | None, topology: Topology, star
                     address = ipaddress.IPv4Address(first) if bits == 32 else ipaddress.IPv6Address(first)
                     place = place_of(reader.get(address))
                     choice = chooser.choose(place) if place is not None else None
-                    value = decided[offset] = choice[0] if choice is not None else -1
+                    value = decided[offset] = default + 1 + choice[0] if choice is not None else default
                     located += choice is not None
                     with_place += place is not None
                 families[bits].add(first, first + (1 << (bits - length)) - 1, value)
@@ -393,18 +465,17 @@ def _compile(reader, path: str, identity: tuple | None, topology: Topology, star
         raise _problem(settings, f"{path}: no record places a client in a region: its {with_place:,} records "
                                  "with a location have no coordinates (a Country database?), and none of their "
                                  "countries or continents is in clients.geoip.countries or continents")
-    v4, v6 = families[32].frozen(), families[128].frozen()
-    table_bytes = sum(_nbytes(part) for part in (*v4, *v6) if not isinstance(part, int))
+    frozen = {}
+    for bits, ranges in families.items():
+        hand = [(int(cn.network.network_address), int(cn.network.broadcast_address), index)
+                for index, cn in enumerate(topology.client_networks) if cn.network.max_prefixlen == bits]
+        ranges.finish()
+        frozen[bits] = _Frozen(_overlay(ranges, hand).finish() if hand else ranges)
     stats = GeoStats(database_type=metadata.database_type, build_epoch=metadata.build_epoch, networks=networks,
-                     records=len(decided), located=located, ranges_v4=len(v4[0]), ranges_v6=len(v6[0]),
-                     compile_seconds=time.perf_counter() - started, table_bytes=table_bytes)
-    return GeoTable(path, _settings_key(topology), identity, v4, v6, stats)
-
-
-def _nbytes(part: array | list) -> int:
-    if isinstance(part, array):
-        return part.itemsize * len(part) + 64
-    return sys.getsizeof(part) + sum(sys.getsizeof(item) for item in part)
+                     records=len(decided), located=located, ranges_v4=len(frozen[32]),
+                     ranges_v6=len(frozen[128]), compile_seconds=time.perf_counter() - started,
+                     table_bytes=frozen[32].nbytes() + frozen[128].nbytes())
+    return GeoTable(path, _settings_key(topology), identity, frozen[32], frozen[128], stats)
 
 
 # -- explain --------------------------------------------------------------------------------------

@@ -98,17 +98,15 @@ def view_choice(compiled: CompiledZone, client: ClientContext) -> tuple[int, boo
 
 
 def network_of(compiled: CompiledZone, client: ClientContext) -> int:
-    """The client's network index: a client network written by hand, else its GeoIP region's index
-    (compiled.default_network + 1 + region), else compiled.default_network."""
-    index = compiled.network_matcher.lookup(client.bits, client.address, client.source_prefix)
-    if index is not None:
-        return index
+    """The client's network index: a client network written by hand, else (with clients.geoip) its
+    GeoIP region's, compiled.default_network + 1 + region, else compiled.default_network."""
     geo = compiled.geo
-    if geo is not None:
-        region = geo.lookup(client.bits, client.address, client.source_prefix)
-        if region is not None:
-            return compiled.default_network + 1 + region
-    return compiled.default_network
+    if geo is not None:  # hand-written networks and the database in one map: one lookup
+        index = geo.lookup(client.bits, client.address, client.source_prefix)
+        if index is not None:
+            return index  # else an ECS subnet across ranges: the hand-written networks alone decide
+    index = compiled.network_matcher.lookup(client.bits, client.address, client.source_prefix)
+    return compiled.default_network if index is None else index
 
 
 def choose(snapshot: Snapshot, client: ClientContext, registry_index: int) -> tuple[int | None, str]:
