@@ -10,6 +10,7 @@ import ipaddress
 import mmap
 import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -663,3 +664,15 @@ def test_the_compiled_map_agrees_with_the_database_and_the_networks_everywhere(t
         expected = values.pop() if len(values) == 1 else None
         assert table.lookup(bits, first, prefix) == expected, (bits, first, prefix)
     reader.close()
+
+
+def test_sighup_applies_a_new_country_table_to_the_same_database(served, reloadable):
+    server, _ = served
+    config, _ = reloadable
+    assert tm_target(server, "192.0.2.0/24") == "westeurope"
+    data = yaml.safe_load(config.read_text())
+    data["clients"]["geoip"]["countries"] = {"DE": "southeastasia"}
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.kill(server.pid, signal.SIGHUP)
+    harness.wait_until(lambda: tm_target(server, "192.0.2.0/24") == "southeastasia", 15, "the country table applied")
+    assert tm_target(server, "2001:db8:2::/48") == "southeastasia" and tm_target(server, "203.0.113.0/24") == "eastus"
