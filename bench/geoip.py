@@ -8,14 +8,17 @@ part the database changes.
 
 Queries: the global name (performance routing, so every answer places its client), each with an ECS
 subnet drawn with a fixed seed (80% IPv4 /24 anywhere in 1.0.0.0-223.255.255.255, 20% IPv6 /56 in
-2001:200::/23, where the big database's IPv6 networks are), in two mixes (see queries()): "zipf",
-as DNS traffic comes, and "uniform", the worst case for the CPU caches. The packet cache is emptied before each
+2001:200::/23, where the big database's IPv6 networks are), in two mixes (see queries()): "zipf", as
+DNS traffic comes, and "uniform", a new subnet every query. The packet cache is emptied before each
 query, so every query takes the full path (parse, view, client region, answer): the cost a database
-adds, not hidden by repeats. Measured in CPU time, the engines taking turns over the same 2,000
-queries, `--rounds` times; the figure is each one's median ratio to the static-networks engine in the
-same round (load elsewhere slows a whole round, and cancels out), see compare(). Compile: a child process loads the big database once and reports the
-compile time, its peak and settled resident memory (VmHWM, VmRSS) over the process before loading,
-and the compiled table's own size.
+adds, not hidden by repeats (a server's packet cache answers a repeat before any of it). Measured in
+CPU time, the engines taking turns over the same 2,000 queries, `--rounds` times; the figure is each
+one's median ratio to the static-networks engine in the same round (load elsewhere slows a whole
+round, and cancels out), see compare().
+
+Memory: a child process loads the big database once and reports the compile time, its peak and
+settled resident memory (VmHWM, VmRSS) over the process before loading, and the compiled table's own
+size; then a real `dnsd serve` with each config reports its resident memory once it answers.
 """
 from __future__ import annotations
 
@@ -35,7 +38,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]  # bench's modules, and dnsd when not installed
 import geoipdb  # noqa: E402
+from peerconfig import geotm_bench_document  # noqa: E402
 
+from dnsd.common.children import Child, free_port  # noqa: E402
 from dnsd.config import parse_config_text, read_document  # noqa: E402
 from dnsd.serving.runtime import QueryEngine, new_snapshot  # noqa: E402
 
@@ -152,6 +157,36 @@ def compile_cost(database: Path) -> dict:
     return json.loads(run.stdout)
 
 
+def serving_rss(config_path: Path, database: Path | None = None) -> int:
+    """Resident memory (bytes) of a real `dnsd serve` with this config once it answers: what the
+    database costs a running server, its mapped file pages included."""
+    import dns.message
+    import dns.query
+
+    with tempfile.TemporaryDirectory(prefix="geotm-geoip-rss-") as tmp:
+        port = free_port()
+        doc = geotm_bench_document(config_path, tmp, port)
+        if database is not None:
+            doc["clients"]["geoip"]["database"] = str(database)
+        path = Path(tmp) / "dnsd.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+        def answers() -> bool:
+            try:
+                dns.query.udp(dns.message.make_query("azurecr.test.", "SOA"), "127.0.0.1", port=port, timeout=0.5)
+            except Exception:
+                return False
+            return True
+
+        with Child([sys.executable, "-m", "dnsd", "serve", "--config", str(path), "--log-level", "warning"],
+                   name="dnsd", cwd=ROOT) as child:
+            child.wait_ready(answers, timeout=300)
+            for line in Path(f"/proc/{child.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--big", type=Path, default=BIG_DEFAULT, help="the big database (made when missing)")
@@ -167,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"compile": compile_cost(args.big)}
     print(f"compile: {results['compile']['describe']}; peak RSS +{results['compile']['peak_over_start'] / 2**20:.0f} "
           f"MiB, settled +{results['compile']['settled_over_start'] / 2**20:.0f} MiB", flush=True)
+    results["serving_rss"] = {"static networks (example.yaml)": serving_rss(EXAMPLE),
+                              "database: config/geoip-test.mmdb": serving_rss(GEOIP),
+                              f"database: {args.big.name}": serving_rss(GEOIP, args.big)}
+    print("dnsd serve RSS: " + ", ".join(f"{name} {rss / 2**20:.0f} MiB"
+                                         for name, rss in results["serving_rss"].items()), flush=True)
     engines = {"static networks (example.yaml)": engine(EXAMPLE),
                "database: config/geoip-test.mmdb": engine(GEOIP),
                f"database: {args.big.name}": engine(GEOIP, args.big)}

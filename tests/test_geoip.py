@@ -676,3 +676,12 @@ def test_sighup_applies_a_new_country_table_to_the_same_database(served, reloada
     os.kill(server.pid, signal.SIGHUP)
     harness.wait_until(lambda: tm_target(server, "192.0.2.0/24") == "southeastasia", 15, "the country table applied")
     assert tm_target(server, "2001:db8:2::/48") == "southeastasia" and tm_target(server, "203.0.113.0/24") == "eastus"
+
+
+def test_explain_says_so_when_the_database_became_unreadable(reloadable):
+    config, database = reloadable
+    snapshot = new_snapshot(load_config(config))
+    _garbage(database)  # after the compile: explain reads the record from the file now
+    _, text = explain(snapshot, GLOBAL, 1, client_context("127.0.0.1", "198.51.100.0/24"))
+    assert "client region: southeastasia (source: GeoIP database, " in text  # the compiled table still places it
+    assert f"  geoip record: cannot read the database now: {database}:" in text

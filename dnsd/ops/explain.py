@@ -73,8 +73,8 @@ def _geoip_lines(snapshot: Snapshot, client: ClientContext) -> tuple[list[str], 
     asked = address if client.source_prefix is None else f"{address}/{client.source_prefix}"
     try:
         found = geoip.look_up_record(topology, address)
-    except (OSError, ValueError) as err:  # ValueError: maxminddb's InvalidDatabaseError
-        return [f"  geoip record: cannot read {geo.path} now: {err}"], "its database is unreadable now"
+    except geoip.GeoIPError as err:
+        return [f"  geoip record: cannot read the database now: {err}"], "the file cannot be read now to show its record"
     changed = "" if geoip.file_identity(geo.path) == geo.identity else \
         " (the file changed since it was compiled: a reload is due)"
     if found is None:

@@ -492,12 +492,15 @@ class RecordLookup:
 
 
 def look_up_record(topology: Topology, address: str) -> RecordLookup | None:
-    """The record of one address, read from the database file now (None: no record). OSError or
-    maxminddb's errors when the file cannot be read."""
+    """The record of one address, read from the database file now (None: no record). GeoIPError when
+    the file cannot be read."""
     settings = topology.geoip
     assert settings is not None
-    with maxminddb.open_database(settings.database) as reader:
-        record, length = reader.get_with_prefix_len(address)
+    try:
+        with maxminddb.open_database(settings.database) as reader:
+            record, length = reader.get_with_prefix_len(address)
+    except (OSError, maxminddb.InvalidDatabaseError, ValueError) as err:
+        raise GeoIPError(f"{settings.database}: {err}") from None
     if record is None:
         return None
     network = ipaddress.ip_network(f"{address}/{length}", strict=False)
