@@ -303,7 +303,11 @@ class _Frozen:
 
     def __init__(self, ranges: _Ranges):
         stored = ranges.bits - ranges.drop
-        self.starts, self.values, self.drop = ranges.starts, ranges.values, ranges.drop
+        self.starts, self.drop = ranges.starts, ranges.drop
+        # the smallest type that holds every value: a byte each with fewer than 256 networks and regions
+        # (memory, and the CPU caches the lookups hit)
+        largest = max(ranges.values)
+        self.values = array("B" if largest < 256 else "H" if largest < 65536 else "i", ranges.values)
         starts = self.starts
         last = len(starts) - 1
         self.low = starts[1] if last else 0
