@@ -520,26 +520,26 @@ def test_a_changed_file_is_reloaded_once_it_has_settled_and_a_broken_one_once(re
 EXPLAINED = [
     # (client, ECS, the client-region lines)
     ("127.0.0.1", "198.51.100.0/24", [
-        "client region: southeastasia (source: GeoIP database, nearest region)",
+        "client region: southeastasia (GeoIP database: nearest region)",
         f"  geoip record: 198.51.100.0/24: country JP, continent AS, at 35.68, 139.69 ({TEST_DB})",
         "  distance: southeastasia 5,320 km, westeurope 9,290 km, eastus 10,928 km"]),
     ("127.0.0.1", "2001:db8:2::/56", [
-        "client region: westeurope (source: GeoIP database, nearest region)",
+        "client region: westeurope (GeoIP database: nearest region)",
         f"  geoip record: 2001:db8:2::/48: country DE, continent EU, at 50.11, 8.68 ({TEST_DB})",
         "  distance: westeurope 364 km, eastus 6,825 km, southeastasia 10,265 km"]),
     ("127.0.0.1", "198.18.0.0/24", [
-        "client region: southeastasia (source: GeoIP database, continent table OC)",
+        "client region: southeastasia (GeoIP database: continent table OC)",
         f"  geoip record: 198.18.0.0/24: country AU, continent OC, no coordinates ({TEST_DB})"]),
     ("127.0.0.1", "198.51.100.0/23", [
-        "client region: eastus (source: default_region: in no client network and ECS /23 is wider than the GeoIP "
-        "record's network 198.51.100.0/24 and the addresses it covers are not all in one region)",
+        "client region: eastus (default: in no client network; ECS /23 is wider than the GeoIP record's network "
+        "198.51.100.0/24 and the addresses it covers are not all in one region)",
         f"  geoip record: 198.51.100.0/24: country JP, continent AS, at 35.68, 139.69 ({TEST_DB})",
         "  distance: southeastasia 5,320 km, westeurope 9,290 km, eastus 10,928 km"]),
     ("10.9.8.7", None, [
-        "client region: eastus (source: default_region: in no client network and no GeoIP record for 10.9.8.7)",
+        "client region: eastus (default: in no client network; no GeoIP record for 10.9.8.7)",
         f"  geoip record: none for 10.9.8.7 in {TEST_DB}"]),
     ("127.0.0.5", None, [
-        "client region: eastus (source: client networks: 127.0.0.0/26)",
+        "client region: eastus (client network 127.0.0.0/26)",
         f"  geoip record: none for 127.0.0.5 in {TEST_DB} (not used: client networks win)"]),
 ]
 
@@ -683,5 +683,5 @@ def test_explain_says_so_when_the_database_became_unreadable(reloadable):
     snapshot = new_snapshot(load_config(config))
     _garbage(database)  # after the compile: explain reads the record from the file now
     _, text = explain(snapshot, GLOBAL, 1, client_context("127.0.0.1", "198.51.100.0/24"))
-    assert "client region: southeastasia (source: GeoIP database, " in text  # the compiled table still places it
+    assert "client region: southeastasia (GeoIP database: " in text  # the compiled table still places it
     assert f"  geoip record: cannot read the database now: {database}:" in text

@@ -44,26 +44,26 @@ def _view_reason(client: ClientContext, view: int, by_ecs: bool) -> str:
 
 
 def client_region(snapshot: Snapshot, client: ClientContext) -> tuple[str | None, list[str]]:
-    """The client's region for performance routing, and lines saying which source decided it (client
-    networks, the GeoIP database by country table, continent table or nearest region, or the
-    default) with the database record used and its distance to each region."""
+    """The client's region for performance routing, and lines saying which source decided it (a client
+    network, the GeoIP database by country table, continent table or nearest region, or the default)
+    with the database record used and its distance to each region."""
     compiled, topology = snapshot.compiled, snapshot.config.topology
     network = network_of(compiled, client)
     networks = topology.client_networks
     geo_lines = _geoip_lines(snapshot, client) if compiled.geo is not None else ([], None)
     if network < len(networks):
         region = networks[network].region
-        lines = [f"client region: {region} (source: client networks: {networks[network].network})"]
+        lines = [f"client region: {region} (client network {networks[network].network})"]
         if geo_lines[0]:
             lines += [line + " (not used: client networks win)" if i == 0 else line
                       for i, line in enumerate(geo_lines[0])]
         return region, lines
     if network > compiled.default_network:
         region = topology.regions[network - compiled.default_network - 1]
-        return region, [f"client region: {region} (source: GeoIP database, {geo_lines[1]})"] + geo_lines[0]
+        return region, [f"client region: {region} (GeoIP database: {geo_lines[1]})"] + geo_lines[0]
     region = topology.default_region
-    why = "in no client network" + (f" and {geo_lines[1]}" if compiled.geo is not None else "")
-    return region, [f"client region: {region or 'none'} (source: default_region: {why})"] + geo_lines[0]
+    why = "in no client network" + (f"; {geo_lines[1]}" if compiled.geo is not None else "")
+    return region, [f"client region: {region or 'none'} (default: {why})"] + geo_lines[0]
 
 
 def _geoip_lines(snapshot: Snapshot, client: ClientContext) -> tuple[list[str], str]:
