@@ -308,7 +308,7 @@ class Dnsd:
 
     def geoip_changed(self) -> bool:
         """True once the GeoIP database file has changed on disk (or gone) since it was compiled, and
-        looked the same at the previous call (a copy in progress is left to finish): housekeeping
+        looked the same at the previous call (a copy in progress is left to finish): app.watch_geoip
         then reloads. A file that failed once is not tried again until it changes again."""
         geo = self.engine.snapshot.compiled.geo
         if geo is None:
