@@ -218,6 +218,9 @@ def geotm_bench_document(config_path: str | Path, tmp: str | Path, port: int) ->
     admin["token_file"] = str(tmp / "admin-token")
     if "probes" in doc:
         doc["probes"]["state_file"] = str(tmp / "probes-state.json")
+    geoip = (doc.get("clients") or {}).get("geoip")
+    if geoip and not Path(geoip["database"]).is_absolute():  # relative to the original config's folder
+        geoip["database"] = str((Path(config_path).parent / geoip["database"]).resolve())
     return doc
 
 

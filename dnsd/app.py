@@ -121,6 +121,13 @@ def registration(dnsd: Dnsd, followers: list[PrefixFollower], dns: list[tuple[st
             "overrides_revision": shared.revision, "overrides_changed": shared.changed_revision,
             "last_sync": None if None in syncs else min(syncs),  # type: ignore[type-var]
             "connected": all(follower.connected for follower in followers), "pid": os.getpid()}
+async def watch_geoip(dnsd: Dnsd, period: float = 1.0) -> None:
+    """Reload when the GeoIP database file has changed: compiled off the loop like any reload, the old
+    database serving until then (and on, if the new file is broken). Every worker watches it itself."""
+    while True:
+        if dnsd.geoip_changed():
+            await dnsd.reload(actor="geoip database change", by_signal=True)
+        await asyncio.sleep(period)
 
 
 def listener_settings(server: ServerSettings, reuse_port: bool) -> ListenerSettings:
@@ -168,6 +175,7 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None, wor
         structlog.contextvars.bind_contextvars(worker=worker.index)
     tasks = TaskSet()
     tasks.start(housekeeping(dnsd, worker), name="housekeeping")
+    tasks.start(watch_geoip(dnsd), name="geoip watch")
     if config.health.feeds or config.cluster is not None:  # a cluster's probes publish through etcd
         feed = HealthFeed(config.health, replica_keys(config), dnsd.apply_health)
         dnsd.attach_feed(feed)

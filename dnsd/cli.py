@@ -134,11 +134,15 @@ def run_serve(args: argparse.Namespace, argv: list[str] | None) -> int:
             # workers share overrides through a file: worker 0 writes it, the others follow it
             shared = f"{args.worker_state_dir}/overrides.json"
             config = replace(config, admin=replace(config.admin, state_file=shared))
+    from dnsd.routing.geoip import GeoIPError  # start-up: with app, for `serve` only
     try:
         lifecycle.run(app.serve(config, args.listen, worker))
     except OSError as err:
         print(f"dnsd: {err}", file=sys.stderr)
         return 1
+    except GeoIPError as err:
+        print(f"dnsd: cannot start: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         pass
     return 0
@@ -153,12 +157,20 @@ def check_config(path: str) -> int:
     except ConfigError as err:
         print(err.render(), file=sys.stderr)
         return 1
+    geoip_summary = ""
+    if config.topology.geoip is not None:  # the database is read and compiled as dnsd would
+        from dnsd.routing import geoip  # start-up: maxminddb, only for a config with a GeoIP database
+        try:
+            geoip_summary = f"; geoip: {geoip.load(config.topology).stats.describe()}"
+        except geoip.GeoIPError as err:
+            print(f"1 problem in config:\n  {err}", file=sys.stderr)
+            return 1
     replicas = sum(len(reg.replicas) for reg in config.registries)
     forward = config.forward
     forwarding = (f", forwarding to {len(forward.upstreams)} upstreams for {len(forward.clients)} client networks"
                   if forward is not None else "")
     print(f"{path}: OK: zone {config.zone.name}, {len(config.registries)} registries, {replicas} replicas, "
-          f"{len(config.views)} views, {len(config.zone.records)} static records{forwarding}")
+          f"{len(config.views)} views, {len(config.zone.records)} static records{forwarding}{geoip_summary}")
     return 0
 
 

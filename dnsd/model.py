@@ -175,13 +175,38 @@ class ClientNetwork:
 
 
 @dataclass(frozen=True, slots=True)
+class Coordinates:
+    """Where a region is on the globe (degrees), for placing GeoIP clients by great-circle distance."""
+
+    latitude: float
+    longitude: float
+
+
+CONTINENT_CODES = ("AF", "AN", "AS", "EU", "NA", "OC", "SA")  # as GeoIP databases spell them
+
+
+@dataclass(frozen=True, slots=True)
+class GeoIPSettings:
+    """clients.geoip: client regions from a GeoIP database (MaxMind DB format, City or Country). A
+    client's record goes to the region its country, else its continent, is listed under, else to the
+    region nearest its coordinates; no record (or no usable one): default_region."""
+
+    database: str  # the .mmdb file (relative paths: from the config file's folder)
+    countries: Mapping[str, str] = field(default_factory=lambda: frozen_map({}))  # ISO code -> region
+    continents: Mapping[str, str] = field(default_factory=lambda: frozen_map({}))  # CONTINENT_CODES -> region
+    mark: str = ""  # where the config names the database (file:line:column), for problems found reading it
+
+
+@dataclass(frozen=True, slots=True)
 class Topology:
     """Where clients are and how far regions are from each other: the inputs of performance routing."""
 
     regions: tuple[str, ...]
     latency_ms: Mapping[tuple[str, str], float]  # symmetric, (a, a) = 0
     client_networks: tuple[ClientNetwork, ...]
-    default_region: str | None  # for clients in no client network
+    default_region: str | None  # for clients in no client network (and, with geoip, in no database record)
+    coordinates: Mapping[str, Coordinates] = field(default_factory=lambda: frozen_map({}))  # region -> where
+    geoip: GeoIPSettings | None = None  # None: client networks only
 
     def latency(self, a: str, b: str) -> float:
         return self.latency_ms[(a, b)]

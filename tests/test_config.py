@@ -95,7 +95,8 @@ ALLOWED_KEYS = [
     (("zone", "ttl"), None, "global, privatelink, traffic_manager, traffic_manager_short, regional, data, replica, "
                             "private"),
     (("zone", "records", 0), None, "name, type, ttl, value, values"),
-    (("clients",), None, "networks, default_region"),
+    (("clients",), None, "networks, default_region, geoip"),
+    (("clients", "geoip"), {"database": "x.mmdb", "countries": {"JP": "eastus"}}, "database, countries, continents"),
     (("registries", "contoso"), None, "routing, all_down, regional_endpoints, data_endpoints, replicas"),
     (("registries", "contoso", "all_down"), {"policy": "fail_open"}, "policy, replica"),
     (REPLICA, None, "location, host, addresses, weight, priority, global_routing, probe"),

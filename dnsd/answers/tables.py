@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from dnsd import records
 from dnsd.answers.answer import Answer
+from dnsd.routing import geoip
+from dnsd.routing.geoip import GeoTable
 from dnsd.routing.netmatch import PrefixMatcher
 from dnsd.answers.resolve import negative_soa, resolve
 from dnsd.answers.encode import PackedAnswer, encode_answer, with_ttls
@@ -49,10 +51,12 @@ class CompiledZone:
     view_matcher: PrefixMatcher[int]  # VNet addresses -> view index
     trusted_matcher: PrefixMatcher[frozenset[int]]  # resolver address -> views that trust its ECS
     network_matcher: PrefixMatcher[int]
-    default_network: int  # network index for clients in no client network
+    default_network: int  # network index for clients in no client network (then the GeoIP regions' indices)
     exact: tuple[dict[tuple[bytes, int], Entry], ...]  # per view: (name key, qtype) -> entry
     other: tuple[dict[bytes, Entry], ...]  # per view: name key -> entry for any other qtype
     negative_cache: dict[int, PackedAnswer]  # NXDOMAIN body per qname wire length (filled lazily)
+    geo: GeoTable | None = None  # clients.geoip compiled: region r is network index default_network + 1 + r
+    located: tuple[tuple[str, str], ...] = ()  # per network index: (region, source) for the metrics
 
     def in_zone(self, key: bytes) -> bool:
         zone_key, i, n = self.zone_key, 0, len(key)
@@ -82,7 +86,7 @@ class CompiledZone:
         return packed
 
 
-def compile_zone(zd: ZoneData) -> CompiledZone:
+def compile_zone(zd: ZoneData, geo: GeoTable | None = None) -> CompiledZone:
     config = zd.config
     views = range(len(zd.views))
     exact: list[dict[tuple[bytes, int], Entry]] = [{} for _ in views]
@@ -120,9 +124,14 @@ def compile_zone(zd: ZoneData) -> CompiledZone:
     trusted_matcher = PrefixMatcher(trusted_resolver_entries(config.views))
     networks = config.topology.client_networks
     network_matcher = PrefixMatcher((cn.network, index) for index, cn in enumerate(networks))
+    topology = config.topology
+    located = tuple((cn.region, "networks") for cn in networks) + ((topology.default_region or "", "default"),)
+    if topology.geoip is not None:
+        located += tuple((region, "database") for region in topology.regions)
     return CompiledZone(zd=zd, zone_key=name_key(zd.zone), view_matcher=view_matcher, trusted_matcher=trusted_matcher,
                         network_matcher=network_matcher, default_network=len(networks),
-                        exact=tuple(exact), other=tuple(other), negative_cache={})
+                        exact=tuple(exact), other=tuple(other), negative_cache={},
+                        geo=geo if topology.geoip is not None else None, located=located)
 
 
 def trusted_resolver_entries(views) -> list[tuple[object, frozenset[int]]]:
@@ -247,5 +256,9 @@ def metric_kind(zd: ZoneData, name: str) -> str:
             "record": "static", "private endpoint": "private"}.get(label, "other")
 
 
-def compile_config(config) -> CompiledZone:
-    return compile_zone(build_zone_data(config))
+def compile_config(config, geo: GeoTable | None = None) -> CompiledZone:
+    """geo: the config's GeoIP database already compiled (a reload whose file did not change); else
+    it is read here when the config names one (geoip.GeoIPError when it cannot be used)."""
+    if geo is None and config.topology.geoip is not None:
+        geo = geoip.load(config.topology)
+    return compile_zone(build_zone_data(config), geo)

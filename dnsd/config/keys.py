@@ -10,6 +10,7 @@ from dnsd.model import (AdminSettings, AllDownPolicy, ClusterSettings, Config, E
                         ForwardCache, ForwardSettings,
                         HealthFeedSettings, NameTTLs, PrivateEndpoints, ProbeCheck, ProbeSpec, ProbesSettings,
                         RateLimitSettings, Registry, Replica, ServerSettings, Soa, Topology, View, Webhook, Zone)
+from dnsd.model import Coordinates, GeoIPSettings
 
 
 def keys_of(model: type, renamed: Mapping[str, str | tuple[str, ...]] | None = None,
@@ -41,8 +42,11 @@ def key_by_field(model: type, renamed: Mapping[str, str]) -> dict[str, str]:
 
 TOP = keys_of(Config, not_keys=("source", "digest"),  # the loader sets them: the file's name and hash
               renamed={"topology": ("regions", "latency_ms", "clients")})  # topology is spread over three keys
-CLIENTS = keys_of(Topology, not_keys=("regions", "latency_ms"),  # top-level keys (TOP)
+CLIENTS = keys_of(Topology, not_keys=("regions", "latency_ms",  # top-level keys (TOP)
+                                      "coordinates"),  # given per region in `regions`
                   renamed={"client_networks": "networks"})
+COORDINATES = keys_of(Coordinates)
+GEOIP = keys_of(GeoIPSettings, not_keys=("mark",))  # the loader sets it: where `database` is written
 
 # -- zone -----------------------------------------------------------------------------------------
 

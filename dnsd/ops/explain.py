@@ -11,6 +11,7 @@ from dnsd.common.hostport import format_host_port
 from dnsd.forward import Forwarder
 from dnsd.records import normalize_name
 from dnsd.answers.resolve import resolve
+from dnsd.routing import geoip
 from dnsd.routing.netmatch import address_key
 from dnsd.serving.runtime import ClientContext, Snapshot, choose, network_of, view_choice
 
@@ -43,6 +44,55 @@ def _view_reason(client: ClientContext, view: int, by_ecs: bool) -> str:
     if ecs and client.source_prefix:
         where += f"; {ecs} is ignored for the view: {source} is no view's trusted resolver"
     return where
+
+
+def client_region(snapshot: Snapshot, client: ClientContext) -> tuple[str | None, list[str]]:
+    """The client's region for performance routing, and lines saying which source decided it (a client
+    network, the GeoIP database by country table, continent table or nearest region, or the default)
+    with the database record used and its distance to each region."""
+    compiled, topology = snapshot.compiled, snapshot.config.topology
+    network = network_of(compiled, client)
+    networks = topology.client_networks
+    geo_lines = _geoip_lines(snapshot, client) if compiled.geo is not None else ([], None)
+    if network < len(networks):
+        region = networks[network].region
+        lines = [f"client region: {region} (client network {networks[network].network})"]
+        if geo_lines[0]:
+            lines += [line + " (not used: client networks win)" if i == 0 else line
+                      for i, line in enumerate(geo_lines[0])]
+        return region, lines
+    if network > compiled.default_network:
+        region = topology.regions[network - compiled.default_network - 1]
+        return region, [f"client region: {region} (GeoIP database: {geo_lines[1]})"] + geo_lines[0]
+    region = topology.default_region
+    why = "in no client network" + (f"; {geo_lines[1]}" if compiled.geo is not None else "")
+    return region, [f"client region: {region or 'none'} (default: {why})"] + geo_lines[0]
+
+
+def _geoip_lines(snapshot: Snapshot, client: ClientContext) -> tuple[list[str], str]:
+    """The database's record for the client, its distances to the regions, and what it decided."""
+    geo, topology = snapshot.compiled.geo, snapshot.config.topology
+    address = _address(client.bits, client.address)
+    asked = address if client.source_prefix is None else f"{address}/{client.source_prefix}"
+    try:
+        found = geoip.look_up_record(topology, address)
+    except geoip.GeoIPError as err:
+        return [f"  geoip record: cannot read the database now: {err}"], "the file cannot be read now to show its record"
+    changed = "" if geoip.file_identity(geo.path) == geo.identity else \
+        " (the file changed since it was compiled: a reload is due)"
+    if found is None:
+        return [f"  geoip record: none for {asked} in {geo.path}{changed}"], f"no GeoIP record for {asked}"
+    place = found.place.describe() if found.place else "no country, continent or coordinates"
+    lines = [f"  geoip record: {found.network}: {place} ({geo.path}){changed}"]
+    if found.distances:
+        lines.append("  distance: " + ", ".join(f"{name} {km:,.0f} km" for name, km in found.distances))
+    if found.region is None:
+        return lines, "its GeoIP record places it in no region"
+    if client.source_prefix is not None and geo.lookup(client.bits, client.address, client.source_prefix) is None:
+        return lines, (f"ECS /{client.source_prefix} is wider than the GeoIP record's network {found.network} and "
+                       "the addresses it covers are not all in one region")
+    code = {geoip.COUNTRY_TABLE: found.place.country, geoip.CONTINENT_TABLE: found.place.continent}.get(found.how)
+    return lines, found.how + (f" {code}" if code else "")
 
 
 def forwarding(snapshot: Snapshot, qname: str, qtype: int, client: ClientContext,
@@ -108,17 +158,12 @@ def explain(snapshot: Snapshot, qname: str, qtype: int, client: ClientContext,
               else f"source {address}")
     lines = [f"question: {normalize_name(qname)}. {records.type_name(qtype)} from {family} client ({source})",
              f"view: {compiled.zd.views[view]}", f"  why: {_view_reason(client, view, by_ecs)}"]
-    network = network_of(compiled, client)
-    networks = config.topology.client_networks
-    if network < len(networks):
-        lines.append(f"client region: {networks[network].region} (client network {networks[network].network})")
-    else:
-        lines.append(f"client region: {config.topology.default_region or 'none'} (default: in no client network)")
+    region, region_lines = client_region(snapshot, client)
+    lines += region_lines
     for registry_index in dict.fromkeys(hops):
         plan = snapshot.plans[registry_index]
         registry = plan.registry
         chosen, _ = choose(snapshot, client, registry_index)
-        region = (networks[network].region if network < len(networks) else config.topology.default_region)
         lines.append(f"registry {registry.name}: routing {registry.routing}, all-down policy "
                      f"{registry.all_down.mode}{' (ACTIVE)' if plan.all_down else ''}")
         lines.append("  candidates:")

@@ -94,6 +94,7 @@ class DnsdCollector(Collector):
         yield from _tcp_metrics(dnsd)
         yield from _rrl_metrics(dnsd)
         yield from _forward_metrics(dnsd)
+        yield from _geoip_metrics(dnsd)
         buckets, cumulative = [], 0
         for bound, count in zip(LATENCY_BOUNDS + (float("inf"),), stats.latency_counts):
             cumulative += count
@@ -263,6 +264,31 @@ def _forward_metrics(dnsd: Dnsd) -> Iterator[Metric]:
             buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
         latency.add_metric([address], buckets, up.latency_sum)
     yield from (queries, answers, errors, srtt, latency)
+def _geoip_metrics(dnsd: Dnsd) -> Iterator[Metric]:
+    """Where performance routing placed clients, and by what; the GeoIP database in use (when any)."""
+    located = CounterMetricFamily("geotm_client_region_answers", "Answers whose replica performance routing "
+                                  "chose by the client's region: that region, and the source that placed the "
+                                  "client there (networks: clients.networks; database: the GeoIP database; "
+                                  "default: default_region)", labels=["region", "source"])
+    for (region, source), count in sorted(list(dnsd.engine.stats.located.items())):
+        located.add_metric([region or "-", source], count)
+    yield located
+    geo = dnsd.engine.snapshot.compiled.geo
+    if geo is None:
+        return
+    stats = geo.stats
+    for name, help_text, value in (
+            ("geotm_geoip_database_build_timestamp_seconds", "When the GeoIP database in use was built (its "
+                                                             "metadata): alert when it grows old", stats.build_epoch),
+            ("geotm_geoip_networks", "Networks with a record in the GeoIP database in use", stats.networks),
+            ("geotm_geoip_ranges", "Address ranges the GeoIP database compiled to (adjacent networks of one "
+                                   "region merged)", stats.ranges_v4 + stats.ranges_v6),
+            ("geotm_geoip_table_bytes", "Memory of the compiled GeoIP table", stats.table_bytes),
+            ("geotm_geoip_compile_seconds", "Time the GeoIP database in use took to read and compile",
+             stats.compile_seconds)):
+        gauge = GaugeMetricFamily(name, help_text)
+        gauge.add_metric([], value)
+        yield gauge
 
 
 def make_registry(dnsd: Dnsd, public: bool = False) -> CollectorRegistry:

@@ -65,7 +65,7 @@ class RoutingPlan:
     all_down: bool  # every eligible replica degraded: the all-down policy decided `serving`
     servfail: bool  # all-down policy says SERVFAIL
     fixed: int | None  # one replica for every client (priority routing, fallback, or a single choice)
-    by_network: tuple[int, ...]  # performance: replica per client network, the last entry for default
+    by_network: tuple[int, ...]  # performance: replica per client network, then default, then per GeoIP region
     slots: tuple[int, ...]  # weighted: replica per slot
     reason: str
     short_ttl: bool = False  # a serving replica is suspect or recovering: answer with the short TM TTL
@@ -140,6 +140,9 @@ def plan(registry: Registry, topology: Topology, health: HealthSnapshot,
                        for key, network in enumerate(topology.client_networks))
     by_network += (nearest(registry, topology, serving, topology.default_region or replicas[serving[0]].location,
                            "default"),)
+    if topology.geoip is not None:  # clients the GeoIP database places: one entry per region, after default
+        by_network += tuple(nearest(registry, topology, serving, region, f"geoip {region}")
+                            for region in topology.regions)
     common["by_network"] = by_network
     return RoutingPlan(serving=serving, all_down=all_down, servfail=False, fixed=None,
                        reason=why + "; performance: nearest serving replica to the client's region", **common)

@@ -20,6 +20,7 @@ from dnsd.model import Config
 from dnsd.routing.netmatch import address_key
 from dnsd.routing.overrides import NO_OVERRIDES, Overrides
 from dnsd.routing.policy import RoutingPlan
+from dnsd.routing.geoip import GeoTable
 from dnsd.answers.resolve import resolve
 from dnsd.serving.stats import QueryStats
 from dnsd.answers.tables import CompiledZone, compile_config
@@ -49,9 +50,12 @@ def build_plans(config: Config, health: HealthSnapshot, overrides: Overrides = N
 
 
 def new_snapshot(config: Config, health: HealthSnapshot | None = None, generation: int = 1,
-                 compiled: CompiledZone | None = None, overrides: Overrides = NO_OVERRIDES) -> Snapshot:
+                 compiled: CompiledZone | None = None, overrides: Overrides = NO_OVERRIDES,
+                 geo: GeoTable | None = None) -> Snapshot:
+    """geo: the GeoIP table to keep (a reload whose database did not change); else compile_config reads
+    the database (geoip.GeoIPError when it cannot be used)."""
     health = health or HealthSnapshot()
-    compiled = compiled or compile_config(config)
+    compiled = compiled or compile_config(config, geo)
     return Snapshot(config, compiled, health, build_plans(config, health, overrides), generation, overrides)
 
 
@@ -97,6 +101,13 @@ def view_choice(compiled: CompiledZone, client: ClientContext) -> tuple[int, boo
 
 
 def network_of(compiled: CompiledZone, client: ClientContext) -> int:
+    """The client's network index: a client network written by hand, else (with clients.geoip) its
+    GeoIP region's, compiled.default_network + 1 + region, else compiled.default_network."""
+    geo = compiled.geo
+    if geo is not None:  # hand-written networks and the database in one map: one lookup
+        index = geo.lookup(client.bits, client.address, client.source_prefix)
+        if index is not None:
+            return index  # else an ECS subnet across ranges: the hand-written networks alone decide
     index = compiled.network_matcher.lookup(client.bits, client.address, client.source_prefix)
     return compiled.default_network if index is None else index
 
@@ -144,7 +155,7 @@ class QueryEngine:
         self.forwarder = forwarder  # set with the snapshot it belongs to (swap), or None: forwarding off
         self.forward_pending = 0  # forwarded queries waiting for an upstream now
         self.stats = QueryStats()
-        self.cache: dict[tuple[bytes, str, bool], tuple[bytes, tuple]] = {}
+        self.cache: dict[tuple[bytes, str, bool], tuple[bytes, tuple, tuple | None]] = {}
         # per-query events, rate limited (a flood of bad queries must not fill the disk); the
         # metrics count every query exactly, these only show examples
         self.failed_log = RateLimitedLog("query_failed", level="error", logger=log)
@@ -172,9 +183,11 @@ class QueryEngine:
         key = (data[2:], client_ip, over_tcp)
         cached = self.cache.get(key)
         if cached is not None:
-            reply, labels = cached
+            reply, labels, located = cached
             counts = self.stats.counts
             counts[labels] = counts.get(labels, 0) + 1
+            if located is not None:
+                self.stats.locate(located)
             self.stats.observe_latency(perf_counter() - started)
             return data[:2] + reply
         try:
@@ -188,6 +201,7 @@ class QueryEngine:
             self.malformed_log(client=client_ip, error=str(err), rcode=err.rcode, answered=reply is not None)
             return reply
         cache = self.cache
+        self.stats.last_located = None
         try:
             reply = self.answer(query, client_ip, over_tcp)
             if reply is FORWARD:
@@ -206,7 +220,7 @@ class QueryEngine:
         else:
             if len(cache) >= PACKET_CACHE_SIZE:
                 cache.clear()
-            cache[key] = (reply[2:], self.stats.last_key)
+            cache[key] = (reply[2:], self.stats.last_key, self.stats.last_located)
         self.stats.observe_latency(perf_counter() - started)
         return reply
 
@@ -249,8 +263,10 @@ class QueryEngine:
             if entry.slow:
                 count(view_name, entry.kind, query.qtype, 0, plan.registry.name, "")
                 return self.answer_slowly(query, snapshot, client, view, max_size, udp_size)
-            index = plan.choice(network_of(compiled, client),
-                                policy.weighted_slot(client.bits, client.address, client.source_prefix))
+            network = network_of(compiled, client)
+            if plan.by_network:  # performance routing placed the client: count where, and by what
+                self.stats.locate(compiled.located[network])
+            index = plan.choice(network, policy.weighted_slot(client.bits, client.address, client.source_prefix))
             if index is None:
                 count(view_name, entry.kind, query.qtype, rc.SERVFAIL, plan.registry.name, "")
                 return wire.error_response(query, rc.SERVFAIL, udp_size)

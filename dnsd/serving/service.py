@@ -28,6 +28,7 @@ from dnsd.cluster.etcd import EtcdRefused, EtcdUnavailable
 from dnsd.routing.overrides import DRAIN, FORCE_DOWN, KINDS, Override, OverrideBackend, OverrideStore
 from dnsd.routing.policy import RoutingPlan, plan as make_plan
 from dnsd.protocol.rrl import ResponseRateLimiter
+from dnsd.routing.geoip import GeoIPError, GeoTable, file_identity
 from dnsd.serving.runtime import QueryEngine, Snapshot, build_plans, new_snapshot
 
 if TYPE_CHECKING:
@@ -115,6 +116,12 @@ class Dnsd:
         self._tcp_limit = 0  # the TCP connection cap in force (after sizing to the fd limit)
         rate_limit = config.server.rate_limit
         self.rrl = ResponseRateLimiter(rate_limit) if rate_limit is not None else None  # UDP listeners' RRL
+        self._geoip_seen: tuple | None = None  # the GeoIP file's identity at the last look (geoip_changed)
+        self._geoip_tried: tuple | None = None  # ...and the last one a reload was started for
+        geo = self.engine.snapshot.compiled.geo
+        if geo is not None:
+            self._geoip_seen = geo.identity
+            log.info("geoip_loaded", database=geo.path, **geo_fields(geo))
         self.log_routing(self.engine.snapshot, None)
 
     @property
@@ -414,20 +421,26 @@ class Dnsd:
                     config = await offloop.in_thread(load_config, source, self.clock())
                 except (ConfigError, OSError) as err:
                     problems = tuple(str(p) for p in err.problems) if isinstance(err, ConfigError) else (str(err),)
-                    self.reloads["failed"] += 1
-                    log.error("config_reload_failed", source=source, actor=actor, problems=list(problems),
-                              keeping=old.config.digest[:12])
-                    self.note("config_reload_failed", source=source, problems=len(problems))
-                    self.overrides.audit("reload_failed", actor, {"source": source, "problems": len(problems)})
-                    return ReloadResult(False, old.config.digest[:12], problems)
+                    return self._reload_failed(source, actor, old, problems)
                 config = carry_serial(old.config, config)  # an unchanged file keeps its auto serial: no change
                 known = replica_keys(config)
                 self.overrides.prune(known)
                 overrides = self.overrides.current()
                 health = _kept_health(old.health, known)
-                new, changes, restart = await offloop.in_thread(lambda: (
-                    new_snapshot(config, health, old.generation + 1, overrides=overrides),
-                    tuple(_describe_changes(old.config, config)), tuple(_needs_restart(old.config, config))))
+                old_geo = old.compiled.geo
+                try:
+                    new, changes, restart = await offloop.in_thread(lambda: (
+                        new_snapshot(config, health, old.generation + 1, overrides=overrides,
+                                     geo=old_geo if old_geo is not None and old_geo.reusable_for(config.topology)
+                                     else None),  # an unchanged database is not compiled again
+                        tuple(_describe_changes(old.config, config)), tuple(_needs_restart(old.config, config))))
+                except GeoIPError as err:  # the old snapshot, with its database, keeps serving
+                    return self._reload_failed(source, actor, old, (str(err),))
+                new_geo = new.compiled.geo
+                if new_geo is not None and new_geo is not old_geo:
+                    changes = tuple(c for c in changes if c != "identical") + (
+                        f"geoip database {new_geo.path} loaded: {new_geo.stats.describe()}",)
+                    log.info("geoip_loaded", database=new_geo.path, **geo_fields(new_geo))
                 # health or overrides that changed while it compiled: new plans for them (tables stay)
                 if self.engine.snapshot.health is not old.health or self.overrides.current() != overrides:
                     health, overrides = _kept_health(self.engine.snapshot.health, known), self.overrides.current()
@@ -456,6 +469,36 @@ class Dnsd:
             if self._after_reload is not None and not by_signal:
                 self._after_reload()
             return ReloadResult(True, config.digest[:12], (), changes, restart)
+
+    def _reload_failed(self, source: str, actor: str, old: Snapshot, problems: tuple[str, ...]) -> ReloadResult:
+        self.reloads["failed"] += 1
+        log.error("config_reload_failed", source=source, actor=actor, problems=list(problems),
+                  keeping=old.config.digest[:12])
+        self.note("config_reload_failed", source=source, problems=len(problems))
+        self.overrides.audit("reload_failed", actor, {"source": source, "problems": len(problems)})
+        return ReloadResult(False, old.config.digest[:12], problems)
+
+    def geoip_changed(self) -> bool:
+        """True once the GeoIP database file has changed on disk (or gone) since it was compiled, and
+        looked the same at the previous call (a copy in progress is left to finish): app.watch_geoip
+        then reloads. A file that failed once is not tried again until it changes again."""
+        geo = self.engine.snapshot.compiled.geo
+        if geo is None:
+            return False
+        now = file_identity(geo.path)
+        seen, self._geoip_seen = self._geoip_seen, now
+        if now == geo.identity or now != seen or now == self._geoip_tried:
+            return False
+        self._geoip_tried = now
+        return True
+
+
+def geo_fields(geo: GeoTable) -> dict:
+    """A compiled GeoIP table's figures, for log events."""
+    stats = geo.stats
+    return dict(database_type=stats.database_type, networks=stats.networks, records=stats.records,
+                ranges=stats.ranges_v4 + stats.ranges_v6, table_mib=round(stats.table_bytes / 2**20, 1),
+                compile_seconds=round(stats.compile_seconds, 2))
 
 
 def _file_size(path: str | None) -> int:

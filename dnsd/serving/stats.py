@@ -26,11 +26,19 @@ class QueryStats:
         self.forward_overloaded = 0  # forwarded queries answered SERVFAIL: too many already waiting upstream
         self._history: collections.deque[tuple[float, dict[tuple[str, str], int]]] = collections.deque()
         self.last_key: tuple = ("", "", 0, 0, "", "")  # labels of the last counted query (packet cache)
+        # (client region, what placed it: networks, database, default) -> answers performance routing
+        # chose by it; last_located: the last query's, None when it placed nobody (packet cache)
+        self.located: dict[tuple[str, str], int] = {}
+        self.last_located: tuple[str, str] | None = None
 
     def count(self, view: str, kind: str, qtype: int, rcode: int, registry: str = "", replica: str = "") -> None:
         key = (view, kind, qtype if qtype in COUNTED_QTYPES else 0, rcode, registry, replica)
         self.counts[key] = self.counts.get(key, 0) + 1
         self.last_key = key
+
+    def locate(self, located: tuple[str, str]) -> None:
+        self.located[located] = self.located.get(located, 0) + 1
+        self.last_located = located
 
     def observe_latency(self, seconds: float) -> None:
         self.latency_counts[bisect.bisect_left(LATENCY_BOUNDS, seconds)] += 1
