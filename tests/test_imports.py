@@ -220,3 +220,12 @@ def test_every_dnsd_folder_has_a_layer():
     folders = {path.parent.name if path.parent.name != "dnsd" else path.stem
                for path in (ROOT / "dnsd").rglob("*.py")} - {"__init__", "__main__"}
     assert folders <= set(DNSD_LAYERS), f"place these in DNSD_LAYERS: {sorted(folders - set(DNSD_LAYERS))}"
+
+
+MAX_DNSD_FILE_LINES = 600  # issue 14: a file past this is doing more than one thing
+
+
+def test_no_dnsd_source_file_is_over_600_lines():
+    long = {str(path.relative_to(ROOT)): count for path in (ROOT / "dnsd").rglob("*.py")
+            if (count := len(path.read_text().splitlines())) > MAX_DNSD_FILE_LINES}
+    assert not long, f"split these along their jobs: {long}"
