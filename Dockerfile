@@ -18,14 +18,13 @@ RUN set -eu; \
     apt-get update -qq; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null; \
     rm -rf /var/lib/apt/lists/*
+# uid and gid 10001: the pki service gives group 10001 the keys and the admin token
+RUN groupadd --system --gid 10001 geotm \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/geotm --create-home geotm
 WORKDIR /app
 COPY pyproject.toml ./
-COPY dnsd ./dnsd
-COPY probes ./probes
-COPY standin ./standin
-COPY drills ./drills
-COPY config ./config
-# a virtual environment: the same on both bases (Debian's python3 refuses system-wide pip installs)
+# a virtual environment: the same on both bases (Debian's python3 refuses system-wide pip installs);
+# the dependencies first, in a layer of their own that a change of geotm's code leaves cached
 RUN set -eu; \
     [ -n "$PIP_INDEX_URL" ] || unset PIP_INDEX_URL; \
     if [ -n "$EXTRA_CA" ]; then \
@@ -33,12 +32,19 @@ RUN set -eu; \
         export PIP_CERT=/tmp/build-ca.pem; \
     fi; \
     python3 -m venv /opt/geotm; \
-    /opt/geotm/bin/pip install --no-cache-dir --disable-pip-version-check -q .; \
-    rm -rf /tmp/build-ca.pem build *.egg-info
+    python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); \
+                print("\n".join(p["project"]["dependencies"] + p["build-system"]["requires"] + ["wheel"]))' \
+        > /tmp/requirements.txt; \
+    /opt/geotm/bin/pip install --no-cache-dir --disable-pip-version-check -q -r /tmp/requirements.txt; \
+    rm -f /tmp/build-ca.pem /tmp/requirements.txt
+COPY dnsd ./dnsd
+COPY probes ./probes
+COPY standin ./standin
+COPY drills ./drills
+COPY config ./config
+RUN /opt/geotm/bin/pip install --no-cache-dir --disable-pip-version-check -q --no-deps --no-build-isolation . \
+    && rm -rf build *.egg-info
 ENV PATH=/opt/geotm/bin:$PATH PYTHONUNBUFFERED=1
-# uid and gid 10001: the pki service gives group 10001 the keys and the admin token
-RUN groupadd --system --gid 10001 geotm \
-    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/geotm --create-home geotm
 USER geotm
 EXPOSE 53/udp 53/tcp 8053 8054
 CMD ["dnsd", "--help"]
