@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -46,6 +47,7 @@ EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")
 HEALTH_LIMIT = 180.0
 RUN_LIMIT = 45 * 60                  # the whole run is stopped (and torn down) after this
 LOCK_WAIT = 20 * 60                  # one compose drill per machine: fixed names and addresses
+SUMMARY_LINE = re.compile(r"^  (PASS|FAIL)  \S")  # drills.timeline.summary: one line per scenario
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
 
@@ -94,6 +96,17 @@ def trusted_hosts() -> list[str]:
     """The names the pulling daemon trusts the drill CA for (certs.d): the global name and every
     replica's regional name."""
     return [GLOBAL_NAME] + [r.regional for r in REPLICAS]
+
+
+def drill_args(short: bool, scenarios: list[str], pull_socket: str | None) -> list[str]:
+    """`compose run` arguments: the client container, the pulling daemon's socket mounted into it."""
+    argv = ["run", "--rm", "-T"]
+    if pull_socket:
+        argv += ["-v", f"{pull_socket}:{PULL_SOCKET}", "-e", f"GEOTM_PULL_DOCKER={PULL_SOCKET}"]
+    argv += ["client", "drill", "--compose"] + (["--short"] if short else [])
+    for name in scenarios:
+        argv += ["--scenario", name]
+    return argv
 
 
 def preflight(own_engine: bool, need_debootstrap: bool) -> list[str]:
@@ -156,6 +169,7 @@ class ComposeRun:
         self.env = dict(os.environ)
         self.socket = ""
         self.built: list[str] = []  # images made here (removed from an engine that is not ours)
+        self.verdicts = {"PASS": 0, "FAIL": 0}  # the drill's scenarios, from its summary
         self.stack_up = False
 
     # -- commands --------------------------------------------------------------------------------
@@ -306,19 +320,19 @@ class ComposeRun:
         return str(self.pull_daemon.socket)
 
     def drill(self, pull_socket: str | None) -> int:
-        argv = ["run", "--rm", "-T"]
-        if pull_socket:
-            argv += ["-v", f"{pull_socket}:{PULL_SOCKET}", "-e", f"GEOTM_PULL_DOCKER={PULL_SOCKET}"]
-        argv += ["client", "drill", "--compose"]
-        if self.args.short:
-            argv.append("--short")
-        for name in self.args.scenario or []:
-            argv += ["--scenario", name]
+        argv = drill_args(self.args.short, self.args.scenario or [], pull_socket)
         self.say(f"== compose-drill: {' '.join(self.compose)} {' '.join(argv)}")
         started = time.monotonic()
-        result = subprocess.run(self.compose_cmd(*argv), env=self.env, stdin=subprocess.DEVNULL, timeout=RUN_LIMIT)
-        self.say(f"   the drill exited {result.returncode} after {time.monotonic() - started:.1f}s")
-        return result.returncode
+        with subprocess.Popen(self.compose_cmd(*argv), env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, errors="replace") as process:
+            assert process.stdout is not None
+            for line in process.stdout:  # through to our output, the summary's verdicts counted
+                print(line, end="", flush=True)
+                verdict = SUMMARY_LINE.match(line)
+                if verdict:
+                    self.verdicts[verdict.group(1)] += 1
+        self.say(f"   the drill exited {process.returncode} after {time.monotonic() - started:.1f}s")
+        return process.returncode
 
     # -- teardown --------------------------------------------------------------------------------
 
@@ -447,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         lock.release()
     say(f"compose-drill: {'PASSED' if code == EXIT_PASS else 'FAILED'} (exit {code}) in "
         f"{time.monotonic() - started:.0f}s")
+    say(f"compose-drill: {run.verdicts['PASS']} passed, {run.verdicts['FAIL']} failed")  # CI's closing line
     return code
 
 

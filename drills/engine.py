@@ -17,6 +17,7 @@ import ctypes
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -294,11 +295,30 @@ class Engine:
             IP_FORWARD.write_text("0\n")
             self.set_forwarding = False
         for directory in self.made_dirs:
+            remove_stale_sockets(directory)
             try:
                 directory.rmdir()
             except OSError:
                 pass
         return forced
+
+
+def remove_stale_sockets(directory: Path) -> None:
+    """Unix sockets nobody listens on any more (a killed containerd shim's, in /run/containerd/s)."""
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        if not entry.is_socket():
+            continue
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(entry))
+        except ConnectionRefusedError:
+            entry.unlink(missing_ok=True)
+        except OSError:
+            pass
+        finally:
+            probe.close()
 
 
 def remove_stale() -> list[str]:
