@@ -323,14 +323,26 @@ class ComposeRun:
         argv = drill_args(self.args.short, self.args.scenario or [], pull_socket)
         self.say(f"== compose-drill: {' '.join(self.compose)} {' '.join(argv)}")
         started = time.monotonic()
-        with subprocess.Popen(self.compose_cmd(*argv), env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, errors="replace") as process:
-            assert process.stdout is not None
+        process = subprocess.Popen(self.compose_cmd(*argv), env=self.env, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+        assert process.stdout is not None
+        try:
             for line in process.stdout:  # through to our output, the summary's verdicts counted
                 print(line, end="", flush=True)
                 verdict = SUMMARY_LINE.match(line)
                 if verdict:
                     self.verdicts[verdict.group(1)] += 1
+            process.wait(60)
+        except BaseException:  # interrupted: end the compose run now, the teardown follows
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            raise
+        finally:
+            process.stdout.close()
         self.say(f"   the drill exited {process.returncode} after {time.monotonic() - started:.1f}s")
         return process.returncode
 
@@ -443,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("compose-drill: interrupted")
         code = 130
+    except SystemExit as stopped:  # SIGTERM, or the run's time limit (SIGALRM)
+        say(f"compose-drill: stopped ({stopped.code})")
+        code = stopped.code if isinstance(stopped.code, int) else EXIT_FAIL
     finally:
         signal.alarm(0)
         for sig in (signal.SIGINT, signal.SIGTERM):  # the teardown runs to its end
