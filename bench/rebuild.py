@@ -12,29 +12,32 @@ import shutil
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+import dns.message
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dnsd.config import parse_config_text  # noqa: E402
+from dnsd import names  # noqa: E402
+from dnsd.common.children import Child, free_port  # noqa: E402
+from dnsd.config import parse_config_text, read_document  # noqa: E402
 from dnsd.routing.health import EndpointHealth, HealthSnapshot, Status  # noqa: E402
 from dnsd.serving.runtime import build_plans, new_snapshot  # noqa: E402
 
+EXAMPLE = ROOT / "config" / "example.yaml"
 REGIONS = ["eastus", "westus", "westeurope", "northeurope", "southeastasia", "japaneast"]
 
 
 def config_text(registries: int, seed: int = 7) -> str:
     """A config with `registries` registries of 3-6 replicas each, a VNet view holding a tenth of them."""
     rng = random.Random(seed)
-    data = yaml.safe_load((ROOT / "config" / "example.yaml").read_text())
+    data = read_document(EXAMPLE)
     data["regions"] = REGIONS
     data["latency_ms"] = {a: {b: 20 + 30 * abs(i - j) for j, b in enumerate(REGIONS) if j > i}
                           for i, a in enumerate(REGIONS) if i < len(REGIONS) - 1}
@@ -89,37 +92,30 @@ class LiveDnsd:
     """A real `dnsd serve` on a loopback port, its log in a file (never a pipe: a pipe nobody reads fills
     up with the start-up events of a big config and blocks the server), stopped by its PID."""
 
-    def __init__(self, config: Path, workdir: Path, extra: tuple[str, ...] = ()):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+    def __init__(self, config: Path, workdir: Path, extra: tuple[str, ...] = (), zone: str | None = None):
+        self.port = free_port()
+        self.zone = zone or read_document(EXAMPLE)["zone"]["name"]  # the configs here keep the example's zone
         self.log_path = workdir / "dnsd.log"
         self.log_offset = 0  # where wait_for_event goes on reading
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "dnsd", "serve", "--config", str(config), "--listen",
-                 f"127.0.0.1:{self.port}", "--log-format", "json", *extra],
-                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        self.process = Child([sys.executable, "-m", "dnsd", "serve", "--config", str(config), "--listen",
+                              f"127.0.0.1:{self.port}", "--log-format", "json", *extra],
+                             self.log_path, name="dnsd", cwd=ROOT).start()
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        import dns.message
-        wire = dns.message.make_query("azurecr.test", "SOA").to_wire()
-        deadline = time.monotonic() + timeout
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(0.2)
-            while time.monotonic() < deadline:  # big configs take a while to compile
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"dnsd exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+        """Until it answers (big configs take a while to compile); ChildFailed (a RuntimeError with the
+        log tail) when it exits first or `timeout` passes."""
+        wire = dns.message.make_query(self.zone, "SOA").to_wire()
+
+        def answers() -> bool:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(0.2)
                 sock.sendto(wire, ("127.0.0.1", self.port))
-                try:
-                    sock.recv(4096)
-                    return
-                except socket.timeout:
-                    continue
-        raise RuntimeError(f"dnsd not answering after {timeout:g} s")
+                sock.recv(4096)
+                return True
+        self.process.wait_ready(answers, timeout)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.process.log_text()
 
     def wait_for_event(self, names: tuple[str, ...], timeout: float) -> str:
         """Wait for the next of these log events after the last one waited for; read only new lines (the
@@ -128,7 +124,7 @@ class LiveDnsd:
         wanted = [(name, f'"event": "{name}"'.encode()) for name in names]
         with open(self.log_path, "rb") as log:
             log.seek(self.log_offset)
-            while time.monotonic() < deadline and self.process.poll() is None:
+            while time.monotonic() < deadline and self.process.running():
                 line = log.readline()
                 if not line.endswith(b"\n"):  # nothing new, or a line still being written
                     log.seek(self.log_offset)
@@ -141,25 +137,18 @@ class LiveDnsd:
         raise RuntimeError(f"none of {names} within {timeout:g} s:\n{self.log()[-3000:]}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=15)
+        self.process.stop(grace=15)
 
 
-def query_wires(registries: int, count: int = 512) -> list[bytes]:
-    """Distinct questions (global, regional names, A/AAAA, a missing name) so the packet cache, emptied
-    by every swap, does not answer them all."""
-    import dns.message
+def query_wires(registries: int, zone: str, count: int = 512) -> list[bytes]:
+    """Distinct questions (global, traffic-manager and regional names, A/AAAA, a missing name) so the
+    packet cache, emptied by every swap, does not answer them all."""
     rng = random.Random(11)
     wires = []
     for index in range(count):
         reg = f"reg{rng.randrange(registries):04d}"
-        name = rng.choice([f"{reg}.azurecr.test", f"{reg}.tm.azurecr.test", f"nope{index}.azurecr.test",
-                           f"{reg}.{rng.choice(REGIONS)}.geo.azurecr.test"])
+        name = rng.choice([names.global_name(reg, zone), names.traffic_manager_name(reg, zone),
+                           f"nope{index}.{zone}", names.regional_name(reg, rng.choice(REGIONS), zone)])
         wires.append(dns.message.make_query(name, rng.choice(["A", "A", "AAAA"])).to_wire())
     return wires
 
@@ -273,7 +262,7 @@ def live_reload(count: int, reloads: int = 2, rate: float = 1000.0, baseline_s: 
     windows: list[tuple[float, float]] = []
     try:
         server.wait_ready()
-        load = PacedLoad(server.port, query_wires(count), rate).start()
+        load = PacedLoad(server.port, query_wires(count, server.zone), rate).start()
         time.sleep(baseline_s)
         quiet_end = time.perf_counter()
         for attempt in range(reloads):

@@ -16,21 +16,26 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import dns.message
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import ecs_option_hex, parse_dnsperf  # noqa: E402
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]  # bench's modules, and dnsd when not installed
+from benchlib import ecs_option_hex  # noqa: E402
+from dnsperfout import parse_dnsperf  # noqa: E402
 
+from dnsd import names  # noqa: E402
+from dnsd.common.children import Child, ChildFailed, free_port  # noqa: E402
+from dnsd.config import load_config, read_document  # noqa: E402
+
+EXAMPLE = ROOT / "config" / "example.yaml"
 EXPECTED_RCODES = {"NOERROR", "NXDOMAIN"}
 NX_TOLERANCE = 0.02  # absolute: measured NXDOMAIN share vs the query files' share
 
@@ -48,11 +53,23 @@ class Stream:
     nx_prefix: str = "nx"
 
 
-_CHAIN = (("contoso.azurecr.test", "A", 50), ("contoso.privatelink.azurecr.test", "A", 6),
-          ("contoso.eastus.geo.azurecr.test", "A", 6), ("contoso.westeurope.geo.azurecr.test", "A", 4),
-          ("contoso.southeastasia.geo.azurecr.test", "A", 3), ("contoso.eastus.data.azurecr.test", "A", 6),
-          ("contoso.westeurope.data.azurecr.test", "A", 4), ("contoso.azurecr.test", "AAAA", 10),
-          ("contoso.eastus.geo.azurecr.test", "AAAA", 2), ("azurecr.test", "SOA", 2), ("azurecr.test", "NS", 2))
+def _chain() -> tuple[tuple[str, str, int], ...]:
+    """(name, qtype, weight) of every kind of answer of the example's first registry, for its
+    replicas in order (eastus, westeurope, southeastasia): global chain, privatelink hop, regional and
+    data names, NODATA after a chain, SOA and NS."""
+    example = load_config(EXAMPLE)
+    zone, registry = example.zone.name, example.registries[0]
+    reg = registry.name
+    near, middle, far = (replica.name for replica in registry.replicas)
+    return ((names.global_name(reg, zone), "A", 50), (names.privatelink_name(reg, zone), "A", 6),
+            (names.regional_name(reg, near, zone), "A", 6), (names.regional_name(reg, middle, zone), "A", 4),
+            (names.regional_name(reg, far, zone), "A", 3), (names.data_name(reg, near, zone), "A", 6),
+            (names.data_name(reg, middle, zone), "A", 4), (names.global_name(reg, zone), "AAAA", 10),
+            (names.regional_name(reg, near, zone), "AAAA", 2), (zone, "SOA", 2), (zone, "NS", 2))
+
+
+_CHAIN = _chain()
+ZONE = _CHAIN[-1][0]
 
 # config/example.yaml: 127.0.0.0/26 is eastus, 127.0.0.64/26 the corp-vnet view (private answers),
 # 203.0.113.0/24 southeastasia (by ECS); 127.0.0.200 is in no client network (default region)
@@ -69,7 +86,7 @@ STREAMS = (
 
 def query_lines(stream: Stream) -> list[str]:
     lines = [f"{name} {qtype}" for name, qtype, weight in stream.queries for _ in range(weight)]
-    lines += [f"{stream.nx_prefix}{i}.azurecr.test A" for i in range(stream.nxdomain)]
+    lines += [f"{stream.nx_prefix}{i}.{ZONE} A" for i in range(stream.nxdomain)]
     return lines
 
 
@@ -168,34 +185,13 @@ def sustained(results: dict[str, dict], qps: int, seconds: int, at_least: float 
     return rate >= at_least * qps, f"load sustained: {rate:,.0f} of {qps:,} qps sent ({rate / qps * 100:.0f}%)"
 
 
-def free_port() -> int:
-    """A loopback port free for both UDP and TCP (dnsd binds both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
-                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            udp.bind(("127.0.0.1", 0))
-            try:
-                tcp.bind(("127.0.0.1", udp.getsockname()[1]))
-            except OSError:
-                continue
-            return udp.getsockname()[1]
-    raise RuntimeError("no loopback port free for both UDP and TCP")
-
-
-def wait_answering(port: int, server: subprocess.Popen, limit: float) -> bool:
-    """Until dnsd answers an SOA query on the port (or exits, or `limit` seconds pass)."""
-    query = bytes.fromhex("abcd00000001000000000000") + b"\x07azurecr\x04test\x00" + bytes.fromhex("00060001")
-    deadline = time.monotonic() + limit
+def answers_soa(port: int) -> bool:
+    """Whether dnsd on the port answers an SOA query for the zone (within 0.2 s)."""
+    query = dns.message.make_query(ZONE, "SOA")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(0.2)
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                sock.sendto(query, ("127.0.0.1", port))
-                if sock.recv(512)[:2] == query[:2]:
-                    return True
-            except OSError:
-                time.sleep(0.1)
-    return False
+        sock.sendto(query.to_wire(), ("127.0.0.1", port))
+        return sock.recv(512)[:2] == query.to_wire()[:2]
 
 
 def loadavg() -> str:
@@ -205,22 +201,21 @@ def loadavg() -> str:
 def run_streams(port: int, files: dict[str, Path], seconds: int, rates: dict[str, int] | None,
                 on_tick=None, tick: float = 10.0) -> dict[str, dict]:
     """Every stream's dnsperf at once, bounded by -l and by a hard kill at seconds + 60."""
-    procs = {s.name: subprocess.Popen(dnsperf_argv(s, port, files[s.name], seconds, rates and rates[s.name]),
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    procs = {s.name: Child(dnsperf_argv(s, port, files[s.name], seconds, rates and rates[s.name]),
+                           name=f"dnsperf-{s.name}").start()
              for s in STREAMS}
     started = time.monotonic()
     try:
-        while any(p.poll() is None for p in procs.values()) and time.monotonic() - started < seconds + 60:
+        while any(p.running() for p in procs.values()) and time.monotonic() - started < seconds + 60:
             if on_tick:
                 on_tick(time.monotonic() - started)
             time.sleep(min(tick, max(0.1, seconds + 60 - (time.monotonic() - started))))
     finally:
         for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
+            proc.stop()
     results = {}
     for name, proc in procs.items():
-        output = proc.communicate(timeout=30)[0]
+        output = proc.log_text()
         try:
             results[name] = parse_dnsperf(output)
         except ValueError:
@@ -246,23 +241,23 @@ def main() -> int:
     seconds = args.seconds or int(args.minutes * 60)
     work = Path(tempfile.mkdtemp(prefix="geotm-soak-"))
     config = work / "soak.yaml"
-    config.write_text(yaml.safe_dump(soak_config(yaml.safe_load((ROOT / "config" / "example.yaml").read_text())),
-                                     sort_keys=False))
+    config.write_text(yaml.safe_dump(soak_config(read_document(EXAMPLE)), sort_keys=False))
     files = {}
     for stream in STREAMS:
         files[stream.name] = work / f"{stream.name}.txt"
         files[stream.name].write_text("\n".join(query_lines(stream)) + "\n")
     port = free_port()
-    server_log = (work / "dnsd.log").open("w")
-    server = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "dnsd", "serve", "--config", str(config),
-                               "--listen", f"127.0.0.1:{port}", "--log-level", "warning"], cwd=ROOT,
-                              stdout=server_log, stderr=subprocess.STDOUT)
+    server = Child(["taskset", "-c", "0", sys.executable, "-m", "dnsd", "serve", "--config", str(config),
+                    "--listen", f"127.0.0.1:{port}", "--log-level", "warning"], work / "dnsd.log", name="dnsd",
+                   cwd=ROOT).start()
     report: dict = {"load_before": loadavg(), "streams": {s.name: {"share": s.share, "source": s.source,
                                                                     "ecs": s.ecs} for s in STREAMS}}
     samples: list[tuple[float, int]] = []
     try:
-        if not wait_answering(port, server, 20.0):
-            print(f"soak: dnsd did not start: {(work / 'dnsd.log').read_text()[-2000:]}", file=sys.stderr)
+        try:
+            server.wait_ready(lambda: answers_soa(port), 20.0)
+        except ChildFailed:
+            print(f"soak: dnsd did not start: {server.log_text()[-2000:]}", file=sys.stderr)
             return 1
         qps = args.qps
         if qps is None:
@@ -286,12 +281,7 @@ def main() -> int:
             print(f"t={at:6.0f}s rss={samples[-1][1] / 1024:7.1f} MiB", flush=True)
         results = run_streams(port, files, seconds, rates, on_tick=sample, tick=args.sample)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        server_log.close()
+        server.stop(grace=10)
         shutil.rmtree(work, ignore_errors=True)
     report.update(qps=qps, seconds=seconds, rates=rates, results=results, rss_kib=samples, load_after=loadavg())
     for name, result in results.items():

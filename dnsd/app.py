@@ -1,17 +1,23 @@
-"""Wires one dnsd process together (as aiohttp's runner does an app): the Dnsd state, the DNS
-listeners sized to the open-files limit, the health feed, the admin API, housekeeping and the
-signals (SIGTERM/SIGINT stop, SIGHUP reloads); started in order, stopped in reverse."""
+"""Wires one dnsd process together (as aiohttp's runner does an app): the Dnsd state (with the
+forwarder of names outside the zone, when the config has a forward section), the DNS listeners sized
+to the open-files limit, the health feed, the admin API, housekeeping and the signals (SIGTERM/SIGINT
+stop, SIGHUP reloads); started in order, stopped in reverse."""
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import socket
 import time
 from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
 
+from dnsd.cluster.etcd import client_for
+from dnsd.cluster.overrides import SharedOverrides
+from dnsd.cluster.verdicts import VerdictFollower
+from dnsd.common.secretfile import SecretUnreadable
 from dnsd.ops import admin
 from dnsd.serving import offloop
 from dnsd.ops.admintoken import UnusableToken, load_token
@@ -56,20 +62,47 @@ async def start_admin(dnsd: Dnsd, config: Config) -> web.AppRunner:
 
 
 async def housekeeping(dnsd: Dnsd, worker: WorkerRole | None = None, period: float = 1.0) -> None:
-    """Expire overrides (each second), follow worker 0's override file (followers), and sample answer
-    counts for the recent shares (every 10 s)."""
+    """Expire overrides (each second), follow worker 0's override file and forwarding-cache flushes
+    (followers), the forwarder's own (expired entries, log summaries), and sample answer counts for the
+    recent shares (every 10 s)."""
     last_sample = 0.0
     while True:
         if worker is not None and worker.follower:
             dnsd.follow_overrides()
+            dnsd.follow_flushes()
         else:
             dnsd.expire_overrides()
+        dnsd.forward_housekeeping()
         now = time.monotonic()
         if now - last_sample >= SHARE_SAMPLE:
             dnsd.engine.stats.sample(now)
             last_sample = now
         dnsd.engine.flush_logs()  # summaries of rate-limited per-query events, also after a flood ends
         await asyncio.sleep(period)
+
+
+def instance_name(listen: list[tuple[str, int]]) -> str:
+    """How this dnsd is known in the cluster: host name and first DNS address (unique per machine)."""
+    host, port = listen[0]
+    return f"{socket.gethostname()}/{host}:{port}"
+
+
+def join_cluster(dnsd: Dnsd, config: Config, listen: list[tuple[str, int]]) -> SharedOverrides | None:
+    """With a cluster section: override changes kept in etcd and followed from it (worker 0 only;
+    the other workers follow its state file as without a cluster)."""
+    if config.cluster is None:
+        return None
+    settings = config.cluster.etcd
+    try:
+        client = client_for(settings)
+    except SecretUnreadable as err:
+        # as with the admin token: DNS serves from the local state; override changes are refused
+        log.error("cluster_unusable", error=str(err), effect="serving local overrides; changes refused")
+        return None
+    shared = SharedOverrides(client, settings.prefix, dnsd.overrides, instance_name(listen), dnsd.follow_cluster)
+    dnsd.attach_cluster(shared)
+    log.info("cluster_joining", endpoints=list(settings.endpoints), prefix=settings.prefix, instance=shared.instance)
+    return shared
 
 
 def listener_settings(server: ServerSettings, reuse_port: bool) -> ListenerSettings:
@@ -108,24 +141,33 @@ def _tell_supervisor_to_reload() -> None:
 
 async def serve(config: Config, listen: list[tuple[str, int]] | None = None, worker: WorkerRole | None = None) -> None:
     stop = StopSignals()
-    dnsd = Dnsd(config, after_reload=_tell_supervisor_to_reload if worker is not None and worker.index == 0 else None)
+    listen = listen or list(config.server.listen)
+    flush_file = f"{worker.state_dir}/forward-flushes.jsonl" if worker is not None and worker.state_dir else None
+    dnsd = Dnsd(config, after_reload=_tell_supervisor_to_reload if worker is not None and worker.index == 0 else None,
+                listen=listen, flush_file=flush_file)
     offloop.keep_built()  # the serving tables: no GC pass walks them again
     if worker is not None:
         structlog.contextvars.bind_contextvars(worker=worker.index)
     tasks = TaskSet()
     tasks.start(housekeeping(dnsd, worker), name="housekeeping")
-    if config.health.feeds:
+    if config.health.feeds or config.cluster is not None:  # a cluster's probes publish through etcd
         feed = HealthFeed(config.health, replica_keys(config), dnsd.apply_health)
         dnsd.attach_feed(feed)
         feed.load_state()
         feed.refresh()  # apply what was persisted before the first query is answered
         tasks.start(feed.run(), name="health feed")
+    cluster = join_cluster(dnsd, config, listen) if worker is None or not worker.follower else None
+    if cluster is not None:
+        tasks.start(cluster.run(), name="cluster overrides")
+        if dnsd.feed is not None:
+            verdicts = VerdictFollower(cluster.client, cluster.prefix, dnsd.feed)
+            tasks.start(verdicts.run(), name="cluster verdicts")
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, lambda: tasks.start(dnsd.reload(actor="SIGHUP", by_signal=True),
                                                                name="SIGHUP reload"))
     admin_runner = None
     settings = listener_settings(config.server, reuse_port=worker is not None)
-    server = DnsServer(dnsd.engine.handle, listen or list(config.server.listen), settings, rate_limiter=dnsd.rrl)
+    server = DnsServer(dnsd.engine.handle, listen, settings, rate_limiter=dnsd.rrl)
     dnsd.attach_listeners(server.tcp_stats, settings.tcp_max_connections)
     try:
         admin_runner = await start_admin(dnsd, config) if config.admin.listen else None
@@ -133,7 +175,8 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None, wor
         log.info("dnsd_started", config=config.source, version=config.digest[:12], zone=config.zone.name,
                  registries=len(config.registries), views=len(config.views),
                  health_feeds=list(config.health.feeds), listen=[f"{h}:{p}" for h, p in server.addresses],
-                 rate_limit=config.server.rate_limit.responses_per_second if config.server.rate_limit else "off")
+                 rate_limit=config.server.rate_limit.responses_per_second if config.server.rate_limit else "off",
+                 forward=[up.address for up in dnsd.forwarder.upstreams.all] if dnsd.forwarder else "off")
         await stop.wait()
     finally:
         stop.close()
@@ -144,3 +187,6 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None, wor
         if admin_runner:
             await admin_runner.cleanup()
         await server.stop()
+        await dnsd.close_forwarders()  # after the listeners: no new lookups start
+        if cluster is not None:
+            await cluster.client.close()

@@ -1,4 +1,5 @@
-"""The dnsd command line: serve, check-config, explain, and the operator commands (status, drain...).
+"""The dnsd command line: serve, check-config, explain, and the operator commands (status, drain...,
+flush).
 
 Heavy modules (aiohttp, structlog, prometheus_client, uvloop, dnslib, the engine) are imported inside
 the commands that need them, to save start-up time: the operator commands are run by hand and must
@@ -79,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("replica")
         command.add_argument("--reason", default="")
     admin_command("reload", "re-read the config file; on any problem the old config keeps serving")
+    flush = admin_command("flush", "forget the forwarding cache's answers for a name (every type), or all")
+    which = flush.add_mutually_exclusive_group(required=True)
+    which.add_argument("name", nargs="?", help="e.g. registry-1.docker.io")
+    which.add_argument("--all", action="store_true", help="empty the whole forwarding cache")
     audit = admin_command("audit", "the audit log: who changed what, when and why")
     audit.add_argument("--limit", type=int, default=50)
     return parser
@@ -149,12 +154,15 @@ def check_config(path: str) -> int:
         print(err.render(), file=sys.stderr)
         return 1
     replicas = sum(len(reg.replicas) for reg in config.registries)
+    forward = config.forward
+    forwarding = (f", forwarding to {len(forward.upstreams)} upstreams for {len(forward.clients)} client networks"
+                  if forward is not None else "")
     print(f"{path}: OK: zone {config.zone.name}, {len(config.registries)} registries, {replicas} replicas, "
-          f"{len(config.views)} views, {len(config.zone.records)} static records")
+          f"{len(config.views)} views, {len(config.zone.records)} static records{forwarding}")
     return 0
 
 
-ADMIN_COMMANDS = ("status", "drain", "force-down", "force-up", "undrain", "release", "reload", "audit")
+ADMIN_COMMANDS = ("status", "drain", "force-down", "force-up", "undrain", "release", "reload", "flush", "audit")
 OVERRIDE_KINDS = {"drain": "drain", "force-down": "force_down", "force-up": "force_up"}
 
 
@@ -179,6 +187,8 @@ def run_admin(args: argparse.Namespace) -> int:
             status, body = client.call("DELETE", path)
         elif args.command == "reload":
             status, body = client.call("POST", "/v1/reload", {})
+        elif args.command == "flush":
+            status, body = client.call("POST", "/v1/flush", {"all": True} if args.all else {"name": args.name})
         else:
             status, body = client.call("GET", f"/v1/audit?limit={args.limit}")
     except (ConfigError, OSError) as err:
@@ -233,9 +243,18 @@ def render_admin_answer(command: str, body: dict) -> str:
         lines = [f"reloaded: version {body['version']}"] + [f"  {change}" for change in body["changes"]]
         lines += [f"  needs a restart to take effect: {item}" for item in body["needs_restart"]]
         return "\n".join(lines)
+    if command == "flush":
+        what = f"of {body['name']}" if body["name"] is not None else "(the whole cache)"
+        return f"flushed {body['flushed']} cached answer{'' if body['flushed'] == 1 else 's'} {what}"
     return "\n".join(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['at']))} {e['actor']}: "
-                     f"{e['action']} {e.get('kind', '')} {e.get('registry', '')}/{e.get('replica', '')} "
-                     f"{e.get('reason', '')}".rstrip() for e in body["entries"])
+                     f"{e['action']} {_audit_subject(e)} {e.get('reason', '')}".rstrip() for e in body["entries"])
+
+
+def _audit_subject(entry: dict) -> str:
+    """What an audit entry is about: an override's kind and replica, a flushed name, a reload's source."""
+    if entry["action"] == "flush":
+        return f"{entry.get('name', '')} ({entry.get('entries', 0)} entries)"
+    return f"{entry.get('kind', '')} {entry.get('registry', '')}/{entry.get('replica', '')}"
 
 
 def run_explain(args: argparse.Namespace) -> int:

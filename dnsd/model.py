@@ -1,4 +1,5 @@
-"""The validated config as frozen values: Zone, Registry, Replica, Topology, View. No I/O, no runtime state."""
+"""The validated config as frozen values: Zone, Registry, Replica, Topology, View, ForwardSettings. No I/O,
+no runtime state."""
 from __future__ import annotations
 
 import ipaddress
@@ -19,16 +20,25 @@ def frozen_map(mapping: Mapping) -> Mapping:
     return MappingProxyType(dict(mapping))
 
 
+def default_of(cls: type, name: str) -> object:
+    """The default of one field of a model class: the config builders take every default from here."""
+    return cls.__dataclass_fields__[name].default  # type: ignore[attr-defined]
+
+
+RECORD_TTL = 3600  # a static record's TTL when it gives none
+REPLICA_WEIGHT = 100  # a replica's weight when it gives none (weighted routing)
+
+
 @dataclass(frozen=True, slots=True)
 class Soa:
     mname: str
     rname: str
     serial: int
-    refresh: int
-    retry: int
-    expire: int
-    negative_ttl: int  # the SOA MINIMUM field: how long resolvers cache NXDOMAIN/NODATA (RFC 2308)
-    ttl: int
+    refresh: int = 3600
+    retry: int = 600
+    expire: int = 604800
+    negative_ttl: int = 60  # the SOA MINIMUM field: how long resolvers cache NXDOMAIN/NODATA (RFC 2308)
+    ttl: int = 3600
     auto_serial: bool = False  # `serial: auto`: the load time, kept by a reload of the same file (config.zone)
 
 
@@ -51,9 +61,9 @@ class Zone:
     name: str  # canonical: lower case, no trailing dot
     soa: Soa
     nameservers: tuple[str, ...]
-    ns_ttl: int
     ttls: NameTTLs
     records: tuple[RR, ...]  # static records, served as given
+    ns_ttl: int = 3600
 
 
 PROBE_KINDS = ("oci", "distribution", "harbor", "http", "https", "tcp")
@@ -292,6 +302,66 @@ class AdminSettings:
     state_file: str | None = None  # overrides and the audit log, kept across restarts
 
 
+LOOPBACK_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardCache:
+    """forward.cache: how much the forwarding cache holds and how long (dnsd.forward.cache)."""
+
+    max_entries: int = 10_000
+    max_bytes: int = 16 * 1024 * 1024  # stored messages plus a fixed overhead per entry
+    min_ttl: int = 0  # floor of every cached TTL
+    max_ttl: int = 3600  # cap of every cached TTL
+    max_negative_ttl: int = 1800  # cap of NXDOMAIN/NODATA lifetimes (RFC 2308: min(SOA TTL, MINIMUM))
+    serve_stale: float = 0.0  # seconds past expiry an answer may stand in (TTL 30) while every upstream fails; 0: off
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardSettings:
+    """The `forward:` section: names outside our zone resolved through upstream resolvers, with a cache
+    (dnsd.forward reads these values as they are). Absent: off, every outside name is REFUSED."""
+
+    upstreams: tuple[tuple[str, int], ...] = ()  # (IP, port) in config order; from resolv_conf when given
+    resolv_conf: str | None = None  # the file the upstreams were read from (its nameserver lines)
+    # Sources that may have outside names resolved; everyone else gets REFUSED for them, so geotm is
+    # never an open resolver (amplification, cache poisoning). Loopback unless the config lists more.
+    clients: tuple[IPNetwork, ...] = LOOPBACK_NETWORKS
+    try_timeout: float = 1.0  # seconds one upstream gets (the TCP retry after TC=1 gets as long again)
+    deadline: float = 3.0  # seconds for the whole lookup, every upstream and retry included
+    max_in_flight: int = 1000  # distinct lookups under way upstream; more -> stale or SERVFAIL
+    cache: ForwardCache = field(default_factory=ForwardCache)
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdTls:
+    """cluster.etcd.tls: how dnsd and probes trust etcd (https endpoints) and prove who they are."""
+
+    ca_file: str | None = None  # PEM bundle that signs etcd's certificates; None: the system CAs
+    cert_file: str | None = None  # our client certificate, when etcd requires one...
+    key_file: str | None = None  # ...and its key
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdSettings:
+    """cluster.etcd: where the shared truth lives (dnsd.cluster)."""
+
+    endpoints: tuple[str, ...] = ()  # client URLs, e.g. http://10.0.0.1:2379; tried in order
+    prefix: str = "/geotm/"  # every key of this deployment starts with it (several may share one etcd)
+    tls: EtcdTls | None = None  # None: plain http endpoints
+    username: str | None = None  # etcd auth (a role with read/write on prefix)...
+    password_file: str | None = None  # ...and its password, read from this file
+    timeout: float = 2.0  # seconds one request may take: a write etcd cannot commit by then is refused
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """The `cluster:` section: many dnsd and probes instances share overrides, verdicts and their own
+    registrations through etcd. Absent: one machine, each dnsd with its own state files."""
+
+    etcd: EtcdSettings
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     source: str  # file it was loaded from
@@ -304,6 +374,8 @@ class Config:
     probes: ProbesSettings = field(default_factory=ProbesSettings)
     health: HealthFeedSettings = field(default_factory=HealthFeedSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    forward: ForwardSettings | None = None  # None (the section absent): names outside the zone are REFUSED
+    cluster: ClusterSettings | None = None  # None (the section absent): no etcd, local state files only
 
     def registry(self, name: str) -> Registry:
         for registry in self.registries:

@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from dnsd.common import children
 from drills.labconfig import BY_ADDRESS, GLOBAL_NAME, PROBES, PROBES_ADDRESS, PROBES_PORT
 from drills.proc import parse_timestamp
 
@@ -63,17 +64,11 @@ class Events:
 
 
 def wait_for(predicate: Callable[[], object], limit: float, step: float = WATCH_STEP) -> float | None:
-    """time.time() when predicate() first holds, or None after `limit` seconds."""
-    deadline = time.monotonic() + limit
-    while True:
-        try:
-            if predicate():
-                return time.time()
-        except Exception:
-            pass
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(step)
+    """time.time() when predicate() first holds (an exception counts as "not yet"), or None after
+    `limit` seconds."""
+    if children.poll_until(predicate, limit, step, ignore=(Exception,)) is None:
+        return None
+    return time.time()
 
 
 def http_status(url: str) -> int | None:

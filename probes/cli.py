@@ -84,6 +84,13 @@ async def serve(config, settings) -> None:
         service.on_transition.append(lambda target, moved, _state: notifier.notify(
             transition_event(target, moved, service.instance)))
         tasks.start(notifier.run(), name="webhook")
+    publisher = None
+    if config.cluster is not None:  # verdicts through etcd, leased for health.ttl
+        from dnsd.cluster.etcd import client_for  # start-up: aiohttp, not needed by `probes budget`
+        from dnsd.cluster.verdicts import VerdictPublisher  # start-up: as above
+        publisher = VerdictPublisher(client_for(config.cluster.etcd), config.cluster.etcd.prefix, service.instance,
+                                     config.health.ttl, service.document, lambda: service.generation)
+        tasks.start(publisher.run(), name="cluster verdicts")
     log.info("probes_started", config=config.source, targets=len(service.targets), listen=f"{host}:{port}",
              tls=tls is not None, token="required on /v1/health" if token else "none",
              registry_credentials=len(registry_auth.credentials) if registry_auth else None,
@@ -95,6 +102,9 @@ async def serve(config, settings) -> None:
         stop.close()
         log.info("probes_stopping")
         await tasks.close()  # the webhook notifier: cancelled and awaited before its session closes
+        if publisher is not None:
+            await publisher.withdraw()
+            await publisher.client.close()
         await service.stop()
         await runner.cleanup()
 

@@ -1,8 +1,8 @@
 # Sourced by the other scripts: `apt_install WHY PACKAGE...` installs Debian packages when run as
 # root where apt-get exists, each without its recommends, with services kept from starting (a
-# temporary /usr/sbin/policy-rc.d that exits 101, unless one is there already: knot's, unbound's and
-# docker.io's postinst would start them); returns apt-get's status. Elsewhere it only says what is
-# missing and why.
+# temporary /usr/sbin/policy-rc.d that exits 101, unless one is there already: the postinsts of knot,
+# unbound, etcd-server and docker.io would start them); returns apt-get's status. Elsewhere it only
+# says what is missing and why.
 apt_install() {
     local why=$1
     shift

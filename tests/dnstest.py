@@ -1,5 +1,6 @@
-"""Test helpers: build engines from config text or dicts, ask them real DNS messages (dnspython), and
-render replies in zone-file syntax so cases read like zone files."""
+"""Test helpers: the example config as data and as files (isolated, or probed for real on loopback),
+build engines from config text or dicts, ask them real DNS messages (dnspython), and render replies in
+zone-file syntax so cases read like zone files."""
 from __future__ import annotations
 
 import copy
@@ -13,7 +14,8 @@ import dns.rcode
 import dns.rdatatype
 import yaml
 
-from dnsd.config import parse_config_text
+from dnsd.common.children import free_port
+from dnsd.config import parse_config_text, read_document
 from dnsd.routing.health import HealthSnapshot
 from dnsd.serving.runtime import QueryEngine, new_snapshot
 
@@ -22,7 +24,7 @@ EXAMPLE = ROOT / "config" / "example.yaml"
 
 
 def example_dict() -> dict:
-    return yaml.safe_load(EXAMPLE.read_text())
+    return read_document(EXAMPLE)
 
 
 def isolated_example(tmp_path, **sections) -> Path:
@@ -36,6 +38,26 @@ def isolated_example(tmp_path, **sections) -> Path:
     data["admin"] = {**data["admin"], "token_file": str(token), "state_file": str(tmp_path / "overrides.json")}
     data.update(sections)
     path = tmp_path / "geotm.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def probed_example(path: Path, probes_port: int, health: dict, probes: dict | None = None, poll: float = 0.2,
+                   ttl: float = 30.0) -> Path:
+    """The example config written to `path` for a real probes and dnsd on loopback: every replica probed
+    over TCP each 200 ms (fall 1, rise 1), contoso/eastus on a closed port (degraded after one round),
+    the others on the probes port itself (alive); probes listening there with `probes` added; dnsd
+    polling every `poll` s, verdicts kept `ttl` s, with `health` added; no admin section."""
+    data = example_dict()
+    closed = free_port()
+    for registry_name, registry in data["registries"].items():
+        for name, replica in registry["replicas"].items():
+            port = closed if (registry_name, name) == ("contoso", "eastus") else probes_port
+            replica["probe"] = {"kind": "tcp", "address": "127.0.0.1", "port": port, "interval": "200ms",
+                                "timeout": "150ms", "fall": 1, "rise": 1}
+    data["probes"] = {"listen": f"127.0.0.1:{probes_port}", **(probes or {})}
+    data["health"] = {"poll_interval": f"{poll:g}s", "ttl": f"{ttl:g}s", **health}
+    data.pop("admin", None)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 

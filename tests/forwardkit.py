@@ -1,10 +1,13 @@
 """What the forwarding tests share: queries as dnsd parses them, replies built with dnspython (an
 independent implementation), a fake clock, our zone's predicate, and FakeUpstream, a hostile upstream
-resolver on loopback (asyncio UDP and TCP on one port) whose behaviour each test scripts."""
+resolver on loopback (asyncio UDP and TCP on one port) whose behaviour each test scripts, and
+UpstreamThread, the same in a thread of its own for tests that drive a real dnsd process."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import struct
+import threading
 from collections.abc import Awaitable, Callable
 
 import dns.edns
@@ -16,7 +19,7 @@ import dns.rdatatype
 import dns.rrset
 
 from dnsd.forward.message import Cleaned, clean_reply, upstream_query
-from dnsd.forward.settings import ForwardSettings
+from dnsd.model import ForwardCache, ForwardSettings
 from dnsd.protocol import wire
 from tests.harness import free_port
 
@@ -91,9 +94,15 @@ def decode(reply: bytes) -> dns.message.Message:
     return dns.message.from_wire(reply)
 
 
+_CACHE_KEYS = frozenset(field.name for field in dataclasses.fields(ForwardCache))
+
+
 def settings(*ports: int, **overrides) -> ForwardSettings:
+    """The forward section with these upstream ports on 127.0.0.1, short timeouts, and any other value
+    given by its name (those of forward.cache too: max_entries=2, serve_stale=60)."""
+    cache = {key: overrides.pop(key) for key in list(overrides) if key in _CACHE_KEYS}
     values = {"upstreams": tuple(("127.0.0.1", port) for port in ports), "try_timeout": 0.3,
-              "deadline": 2.0}
+              "deadline": 2.0, "cache": ForwardCache(**cache)}
     values.update(overrides)
     return ForwardSettings(**values)
 
@@ -172,6 +181,46 @@ class FakeUpstream:
             pass
         finally:
             writer.close()
+
+
+class UpstreamThread:
+    """A FakeUpstream on an event loop of its own, in a thread: the upstream of a real dnsd process in a
+    test that blocks (subprocesses, blocking DNS queries). `handler` may be replaced while it runs;
+    `received` is the FakeUpstream's. Use as `with UpstreamThread(handler) as up: ... up.port ...`;
+    stop() ends it early (the upstream goes away: nothing listens on its port any more)."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.upstream = FakeUpstream(self._dispatch)
+        self.handler = handler
+        self.port = self.upstream.port
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-upstream", daemon=True)
+
+    @property
+    def received(self) -> list[tuple[bytes, bool]]:
+        return self.upstream.received
+
+    def questions(self) -> list[str]:
+        """The names asked so far, lower case with the trailing dot, in order (UDP and TCP)."""
+        return [dns.message.from_wire(data).question[0].name.to_text().lower() for data, _ in self.received]
+
+    async def _dispatch(self, data: bytes, over_tcp: bool):
+        return await self.handler(data, over_tcp)
+
+    def __enter__(self) -> UpstreamThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.upstream.__aenter__(), self._loop).result(5)
+        return self
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.upstream.__aexit__(None, None, None), self._loop).result(5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+            self._loop.close()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def answering(*records: str, delay: float = 0.0, **reply_options) -> Handler:

@@ -17,6 +17,8 @@ BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
 
 import benchlib as bl  # noqa: E402
+import dnsperfout as dp  # noqa: E402
+import peerconfig as pc  # noqa: E402
 
 FIXTURES = BENCH / "fixtures"
 
@@ -64,7 +66,7 @@ def _chain_lines(text: str) -> list[str]:
 
 
 def test_static_zone_chain(model):
-    z = _chain_lines(bl.static_zone(model))
+    z = _chain_lines(pc.static_zone(model))
     assert "contoso 300 IN CNAME contoso.privatelink.azurecr.test." in z
     assert "contoso.privatelink 300 IN CNAME contoso.tm.azurecr.test." in z
     assert "contoso.tm 30 IN CNAME contoso.eastus.reg.azurecr.test." in z
@@ -78,7 +80,7 @@ def test_static_zone_chain(model):
 
 
 def test_pdns_lua_zone_weighted_pick_over_every_replica(model):
-    z = bl.pdns_lua_zone(model)
+    z = pc.pdns_lua_zone(model)
     tm = [line for line in z.splitlines() if line.startswith("contoso.tm ")]
     assert len(tm) == 1
     assert " IN LUA CNAME \"pickwhashed(" in tm[0]
@@ -86,14 +88,14 @@ def test_pdns_lua_zone_weighted_pick_over_every_replica(model):
         assert f"{{100, 'contoso.{rep}.reg.azurecr.test.'}}" in tm[0]
         assert f"contoso.{rep}.reg 10 IN A" in z
     assert "contoso.privatelink 300 IN CNAME contoso.tm.azurecr.test." in z
-    conf = bl.pdns_config(5300, "/tmp/x", lua=True)
+    conf = pc.pdns_config(5300, "/tmp/x", lua=True)
     assert "enable-lua-records=yes" in conf and "launch=bind" in conf and "local-port=5300" in conf
-    assert "enable-lua-records" not in bl.pdns_config(5300, "/tmp/x", lua=False)
-    assert 'zone "azurecr.test"' in bl.pdns_named_conf(model, "/tmp/x/zone")
+    assert "enable-lua-records" not in pc.pdns_config(5300, "/tmp/x", lua=False)
+    assert 'zone "azurecr.test"' in pc.pdns_named_conf(model, "/tmp/x/zone")
 
 
 def test_gdnsd_zone_and_config(model):
-    z = _chain_lines(bl.gdnsd_zone(model))
+    z = _chain_lines(pc.gdnsd_zone(model))
     assert "contoso 300 IN CNAME contoso.privatelink.azurecr.test." in z
     assert "contoso.privatelink 300 IN CNAME contoso.tm.azurecr.test." in z
     assert "contoso.tm 10/10 DYNA weighted!contoso_tm" in z
@@ -102,23 +104,23 @@ def test_gdnsd_zone_and_config(model):
         assert f"contoso.{rep}.data 300 IN CNAME contoso.{rep}.reg.azurecr.test." in z
     assert not any(" CAA " in line for line in z)          # CAA only in RFC 3597 form
     assert any(" TYPE257 " in line for line in z)
-    conf = bl.gdnsd_config(model, 5301, "/tmp/r", "/tmp/s", "/tmp/h")
+    conf = pc.gdnsd_config(model, 5301, "/tmp/r", "/tmp/s", "/tmp/h")
     for rep, addr in (("eastus", "127.0.0.11"), ("westeurope", "127.0.0.12"), ("southeastasia", "127.0.0.13")):
         assert re.search(rf"{rep} => \[ {re.escape(addr)}, 100 \]", conf)
     assert "127.0.0.1:5301" in conf and "plugin => extfile" in conf and "experimental_no_chain => false" in conf
-    health = bl.gdnsd_health_file(model)
+    health = pc.gdnsd_health_file(model)
     assert health.split("\n")[:3] == ["127.0.0.11 => UP", "127.0.0.12 => UP", "127.0.0.13 => UP"]
 
 
 def test_knot_config(model):
-    conf = bl.knot_config(model, 5302, "/tmp/k", "/tmp/k/azurecr.test.zone")
+    conf = pc.knot_config(model, 5302, "/tmp/k", "/tmp/k/azurecr.test.zone")
     assert "listen: 127.0.0.1@5302" in conf and "domain: azurecr.test" in conf
 
 
 def test_geotm_bench_config(tmp_path):
     import yaml
 
-    doc = yaml.safe_load(bl.geotm_bench_config(ROOT / "config" / "example.yaml", tmp_path, 5303))
+    doc = yaml.safe_load(pc.geotm_bench_config(ROOT / "config" / "example.yaml", tmp_path, 5303))
     assert "feeds" not in doc["health"]
     assert doc["admin"]["listen"] == "off"
     assert doc["server"]["listen"] == ["127.0.0.1:5303"]
@@ -131,7 +133,7 @@ def test_geotm_bench_config_is_valid(tmp_path):
     if not dnsd.exists():
         unavailable("no .venv/bin/dnsd (scripts/test makes the .venv)")
     cfg = tmp_path / "geotm.yaml"
-    cfg.write_text(bl.geotm_bench_config(ROOT / "config" / "example.yaml", tmp_path, 5303))
+    cfg.write_text(pc.geotm_bench_config(ROOT / "config" / "example.yaml", tmp_path, 5303))
     r = subprocess.run([str(dnsd), "check-config", str(cfg)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -143,7 +145,7 @@ def test_ecs_option_hex():
 
 
 def test_parse_dnsperf_captured_summary():
-    out = bl.parse_dnsperf((FIXTURES / "dnsperf-2.10-summary.txt").read_text())
+    out = dp.parse_dnsperf((FIXTURES / "dnsperf-2.10-summary.txt").read_text())
     assert out["queries_sent"] == 416190
     assert out["queries_completed"] == 416188
     assert out["queries_lost"] == 2
@@ -159,25 +161,25 @@ def test_parse_dnsperf_captured_summary():
 
 def test_parse_dnsperf_verbose_latencies():
     text = (FIXTURES / "dnsperf-2.10-verbose.txt").read_text()
-    lat, codes = bl.parse_verbose_latencies(text)
-    summary = bl.parse_dnsperf(text)
+    lat, codes = dp.parse_verbose_latencies(text)
+    summary = dp.parse_dnsperf(text)
     assert len(lat) == summary["queries_completed"] == 300
     assert codes == summary["rcodes"]
     assert sum(lat) / len(lat) == pytest.approx(summary["avg_latency_s"], abs=2e-6)
     assert min(lat) == pytest.approx(summary["min_latency_s"]) and max(lat) == pytest.approx(summary["max_latency_s"])
-    assert min(lat) <= bl.percentile(lat, 50) <= bl.percentile(lat, 99) <= max(lat)
+    assert min(lat) <= dp.percentile(lat, 50) <= dp.percentile(lat, 99) <= max(lat)
 
 
 def test_parse_dnsperf_rejects_garbage():
     with pytest.raises(ValueError):
-        bl.parse_dnsperf("dnsperf: error: could not open file\n")
+        dp.parse_dnsperf("dnsperf: error: could not open file\n")
 
 
 def test_percentile_nearest_rank():
     vals = [float(i) for i in range(1, 101)]
-    assert bl.percentile(vals, 99) == 99.0
-    assert bl.percentile(vals, 50) == 50.0
-    assert bl.percentile([3.0], 99) == 3.0
+    assert dp.percentile(vals, 99) == 99.0
+    assert dp.percentile(vals, 50) == 50.0
+    assert dp.percentile([3.0], 99) == 3.0
 
 
 def test_table_round_trip():
@@ -187,7 +189,7 @@ def test_table_round_trip():
         {"server": "knot +ecs", "qps": 82900.8, "mean_ms": 2.134, "rate_mean_ms": None, "p99_ms": None, "lost": 2,
          "ratio": 0.39},
     ]
-    parsed = bl.parse_table("preamble\n\n" + bl.format_table(rows) + "\n\ncommands:\n")
+    parsed = dp.parse_table("preamble\n\n" + dp.format_table(rows) + "\n\ncommands:\n")
     assert [r["server"] for r in parsed] == ["geotm", "knot +ecs"]
     assert parsed[0]["qps"] == 47846 and parsed[0]["ratio"] is None and parsed[0]["p99_ms"] == 14.39
     assert parsed[0]["cpu"] == 0.98 and parsed[1]["cpu"] is None
@@ -202,7 +204,7 @@ def test_bench_run_end_to_end(tmp_path):
     r = subprocess.run([str(BENCH / "run"), "--seconds", "1", "--runs", "1", "--only", "knot,geotm", "--skip-install",
                         "--json", str(out_json)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    rows = {row["server"]: row for row in bl.parse_table(r.stdout)}
+    rows = {row["server"]: row for row in dp.parse_table(r.stdout)}
     assert {"geotm", "knot"} <= set(rows)
     assert rows["geotm"]["qps"] > 0 and rows["knot"]["qps"] > 0
     assert rows["knot"]["ratio"] == pytest.approx(rows["geotm"]["qps"] / rows["knot"]["qps"], rel=0.02)

@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import os
 import re
-import socket
 import ssl
 import subprocess
 import time
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from dnsd.common.children import free_port
 from dnsd.model import ProbeCheck, StatusRange
 from probes.checks import CANARY_CONTENT, CANARY_DIGEST, MAX_BODY, ProbeResult, make_session, run_check
 from tests import harness
@@ -264,13 +264,6 @@ SERVERS: dict[str, Callable[[], Server]] = {
     "not-http": lambda: raw_server(b"SSH-2.0-OpenSSH_9.6\r\nprotocol mismatch\r\n\r\n"),
     "hangup": lambda: raw_server(None),
 }
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 with nothing listening (we bind, read the port, close)."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def make_check(kind: str, port: int, **kw: Any) -> ProbeCheck:

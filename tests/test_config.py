@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from dnsd.cli import main as dnsd_main
-from dnsd.config import ConfigError, keys, load_config, parse_config_text
-from dnsd.model import Soa
+from dnsd.config import ConfigError, keys, load_config, parse_config_text, read_document
+from dnsd.model import EtcdSettings, Soa
 from tests.dnstest import ROOT, example_dict
 
 BAD = sorted((ROOT / "tests" / "config" / "bad").glob("*.yaml"))
@@ -83,13 +83,14 @@ CHECK_KEYS = ("kind, address, port, scheme, host_header, path, method, headers, 
 REPLICA = ("registries", "contoso", "replicas", "eastus")
 ALLOWED_KEYS = [
     # (mapping, what is put there first (None: the example's own), the keys its unknown-key problem lists)
-    ((), None, "server, zone, regions, latency_ms, clients, registries, views, probes, health, admin"),
+    ((), None, "server, zone, regions, latency_ms, clients, registries, views, probes, health, admin, forward, "
+              "cluster"),
     (("server",), None, "listen, edns_udp_size, tcp_idle_timeout, tcp_idle_timeout_under_load, tcp_max_connections, "
                         "tcp_max_connections_per_source, tcp_source_prefix_v4, tcp_source_prefix_v6, fd_reserve, "
                         "rate_limit"),
     (("server", "rate_limit"), {}, "responses_per_second, nxdomains_per_second, errors_per_second, slip, "
                                    "ipv4_prefix_length, ipv6_prefix_length, exempt, table_size"),
-    (("zone",), None, "name, soa, nameservers, ns_ttl, ttl, records"),
+    (("zone",), None, "name, soa, nameservers, ttl, records, ns_ttl"),
     (("zone", "soa"), None, "mname, rname, serial, refresh, retry, expire, negative_ttl, ttl"),
     (("zone", "ttl"), None, "global, privatelink, traffic_manager, traffic_manager_short, regional, data, replica, "
                             "private"),
@@ -110,6 +111,13 @@ ALLOWED_KEYS = [
     (("health",), None, "feeds, quorum, poll_interval, ttl, state_file, ca_file, token_file"),
     (("health", "feeds", 0), {"url": "http://127.0.0.1:8053/v1/health"}, "url, ca_file, token_file"),
     (("admin",), None, "listen, token_file, token_env, public_metrics, public_status_page, state_file"),
+    (("forward",), {"upstreams": ["9.9.9.9"]}, "upstreams, resolv_conf, clients, try_timeout, deadline, "
+                                                "max_in_flight, cache"),
+    (("cluster",), {"etcd": {"endpoints": ["http://127.0.0.1:2379"], "tls": {}}}, "etcd"),
+]
+CLUSTER_KEYS = [  # (where in the cluster section, the keys its unknown-key problem lists)
+    (("etcd",), "endpoints, prefix, tls, username, password_file, timeout"),
+    (("etcd", "tls"), "ca_file, cert_file, key_file"),
 ]
 
 
@@ -132,9 +140,55 @@ def test_an_unknown_key_names_every_key_its_mapping_allows(site, given, allowed)
     assert f"{path}: unknown key 'bogus_key' (allowed: {allowed})" in caught.value.render()
 
 
+@pytest.mark.parametrize("site, allowed", CLUSTER_KEYS, ids=lambda v: ".".join(v) if isinstance(v, tuple) else "")
+def test_an_unknown_cluster_key_names_every_key_its_mapping_allows(site, allowed):
+    data = copy.deepcopy(example_dict())
+    data["cluster"] = {"etcd": {"endpoints": ["http://127.0.0.1:2379"], "tls": {}}}
+    node = data["cluster"]
+    for key in site:
+        node = node[key]
+    node["bogus_key"] = "bogus"
+    with pytest.raises(ConfigError) as caught:
+        parse_config_text(yaml.safe_dump(data, sort_keys=False), "keys.yaml")
+    path = ".".join(("cluster",) + site + ("bogus_key",))
+    assert f"{path}: unknown key 'bogus_key' (allowed: {allowed})" in caught.value.render()
+
+
+def test_the_cluster_section_absent_is_none_and_present_takes_the_model_defaults():
+    data = copy.deepcopy(example_dict())
+    assert parse_config_text(yaml.safe_dump(data), "plain.yaml").cluster is None
+    data["cluster"] = {"etcd": {"endpoints": ["http://127.0.0.1:2379/", "https://10.0.0.2:2379"]}}
+    etcd = parse_config_text(yaml.safe_dump(data), "cluster.yaml").cluster.etcd
+    assert etcd == EtcdSettings(endpoints=("http://127.0.0.1:2379", "https://10.0.0.2:2379"))
+
+
 def test_a_key_list_naming_a_field_the_model_does_not_have_fails_at_import():
     with pytest.raises(TypeError, match="Soa has no field serial_number"):
         keys.keys_of(Soa, renamed={"serial_number": "serial"})
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_read_document_gives_what_yaml_gives(path):
+    assert read_document(path) == yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("a: {b: [1, 2.5, true, null, '3']}\n", {"a": {"b": [1, 2.5, True, None, "3"]}}),
+    ("x: &a [1]\ny: *a\n", {"x": [1], "y": [1]}),
+    ("- a\n", ["a"]),
+    ("", None),
+    ("a: 1\na: 2\n", "duplicate key 'a' (first defined at line 1)"),
+    ("a: &x {b: 1}\nc:\n  <<: *x\n", "keys must be plain strings"),
+], ids=["scalars", "alias", "list", "empty", "duplicate-key", "merge-key"])
+def test_read_document(tmp_path, text, expected):
+    path = tmp_path / "doc.yaml"
+    path.write_text(text)
+    if isinstance(expected, str):
+        with pytest.raises(ConfigError) as caught:
+            read_document(path)
+        assert f"{path}:" in caught.value.render() and expected in caught.value.render()
+    else:
+        assert read_document(path) == expected
 
 
 def test_problem_lines_are_file_line_column_path_message():

@@ -6,6 +6,7 @@ clients are served, and everything stays bounded."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 
 import dns.edns
@@ -211,7 +212,7 @@ async def test_all_upstreams_failing(stale_for, later, rcode, ttl):
     clock = Clock()
     switch = Switch(A_300)
     async with FakeUpstream(switch) as up:
-        fwd = Forwarder(settings(up.port, stale_for=stale_for, deadline=0.5), in_zone, clock=clock)
+        fwd = Forwarder(settings(up.port, serve_stale=stale_for, deadline=0.5), in_zone, clock=clock)
         await ask(fwd)
         switch.failing = True
         clock.now += later
@@ -352,7 +353,7 @@ async def test_answer_later_refuses_too(client, name):
 
 async def test_allowed_clients_come_from_the_settings():
     async with FakeUpstream(answering(A_300)) as up:
-        fwd = Forwarder(settings(up.port, allow_clients=("10.0.0.0/8",)), in_zone)
+        fwd = Forwarder(settings(up.port, clients=(ipaddress.ip_network("10.0.0.0/8"),)), in_zone)
         assert (await ask(fwd, client="10.1.2.3")).rcode() == dns.rcode.NOERROR
         assert (await ask(fwd, client="127.0.0.1")).rcode() == dns.rcode.REFUSED
 
@@ -371,7 +372,7 @@ async def test_what_goes_upstream():
 
 async def test_cache_entries_are_bounded():
     async with FakeUpstream(answering("x.example. 300 IN A 192.0.2.1")) as up:
-        fwd = Forwarder(settings(up.port, cache_entries=2), in_zone)
+        fwd = Forwarder(settings(up.port, max_entries=2), in_zone)
         for name in ("a.example.", "b.example.", "c.example.", "a.example."):
             await ask(fwd, query(name))
     assert up.udp_queries == 4 and len(fwd.cache) == 2 and fwd.cache.evicted == 2

@@ -1,18 +1,12 @@
-"""dnsd.forward.upstreams: upstream addresses from HOST:PORT lists and resolv.conf files (never our own
-listeners), and the order they are tried in: smoothed RTT, penalties, and the decay that has slower
-upstreams measured again now and then."""
+"""Upstreams: their addresses from HOST:PORT lists and resolv.conf files, never our own listeners
+(dnsd.config.upstreams), and the order they are tried in (dnsd.forward.upstreams): smoothed RTT,
+penalties, and the decay that has slower upstreams measured again now and then."""
 from __future__ import annotations
 
 import pytest
 
-from dnsd.forward.upstreams import (
-    SRTT_MAX,
-    Upstream,
-    Upstreams,
-    nameservers_from_resolv_conf,
-    parse_upstreams,
-    read_resolv_conf,
-)
+from dnsd.config.upstreams import nameservers_from_resolv_conf, parse_upstreams, read_resolv_conf
+from dnsd.forward.upstreams import SRTT_MAX, Upstream, Upstreams
 
 PARSE_CASES = [
     # (texts, parsed or the error's words)

@@ -198,7 +198,7 @@ def test_probes_and_standin_do_not_import_the_dns_listeners(importer):
 
 # dnsd's folders in the order of ARCHITECTURE.md's flow: a module may import from its own folder and
 # from folders later in this list, never earlier ones (the top-level shared values come last)
-DNSD_LAYERS = ("cli", "app", "ops", "serving", "forward", "protocol", "answers", "routing", "config",
+DNSD_LAYERS = ("cli", "app", "ops", "serving", "forward", "protocol", "answers", "cluster", "routing", "config",
                "model", "records", "names", "common")
 
 

@@ -110,7 +110,7 @@ def nxdomain_with_chain(qname: str, target: str, zone: str = "azurecr.test", com
     (nxdomain_with_chain("a.example.org", "gone.example.org", zone="example.org"), "nx1.azurecr.test", False),
     (nxdomain_with_chain("A.EXAMPLE.ORG", "x.example.org", zone="example.org"),
      nxdomain_with_chain("b.example.org", "y.example.org", zone="example.org"), True),
-])
+], ids=["compressed", "uncompressed", "other-zone", "same-other-zone"])  # the replies' IDs are random
 def test_nxdomain_class_is_the_zone_of_the_soa_whatever_comes_before(a, b, same_class):
     rrl, _ = limiter(responses_per_second=1, slip=0)
     b = reply_for(b) if isinstance(b, str) else b
@@ -459,10 +459,10 @@ def test_bench_rrl_configs_are_valid(tmp_path, rate_limit, admin_port):
     """bench/rrl.py's three dnsd configs: the bench copy of the example plus rate_limit (and metrics)."""
     import sys
     sys.path.insert(0, str(harness.REPO_ROOT / "bench"))
-    import benchlib
+    import peerconfig
     import rrl as bench_rrl
-    text = bench_rrl.dnsd_config(benchlib.geotm_bench_config(harness.REPO_ROOT / "config" / "example.yaml",
-                                                             tmp_path, 5399), rate_limit, admin_port)
+    text = bench_rrl.dnsd_config(peerconfig.geotm_bench_document(harness.REPO_ROOT / "config" / "example.yaml",
+                                                                 tmp_path, 5399), rate_limit, admin_port)
     config = config_from(text)
     expected = None if rate_limit is None else RateLimitSettings(**rate_limit)
     assert config.server.rate_limit == expected

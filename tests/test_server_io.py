@@ -1,7 +1,8 @@
 """DnsServer socket I/O on loopback (UDP, TCP framing and timeouts, binding), and tests/harness.py itself.
 
 The handler is a stub that flips the QR bit of whatever it gets, so these tests see only transport
-behaviour. The in-process tests run on the stock asyncio loop (pytest-asyncio); the TCP ones are
+behaviour; LaterReplies returns a Future instead for some queries (a reply that comes later, as a
+forwarded query's does) and completes it when the test says. The in-process tests run on the stock asyncio loop (pytest-asyncio); the TCP ones are
 run again on uvloop (test_on_uvloop), which is what production uses.
 """
 from __future__ import annotations
@@ -24,7 +25,9 @@ import structlog.testing
 from dnsd.common.lifecycle import run
 from dnsd.protocol.listening import ListenerSettings
 from dnsd.protocol.server import DnsServer
-from dnsd.protocol.tcp import source_key
+from dnsd.model import RateLimitSettings
+from dnsd.protocol.rrl import ResponseRateLimiter
+from dnsd.protocol.tcp import _MAX_PENDING_REPLIES, source_key
 
 try:
     from tests import harness
@@ -518,6 +521,178 @@ async def test_failure_on_second_address_closes_the_first():
         probe.bind(("127.0.0.1", first))
 
 
+# --- later replies: the handler returns a Future ---------------------------------------------
+
+LATER = 0x4000  # queries with an id from here get a Future: their reply comes when the test says
+
+
+class LaterReplies:
+    """flip_qr for ids below LATER; for the others a Future per query, kept by id, that the test
+    completes with the reply (answer), or otherwise."""
+
+    def __init__(self) -> None:
+        self.futures: dict[int, list[asyncio.Future]] = {}
+
+    def __call__(self, data: bytes, client_ip: str, over_tcp: bool):
+        qid = int.from_bytes(data[:2], "big")
+        if qid < LATER:
+            return flip_qr(data, client_ip, over_tcp)
+        future = asyncio.get_running_loop().create_future()
+        self.futures.setdefault(qid, []).append(future)
+        return future
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for futures in self.futures.values() for future in futures if not future.done())
+
+    def answer(self, qid: int) -> None:
+        for future in self.futures[qid]:
+            future.set_result(reply_to(query(qid)))
+
+
+async def udp_receive(sock: socket.socket, timeout: float) -> bytes | None:
+    try:
+        return await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 65535), timeout)
+    except TimeoutError:
+        return None
+
+
+#   how the Future ends                     what the client gets
+LATER_UDP_CASES = [
+    ("reply", "reply"),
+    ("none", "nothing"),  # silence, as a handler returning None
+    ("cancelled", "nothing"),  # the server stopping: nothing sent
+    ("failed", "nothing"),  # a bug: logged as a handler failure
+]
+
+
+@pytest.mark.parametrize("ending, expected", LATER_UDP_CASES)
+async def test_udp_later_replies(ending, expected):
+    handler = LaterReplies()
+    async with serving(handler=handler) as server:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, \
+                structlog.testing.capture_logs() as logs:
+            sock.setblocking(False)
+            sock.connect(server.addresses[0])
+            sock.send(query(LATER + 1))
+            assert await wait_until(lambda: handler.waiting == 1, 1.0)
+            future = handler.futures[LATER + 1][0]
+            {"reply": lambda: handler.answer(LATER + 1), "none": lambda: future.set_result(None),
+             "cancelled": future.cancel, "failed": lambda: future.set_exception(RuntimeError("bug"))}[ending]()
+            got = await udp_receive(sock, 1.0 if expected == "reply" else 0.2)
+            sock.send(query(7))  # and the listener goes on
+            assert await udp_receive(sock, 1.0) == reply_to(query(7))
+    assert got == (reply_to(query(LATER + 1)) if expected == "reply" else None)
+    assert [e["event"] for e in logs if e["event"] == "handler_failed"] == (["handler_failed"] if ending == "failed" else [])
+
+
+async def test_udp_later_replies_pass_the_rate_limiter():
+    """Three clients' worth of the same later reply, one per second allowed, no slip: one arrives."""
+    handler = LaterReplies()
+    limiter = ResponseRateLimiter(RateLimitSettings(responses_per_second=1, slip=0))
+    server = DnsServer(handler, [("127.0.0.1", 0)], rate_limiter=limiter)
+    await server.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.connect(server.addresses[0])
+            for _ in range(3):
+                sock.send(query(LATER + 2))
+            assert await wait_until(lambda: handler.waiting == 3, 1.0)
+            handler.answer(LATER + 2)
+            got = [await udp_receive(sock, 0.3) for _ in range(3)]
+    finally:
+        await server.stop()
+    assert got.count(reply_to(query(LATER + 2))) == 1 and got.count(None) == 2
+    assert limiter.dropped[0] == 2
+
+
+async def test_tcp_later_replies_go_out_when_ready_out_of_order():
+    handler = LaterReplies()
+    async with serving(handler=handler) as server:
+        reader, writer = await asyncio.open_connection(*server.addresses[0])
+        writer.write(frame(query(LATER + 1), query(2), query(LATER + 3)))
+        assert await read_message(reader) == reply_to(query(2))  # ready first, sent first
+        handler.answer(LATER + 3)
+        assert await read_message(reader) == reply_to(query(LATER + 3))
+        handler.answer(LATER + 1)
+        assert await read_message(reader) == reply_to(query(LATER + 1))
+        writer.close()
+
+
+async def test_tcp_later_replies_are_bounded_per_connection():
+    """At _MAX_PENDING_REPLIES waiting, the connection's further queries are not read until one is
+    written; then reading goes on, and every query is answered."""
+    handler = LaterReplies()
+    count = _MAX_PENDING_REPLIES + 6
+    async with serving(handler=handler) as server:
+        reader, writer = await asyncio.open_connection(*server.addresses[0])
+        writer.write(frame(*(query(LATER + i) for i in range(count))))
+        assert await wait_until(lambda: handler.waiting == _MAX_PENDING_REPLIES, 1.0)
+        await asyncio.sleep(0.1)
+        assert len(handler.futures) == _MAX_PENDING_REPLIES  # the rest wait in the buffer, unread
+        handler.answer(LATER)
+        assert await read_message(reader) == reply_to(query(LATER))
+        assert await wait_until(lambda: len(handler.futures) == _MAX_PENDING_REPLIES + 1, 1.0)
+        for i in range(1, count):
+            if LATER + i not in handler.futures:
+                assert await wait_until(lambda: LATER + i in handler.futures, 1.0)
+            handler.answer(LATER + i)
+        replies = {await read_message(reader) for _ in range(1, count)}
+        assert replies == {reply_to(query(LATER + i)) for i in range(1, count)}
+        writer.close()
+
+
+async def test_tcp_a_connection_waiting_for_a_later_reply_is_not_idle():
+    handler = LaterReplies()
+    async with serving(ListenerSettings(tcp_idle_timeout=0.2), handler=handler) as server:
+        reader, writer = await asyncio.open_connection(*server.addresses[0])
+        writer.write(frame(query(LATER + 1)))
+        await asyncio.sleep(0.6)  # three idle timeouts: not idle, its reply is still to come...
+        assert await answered_within(reader, writer, 5, 1.0)  # ...so it is still served
+        handler.answer(LATER + 1)
+        assert await read_message(reader) == reply_to(query(LATER + 1))
+        assert await closed_by_peer(reader, 1.0)  # idle again
+        writer.close()
+
+
+@pytest.mark.parametrize("goodbye", [b"eof", b"\x00\x00"], ids=["eof", "zero-length message"])
+async def test_tcp_a_client_done_asking_still_gets_its_later_reply(goodbye):
+    handler = LaterReplies()
+    async with serving(handler=handler) as server:
+        reader, writer = await asyncio.open_connection(*server.addresses[0])
+        writer.write(frame(query(LATER + 1)))
+        if goodbye == b"eof":
+            writer.write_eof()
+        else:
+            writer.write(goodbye)
+        assert await wait_until(lambda: handler.waiting == 1, 1.0)
+        await asyncio.sleep(0.1)  # the server has seen the goodbye
+        handler.answer(LATER + 1)
+        assert await read_message(reader) == reply_to(query(LATER + 1))
+        assert await closed_by_peer(reader, 1.0)
+        writer.close()
+
+
+async def test_tcp_eviction_spares_a_connection_waiting_for_a_later_reply():
+    handler = LaterReplies()
+    settings = ListenerSettings(tcp_max_connections=2, tcp_idle_timeout=30, tcp_idle_timeout_under_load=10)
+    async with serving(settings, handler=handler) as server:
+        address = server.addresses[0]
+        waiting = await open_from(address, "127.0.0.10")
+        waiting[1].write(frame(query(LATER + 1)))
+        assert await wait_until(lambda: handler.waiting == 1, 1.0)
+        other = await open_from(address, "127.0.0.11")
+        assert await answered_within(*other, 5, 1.0)  # the waiting one is now the longest idle
+        newcomer = await open_from(address, "127.0.0.12")
+        assert await answered_within(*newcomer, 6, 1.0)
+        assert await closed_by_peer(other[0], 1.0)  # evicted instead
+        handler.answer(LATER + 1)
+        assert await read_message(waiting[0]) == reply_to(query(LATER + 1))
+        for _, writer in (waiting, other, newcomer):
+            writer.close()
+
+
 # --- the same TCP scenarios on uvloop ---------------------------------------------------------
 
 UVLOOP_SCENARIOS = [
@@ -532,11 +707,18 @@ UVLOOP_SCENARIOS = [
     test_tcp_client_that_never_reads_is_dropped_without_delaying_others,
     test_stop_closes_open_tcp_connections,
     test_udp_and_tcp_share_the_port_picked_for_port_zero,
+    test_udp_later_replies_pass_the_rate_limiter,
+    test_tcp_later_replies_go_out_when_ready_out_of_order,
+    test_tcp_later_replies_are_bounded_per_connection,
+    test_tcp_a_connection_waiting_for_a_later_reply_is_not_idle,
+    test_tcp_eviction_spares_a_connection_waiting_for_a_later_reply,
 ]
 UVLOOP_CASES = [pytest.param(f, (), id=f.__name__.removeprefix("test_")) for f in UVLOOP_SCENARIOS] + [
     pytest.param(f, case, id=f"{f.__name__.removeprefix('test_')}-{i}",
                  marks=pytest.mark.slow if f is test_tcp_idle_timeout_is_shortened_near_the_cap else ())
     for f, cases in ((test_tcp_per_source_limit, PER_SOURCE_CASES),
+                     (test_udp_later_replies, LATER_UDP_CASES),
+                     (test_tcp_a_client_done_asking_still_gets_its_later_reply, [(b"eof",), (b"\x00\x00",)]),
                      (test_tcp_at_the_limit_the_longest_idle_connection_makes_room, EVICTION_CASES),
                      (test_tcp_idle_timeout_is_shortened_near_the_cap, UNDER_LOAD_CASES))
     for i, case in enumerate(cases)]

@@ -25,7 +25,7 @@ from aiohttp import web
 from drills.pki import make_ca, make_server_cert
 from probes.webhook import SIGNATURE_HEADER, verify_signature
 from tests import harness
-from tests.dnstest import example_dict
+from tests.dnstest import example_dict, probed_example
 
 TOKEN = "probes-token-0123456789abcdef"
 WEBHOOK_SECRET = "webhook-secret-fedcba9876543210"
@@ -89,23 +89,6 @@ def receiver():
     hook.close()
 
 
-def write_config(path: Path, probes_port: int, health: dict, probes_extra: dict | None = None) -> Path:
-    """The example config; contoso/eastus probed on a closed port (degraded after one round), every
-    other replica on the probes port itself (alive)."""
-    data = example_dict()
-    closed = harness.free_port()
-    for registry_name, registry in data["registries"].items():
-        for name, replica in registry["replicas"].items():
-            port = closed if (registry_name, name) == ("contoso", "eastus") else probes_port
-            replica["probe"] = {"kind": "tcp", "address": "127.0.0.1", "port": port, "interval": "200ms",
-                                "timeout": "150ms", "fall": 1, "rise": 1}
-    data["probes"] = {"listen": f"127.0.0.1:{probes_port}", **(probes_extra or {})}
-    data["health"] = {"poll_interval": f"{POLL}s", "ttl": f"{TTL}s", **health}
-    data.pop("admin", None)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
 def _get(url: str, token: str | None = None, context: ssl.SSLContext | None = None, method: str = "GET"):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     request = urllib.request.Request(url, headers=headers, method=method, data=b"{}" if method == "POST" else None)
@@ -122,7 +105,7 @@ def probes(pki, receiver, tmp_path_factory):
     """One `probes serve`: TLS, a token on /v1/health, /metrics not public, a signed webhook."""
     work = tmp_path_factory.mktemp("trust-probes")
     port = harness.free_port()
-    config = write_config(work / "probes.yaml", port, {}, {
+    config = probed_example(work / "probes.yaml", port, {}, poll=POLL, ttl=TTL, probes={
         "tls": {"cert_file": str(pki["cert"]), "key_file": str(pki["key"])}, "token_file": str(pki["token"]),
         "public_metrics": False,
         "webhook": {"url": f"http://127.0.0.1:{receiver.port}/hook", "secret_file": str(pki["secret"])}})
@@ -239,7 +222,7 @@ FAST_FEED_CASES = {"right-token-and-ca", "settings-for-all-feeds", "wrong-token"
 def test_dnsd_applies_only_an_authenticated_verified_feed(probes, pki, tmp_path, health, applied, error, event) -> None:
     port, _context, _probes_proc = probes
     mapping = {"port": str(port), **{k: str(v) for k, v in pki.items()}}
-    config = write_config(tmp_path / "dnsd.yaml", port, _fill(health, mapping))
+    config = probed_example(tmp_path / "dnsd.yaml", port, _fill(health, mapping), poll=POLL, ttl=TTL)
     with harness.dnsd(config) as dnsd:
         deadline = time.monotonic() + 10
         status = _status(dnsd.admin_port)
@@ -402,7 +385,7 @@ def test_probes_refuses_to_start_without_usable_trust_files(pki, tmp_path, setti
         return names.get(value, value)
 
     port = harness.free_port()
-    config = write_config(tmp_path / "probes.yaml", port, {}, resolve(settings))
+    config = probed_example(tmp_path / "probes.yaml", port, {}, resolve(settings), poll=POLL, ttl=TTL)
     result = subprocess.run([harness.sys.executable, "-m", "probes.cli", "serve", "--config", str(config)],
                             capture_output=True, text=True, timeout=30, cwd=harness.REPO_ROOT)
     assert result.returncode == 1, result.stderr

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,20 +20,21 @@ from pathlib import Path
 import dns.flags
 import dns.message
 import yaml
+from attacklib import GLOBAL_NAME, ROOT, ZONE  # (puts ROOT on sys.path)
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-from tests.harness import free_port  # noqa: E402  (the one free-port helper)
+sys.path.insert(0, str(ROOT / "bench"))
+import peerconfig  # noqa: E402
+
+from dnsd.common.children import Child, ChildFailed, free_port  # noqa: E402
 
 MAX_SECONDS = 10
 MAX_RATE = 100_000
 SOURCE = "127.0.66.6"  # the "victim": any 127/8 address works as a source on Linux loopback
 CANDIDATES = [  # (qname, qtype, edns): what an attacker would try; the best is taken
     (qname, qtype, edns) for edns in (False, True)
-    for qname, qtype in (("azurecr.test", "SOA"), ("azurecr.test", "NS"), ("azurecr.test", "MX"),
-                         ("azurecr.test", "CAA"), ("azurecr.test", "ANY"), ("azurecr.test", "TXT"),
-                         ("contoso.azurecr.test", "A"), ("contoso.azurecr.test", "AAAA"),
-                         ("_acme-challenge.contoso.azurecr.test", "TXT"), ("nx-0123456789.azurecr.test", "A"))
+    for qname, qtype in ((ZONE, "SOA"), (ZONE, "NS"), (ZONE, "MX"), (ZONE, "CAA"), (ZONE, "ANY"), (ZONE, "TXT"),
+                         (GLOBAL_NAME, "A"), (GLOBAL_NAME, "AAAA"), (f"_acme-challenge.{GLOBAL_NAME}", "TXT"),
+                         (f"nx-0123456789.{ZONE}", "A"))
 ]
 
 
@@ -117,41 +115,21 @@ def flood(port: int, query: bytes, seconds: float, rate: int) -> dict:
             "answered_percent": round(100 * full / sent, 2) if sent else 0.0}
 
 
-def start_dnsd(tmp: Path, name: str, rate_limit: dict | None) -> tuple[subprocess.Popen, int]:
-    sys.path.insert(0, str(ROOT / "bench"))
-    import benchlib as bl
+def start_dnsd(tmp: Path, name: str, rate_limit: dict | None) -> tuple[Child, int]:
     port = free_port()
-    doc = yaml.safe_load(bl.geotm_bench_config(ROOT / "config" / "example.yaml", tmp, port))
+    doc = peerconfig.geotm_bench_document(ROOT / "config" / "example.yaml", tmp, port)
     if rate_limit is not None:
         doc["server"]["rate_limit"] = rate_limit
     cfg = tmp / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
-    log = open(tmp / f"{name}.log", "wb")
-    proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() else sys.executable, "-m", "dnsd", "serve", "--config", str(cfg), "--listen",
-                             f"127.0.0.1:{port}", "--admin-listen", "off", "--log-level", "warning"],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    log.close()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            best_query(port)
-            return proc, port
-        except (OSError, TimeoutError):
-            if proc.poll() is not None:
-                break
-            time.sleep(0.2)
-    _stop(proc)
-    raise SystemExit(f"dnsd ({name}) did not start:\n{(tmp / (name + '.log')).read_text()[-2000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+    python = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() else sys.executable
+    child = Child([python, "-m", "dnsd", "serve", "--config", str(cfg), "--listen", f"127.0.0.1:{port}",
+                   "--admin-listen", "off", "--log-level", "warning"], tmp / f"{name}.log", name=name, cwd=ROOT)
+    try:
+        child.start().wait_ready(lambda: best_query(port), 20, interval=0.2)
+    except ChildFailed:
+        raise SystemExit(f"dnsd ({name}) did not start:\n{child.log_text()[-2000:]}") from None
+    return child, port
 
 
 def attack(port: int, label: str, seconds: float, rate: int) -> dict:
@@ -186,10 +164,10 @@ def main(argv: list[str] | None = None) -> int:
                 proc, port = start_dnsd(Path(tmp), name.replace(" ", "_").replace("/", ""), rate_limit)
                 procs.append(proc)
                 attack(port, name, args.seconds, args.rate)
-                _stop(proc)
+                proc.stop()
         finally:
             for proc in procs:
-                _stop(proc)
+                proc.stop()
     return 0
 
 

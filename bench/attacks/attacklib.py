@@ -1,7 +1,7 @@
-"""Shared parts of the attack reproductions (bench/attacks/): loopback-only guards, bounded budgets
-(count and time), plain UDP/TCP exchanges with dnspython, a dnsd child process (optionally under a
-lowered open-files limit), a fake probes feed, DNS-over-TCP clients from chosen 127.x.y.z sources, and
-summaries. Everything stays on this machine and is bounded."""
+"""Shared parts of the attack reproductions (bench/attacks/): the example config's names, loopback-only
+guards, bounded budgets (count and time), plain UDP/TCP exchanges with dnspython, a dnsd child process
+(optionally under a lowered open-files limit), a fake probes feed, DNS-over-TCP clients from chosen
+127.x.y.z sources, and summaries. Everything stays on this machine and is bounded."""
 from __future__ import annotations
 
 import argparse
@@ -9,13 +9,10 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-import os
 import resource
-import signal
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,12 +28,20 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests import harness  # noqa: E402  (needs ROOT on sys.path)
+from dnsd import names  # noqa: E402  (needs ROOT on sys.path when dnsd is not installed)
+from dnsd.common.children import Child, free_port  # noqa: E402
+from dnsd.config import load_config, read_document  # noqa: E402
+from tests import harness  # noqa: E402
 
 FakeFeed = harness.FakeFeed  # the probes stand-in that fd_exhaustion.py serves to dnsd
 
 
 EXAMPLE = ROOT / "config" / "example.yaml"
+_EXAMPLE_CONFIG = load_config(EXAMPLE)
+ZONE = _EXAMPLE_CONFIG.zone.name  # what the attacks ask for by default: the example's names
+REGISTRY = _EXAMPLE_CONFIG.registries[0].name
+REPLICAS = tuple(replica.name for replica in _EXAMPLE_CONFIG.registries[0].replicas)
+GLOBAL_NAME = names.global_name(REGISTRY, ZONE)
 MAX_CONNECTIONS = 20_000  # hard bounds: these scripts never go past them, whatever the flags say
 MAX_DURATION = 600.0
 
@@ -87,7 +92,7 @@ class Dnsd:
 
     def __init__(self, config: dict, nofile: int | None = None, workdir: str | None = None):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="geotm-attack-"))
-        self.port, self.admin_port = harness.free_port(), harness.free_port()
+        self.port, self.admin_port = free_port(), free_port()
         self.token = "attack-token"
         (self.workdir / "token").write_text(self.token + "\n")
         config = dict(config)
@@ -99,39 +104,22 @@ class Dnsd:
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.nofile = nofile
         self.log_path = self.workdir / "dnsd.log"
-        self.proc: subprocess.Popen | None = None
+        self.proc = Child([sys.executable, "-m", "dnsd", "serve", "--config", str(self.config_path),
+                           "--listen", f"127.0.0.1:{self.port}", "--admin-listen", f"127.0.0.1:{self.admin_port}",
+                           "--log-format", "json"], self.log_path, name="dnsd", cwd=ROOT,
+                          extra_env={"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}, preexec_fn=self._limit)
 
     def _limit(self) -> None:
         if self.nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def __enter__(self) -> Dnsd:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dnsd", "serve", "--config", str(self.config_path),
-                 "--listen", f"127.0.0.1:{self.port}", "--admin-listen", f"127.0.0.1:{self.admin_port}",
-                 "--log-format", "json"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                start_new_session=True, preexec_fn=self._limit)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dnsd exited with {self.proc.returncode}:\n{self.log()[-2000:]}")
-            if self.global_address() is not None:
-                return self
-            time.sleep(0.1)
-        self.__exit__()
-        raise RuntimeError(f"dnsd not ready after 15 s:\n{self.log()[-2000:]}")
+        """Started and answering the global name; ChildFailed (a RuntimeError with the log tail) else."""
+        self.proc.start().wait_ready(lambda: self.global_address() is not None, 15, interval=0.1)
+        return self
 
     def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        self.proc.stop(grace=10)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -145,7 +133,7 @@ class Dnsd:
                     found.append(entry)
         return found
 
-    def global_address(self, name: str = "contoso.azurecr.test") -> str | None:
+    def global_address(self, name: str = GLOBAL_NAME) -> str | None:
         try:
             reply = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=self.port, timeout=1)
         except Exception:
@@ -176,7 +164,7 @@ class Dnsd:
 
 
 def example_config(**server) -> dict:
-    data = yaml.safe_load(EXAMPLE.read_text())
+    data = read_document(EXAMPLE)
     data["server"] = {**data.get("server", {}), **server}
     return data
 
@@ -187,7 +175,7 @@ def example_config(**server) -> dict:
 # --- DNS over TCP clients ----------------------------------------------------------------------------
 
 
-def framed_query(qid: int, name: str = "contoso.azurecr.test") -> bytes:
+def framed_query(qid: int, name: str = GLOBAL_NAME) -> bytes:
     query = dns.message.make_query(name, "A")
     query.id = qid & 0xFFFF
     wire = query.to_wire()

@@ -24,7 +24,7 @@ import dns.query
 def probe(port: int, source: str, timeout: float) -> float | None:
     """One fresh connection, one query (dnspython, in its own thread so that the hog's event loop
     does not delay it): the seconds to the answer, or None when there was none."""
-    query = dns.message.make_query("contoso.azurecr.test", "A")
+    query = dns.message.make_query(al.GLOBAL_NAME, "A")
     started = time.monotonic()
     try:
         reply = dns.query.tcp(query, "127.0.0.1", port=port, source=source, timeout=timeout)

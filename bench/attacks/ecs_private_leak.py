@@ -18,7 +18,9 @@ import dns.edns
 import dns.message
 import dns.rdatatype
 
-from attacklib import Budget, ask, loopback_target, parser
+from attacklib import REGISTRY, REPLICAS, ZONE, Budget, ask, loopback_target, parser
+
+from dnsd.names import data_name, global_name, regional_name
 
 
 def candidate_subnets():
@@ -44,9 +46,9 @@ def addresses(reply: dns.message.Message | None) -> set[str]:
 
 def main() -> int:
     p = parser(__doc__.splitlines()[0], max_queries=800)
-    p.add_argument("--zone", default="azurecr.test")
-    p.add_argument("--registry", default="contoso")
-    p.add_argument("--replicas", default="eastus,westeurope,southeastasia",
+    p.add_argument("--zone", default=ZONE)
+    p.add_argument("--registry", default=REGISTRY)
+    p.add_argument("--replicas", default=",".join(REPLICAS),
                    help="replica names (they show in the public chain, so an attacker knows them)")
     p.add_argument("--tcp", action="store_true", help="ask over TCP instead of UDP")
     p.add_argument("--source", help="local address to send from (default: the kernel's choice)")
@@ -54,8 +56,8 @@ def main() -> int:
     target = loopback_target(args)
     budget = Budget(args.max_queries, args.seconds)
     zone, reg = args.zone, args.registry
-    names = [f"{reg}.{zone}"] + [f"{reg}.{rep}.{kind}.{zone}" for rep in args.replicas.split(",")
-                                 for kind in ("geo", "data")]
+    names = [global_name(reg, zone)] + [name(reg, rep, zone) for rep in args.replicas.split(",")
+                                        for name in (regional_name, data_name)]
 
     def query(name: str, ecs: str | None):
         if not budget.take():

@@ -38,15 +38,17 @@ from pathlib import Path
 
 import dns.message
 import dns.query
-import yaml
 from aiohttp import web
+from attacklib import REGISTRY, ZONE  # the example's (puts the repository on sys.path)
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from dnsd import names  # noqa: E402
+from dnsd.common.children import Child, free_port  # noqa: E402
 from drills.pki import make_ca, make_server_cert  # noqa: E402
 from tests import harness  # noqa: E402
-from tests.dnstest import example_dict  # noqa: E402
+from tests.dnstest import probed_example  # noqa: E402
 
 POLL = 0.2
 
@@ -64,7 +66,7 @@ class Attacker:
     """The attacker's feed server, in a thread: serves the forged document, records what it was sent."""
 
     def __init__(self, context: ssl.SSLContext | None):
-        self.port = harness.free_port()
+        self.port = free_port()
         self.requests: list[dict[str, str]] = []
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
@@ -93,21 +95,6 @@ class Attacker:
         self.thread.join(10)
 
 
-def write_config(path: Path, probes_port: int, probes: dict, health: dict) -> Path:
-    data = example_dict()
-    closed = harness.free_port()
-    for registry_name, registry in data["registries"].items():
-        for name, replica in registry["replicas"].items():
-            port = closed if (registry_name, name) == ("contoso", "eastus") else probes_port
-            replica["probe"] = {"kind": "tcp", "address": "127.0.0.1", "port": port, "interval": "200ms",
-                                "timeout": "150ms", "fall": 1, "rise": 1}
-    data["probes"] = {"listen": f"127.0.0.1:{probes_port}", **probes}
-    data["health"] = {"poll_interval": f"{POLL}s", "ttl": "30s", **health}
-    data.pop("admin", None)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
 def request(url: str, token: str | None = None, context: ssl.SSLContext | None = None, method: str = "GET",
             body: bytes | None = None) -> tuple[int, bytes]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -124,9 +111,9 @@ def dnsd_view(config: Path, seconds: float) -> tuple[dict[str, str], str, str | 
     with harness.dnsd(config) as dnsd:
         time.sleep(seconds)
         status = json.loads(request(f"http://127.0.0.1:{dnsd.admin_port}/v1/status")[1])
-        reply = dns.query.udp(dns.message.make_query("contoso.tm.azurecr.test", "A"), "127.0.0.1",
+        reply = dns.query.udp(dns.message.make_query(names.traffic_manager_name(REGISTRY, ZONE), "A"), "127.0.0.1",
                               port=dnsd.port, timeout=2)
-    contoso = next(r for r in status["registries"] if r["name"] == "contoso")
+    contoso = next(r for r in status["registries"] if r["name"] == REGISTRY)
     statuses = {r["name"]: r["status"] for r in contoso["replicas"]}
     return statuses, str(reply.answer[0][0].target), status["health"]["feeds"][0]["error"]
 
@@ -146,25 +133,27 @@ def main(argv: list[str] | None = None) -> int:
         rogue_cert = make_server_cert(work / "rogue", "impostor", rogue, ("probes.test",), ("127.0.0.1",))
         token = work / "token"
         token.write_text(secrets.token_urlsafe(32) + "\n")
-        probes_port = harness.free_port()
+        probes_port = free_port()
         trusted = ssl.create_default_context(cafile=str(ca[0]))
-        probes_config = write_config(work / "probes.yaml", probes_port, {
-            "tls": {"cert_file": str(cert.cert), "key_file": str(cert.key)}, "token_file": str(token)}, {})
+        probes_config = probed_example(work / "probes.yaml", probes_port, {}, poll=POLL, probes={
+            "tls": {"cert_file": str(cert.cert), "key_file": str(cert.key)}, "token_file": str(token)})
         argv = [sys.executable, "-m", "probes.cli", "serve", "--config", str(probes_config), "--log-format", "json"]
-        ready = lambda: request(f"https://127.0.0.1:{probes_port}/healthz", context=trusted)[0] == 200  # noqa: E731
-        with harness.ServiceProcess(argv, ready, "probes", cwd=ROOT) as probes:
+        with Child(argv, name="probes", cwd=ROOT, extra_env={"PYTHONUNBUFFERED": "1"}) as probes:
+            probes.wait_ready(lambda: request(f"https://127.0.0.1:{probes_port}/healthz", context=trusted)[0] == 200,
+                              15)
             time.sleep(1.0)  # a few rounds: eastus degraded at probes
             genuine = {"feeds": [f"https://127.0.0.1:{probes_port}/v1/health"], "ca_file": str(ca[0]),
                        "token_file": str(token)}
-            status, target, error = dnsd_view(write_config(work / "dnsd-control.yaml", probes_port, {}, genuine), 2.0)
+            status, target, error = dnsd_view(probed_example(work / "dnsd-control.yaml", probes_port, genuine,
+                                                             poll=POLL), 2.0)
             results.append(("control", status["eastus"] == "degraded" and "westeurope" in target,
                             f"eastus {status['eastus']}, global name -> {target}, feed error {error}"))
 
             attacker = Attacker(None)
             try:
                 plain = {"feeds": [f"http://127.0.0.1:{attacker.port}/v1/health"]}
-                status, target, error = dnsd_view(write_config(work / "dnsd-unprotected.yaml", probes_port, {},
-                                                               plain), 2.0)
+                status, target, error = dnsd_view(probed_example(work / "dnsd-unprotected.yaml", probes_port, plain,
+                                                                 poll=POLL), 2.0)
             finally:
                 attacker.close()
             results.append(("unprotected", status["westeurope"] == "degraded",
@@ -179,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                 attacker = Attacker(server_context)
                 try:
                     impostor = {**genuine, "feeds": [f"https://127.0.0.1:{attacker.port}/v1/health"]}
-                    status, target, error = dnsd_view(write_config(work / f"dnsd-{name}.yaml", probes_port, {},
-                                                                   impostor), 2.0)
+                    status, target, error = dnsd_view(probed_example(work / f"dnsd-{name}.yaml", probes_port,
+                                                                     impostor, poll=POLL), 2.0)
                 finally:
                     attacker.close()
                 leaked = sum(1 for h in attacker.requests if "Authorization" in h)

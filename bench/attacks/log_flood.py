@@ -16,7 +16,7 @@ import struct
 import sys
 import time
 
-from attacklib import Budget, loopback_target, parser
+from attacklib import ZONE, Budget, loopback_target, parser
 
 
 def wire_name(name: str) -> bytes:
@@ -38,7 +38,7 @@ def queries(kind: str, count: int, zone: str):
 
 def main() -> int:
     p = parser(__doc__.splitlines()[0], max_queries=30_000, seconds=120)
-    p.add_argument("--zone", default="azurecr.test")
+    p.add_argument("--zone", default=ZONE)
     p.add_argument("--per-kind", type=int, default=10_000)
     p.add_argument("--log", help="dnsd's log file, to measure its growth")
     p.add_argument("--max-bytes-per-query", type=float, default=5.0)

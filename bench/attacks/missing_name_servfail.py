@@ -12,7 +12,9 @@ from __future__ import annotations
 import struct
 import sys
 
-from attacklib import Budget, loopback_target, parser, udp_exchange_raw
+from attacklib import ZONE, Budget, loopback_target, parser, udp_exchange_raw
+
+from dnsd import names
 
 QTYPES = {"A": 1, "TXT": 16, "AAAA": 28, "TYPE666": 666}
 
@@ -35,11 +37,12 @@ def name_of_length(parent: str, length: int) -> bytes | None:
 
 def main() -> int:
     p = parser(__doc__.splitlines()[0], max_queries=12_000, seconds=120)
-    p.add_argument("--zone", default="azurecr.test")
+    p.add_argument("--zone", default=ZONE)
     args = p.parse_args()
     target = loopback_target(args)
     budget = Budget(args.max_queries, args.seconds)
-    parents = [args.zone] + [f"{sub}.{args.zone}" for sub in ("geo", "data", "privatelink", "tm", "reg")]
+    parents = [args.zone] + [f"{label}.{args.zone}" for label in (names.GEO, names.DATA, names.PRIVATELINK,
+                                                                   names.TRAFFIC_MANAGER, names.REPLICA_HOSTS)]
     wrong: list[str] = []
     for parent in parents:
         for length in range(len(parent) + 4, 256):

@@ -17,7 +17,7 @@ import dns.name
 import dns.rcode
 import dns.tsig
 
-from attacklib import loopback_target, parser, udp_exchange_raw
+from attacklib import ZONE, loopback_target, parser, udp_exchange_raw
 
 FLAG_BITS = {"aa": 0x0400, "tc": 0x0200, "rd": 0x0100, "ra": 0x0080, "z": 0x0040, "ad": 0x0020, "cd": 0x0010}
 
@@ -39,7 +39,7 @@ def main() -> int:
         if flags & 0xF != dns.rcode.NOTIMP or echoed or (flags >> 11) & 0xF != 15:
             problems.append("opcode 15: expected NOTIMP with opcode 15 and no flags but QR")
 
-    signed = dns.message.make_query("azurecr.test", "SOA", use_edns=False)
+    signed = dns.message.make_query(ZONE, "SOA", use_edns=False)
     keyname = dns.name.from_text("attacker-key.")
     signed.use_tsig({keyname: dns.tsig.Key(keyname, b"k" * 32, dns.tsig.HMAC_SHA256)}, keyname=keyname)
     wire = udp_exchange_raw(target, signed.to_wire())

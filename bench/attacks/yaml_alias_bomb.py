@@ -32,10 +32,10 @@ import yaml
 BENCH = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BENCH))
 
-from rebuild import ROOT, LiveDnsd, PacedLoad, query_wires, summarize  # noqa: E402
+from rebuild import EXAMPLE, LiveDnsd, PacedLoad, query_wires, summarize  # noqa: E402  (puts ROOT on sys.path)
 
-sys.path.insert(0, str(ROOT))
-from tests.harness import free_port  # noqa: E402  (UDP and TCP both free, the one helper)
+from dnsd.common.children import free_port  # noqa: E402
+from dnsd.config import read_document  # noqa: E402
 
 TOKEN = "attack-admin-token"
 
@@ -52,7 +52,7 @@ def bomb(levels: int, width: int) -> str:
 
 
 def good_config(workdir: Path) -> str:
-    data = yaml.safe_load((ROOT / "config" / "example.yaml").read_text())
+    data = read_document(EXAMPLE)
     data["health"] = {}
     token = workdir / "admin-token"
     token.write_text(TOKEN + "\n")
@@ -89,7 +89,7 @@ def attack(levels: int, width: int, attempts: int, rate: float, timeout: float) 
     try:
         server.wait_ready(30)
         rss_before = peak_rss_mib(server.process.pid)
-        load = PacedLoad(server.port, query_wires(1), rate).start()
+        load = PacedLoad(server.port, query_wires(1, server.zone), rate).start()
         time.sleep(0.5)
         attack_start = time.perf_counter()
         for attempt in range(attempts):

@@ -37,3 +37,11 @@ def parse_host_port(text: str, default_port: int | None = None, require_ip: bool
 def format_host_port(host: str, port: int) -> str:
     """'127.0.0.1:53' or '[::1]:53': the text parse_host_port reads back."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def canonical_ip(host: str) -> str:
+    """One spelling per address ('::0001' -> '::1'; an IPv6 zone index kept), so comparisons hold.
+    Raises ValueError when it is not an IP address."""
+    address, _, scope = host.partition("%")
+    text = str(ipaddress.ip_address(address))
+    return f"{text}%{scope}" if scope else text

@@ -6,8 +6,10 @@ import hashlib
 from pathlib import Path
 
 from dnsd.config import keys
+from dnsd.config.cluster import cluster_section
 from dnsd.config.errors import ConfigError, Mark, Problem, Problems
 from dnsd.config.feeds import health_section, probes_section
+from dnsd.config.forward import forward_section
 from dnsd.config.reader import Reader
 from dnsd.config.registries import check_replica_hosts, registries_section
 from dnsd.config.server import admin_section, server_section
@@ -67,11 +69,14 @@ def _build(r: Reader, root: Node, filename: str, digest: str, now: float | None)
     probes = probes_section(r, top.get("probes"))
     health = health_section(r, top.get("health"))
     admin = admin_section(r, top.get("admin"))
+    forward = forward_section(r, top.get("forward"), server)
+    cluster_ok, cluster = cluster_section(r, top.get("cluster"))
     if zone is not None:
         check_generated_names(r, located_records, zone, registries)
         check_replica_hosts(r, top.get("registries"), registries)
-    if None in (server, zone, topology, probes, health, admin):
+    if None in (server, zone, topology, probes, health, admin) or not cluster_ok:
         return None
     return Config(source=filename, digest=digest, server=server, zone=zone, topology=topology,
                   registries=tuple(reg for reg in registries.values() if reg is not None),
-                  views=tuple(views), probes=probes, health=health, admin=admin)
+                  views=tuple(views), probes=probes, health=health, admin=admin, forward=forward,
+                  cluster=cluster)

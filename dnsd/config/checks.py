@@ -5,7 +5,7 @@ from __future__ import annotations
 from dnsd.config import keys
 from dnsd.config.reader import Reader
 from dnsd.config.yamlnodes import Map, Node
-from dnsd.model import PROBE_KINDS, ProbeCheck, ProbeSpec, StatusRange
+from dnsd.model import PROBE_KINDS, ProbeCheck, ProbeSpec, StatusRange, default_of
 
 
 def probe_spec(r: Reader, node: Node, addresses: list) -> ProbeSpec | None:
@@ -24,10 +24,12 @@ def probe_spec(r: Reader, node: Node, addresses: list) -> ProbeSpec | None:
     if timing is None:
         return None
     checks = [_check(r, item, addresses, with_timing=item is node) for item in check_nodes]
-    values = dict(interval=r.duration(timing.get("interval"), 5.0, 0.05),
-                  jitter=r.scalar(timing.get("jitter"), _fraction, "a fraction from 0 to 1", 0.1),
-                  timeout=r.duration(timing.get("timeout"), 2.0, 0.01),
-                  fall=r.integer(timing.get("fall"), 1, 100, 3), rise=r.integer(timing.get("rise"), 1, 100, 2))
+    values = dict(interval=r.duration(timing.get("interval"), default_of(ProbeSpec, "interval"), 0.05),
+                  jitter=r.scalar(timing.get("jitter"), _fraction, "a fraction from 0 to 1",
+                                  default_of(ProbeSpec, "jitter")),
+                  timeout=r.duration(timing.get("timeout"), default_of(ProbeSpec, "timeout"), 0.01),
+                  fall=r.integer(timing.get("fall"), 1, 100, default_of(ProbeSpec, "fall")),
+                  rise=r.integer(timing.get("rise"), 1, 100, default_of(ProbeSpec, "rise")))
     if None in values.values() or None in checks or not checks:
         return None
     if values["timeout"] > values["interval"]:

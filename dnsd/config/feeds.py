@@ -9,7 +9,7 @@ from dnsd.config import keys
 from dnsd.config.reader import Reader
 from dnsd.config.server import parse_listen
 from dnsd.config.yamlnodes import Map, Node, Scalar
-from dnsd.model import FeedAccess, HealthFeedSettings, ProbesSettings, Webhook, frozen_map
+from dnsd.model import FeedAccess, HealthFeedSettings, ProbesSettings, Webhook, default_of, frozen_map
 
 
 def probes_section(r: Reader, node: Node | None) -> ProbesSettings | None:
@@ -85,7 +85,8 @@ def health_section(r: Reader, node: Node | None) -> HealthFeedSettings | None:
         quorum = r.integer(quorum_node, 1, 100, expected="'majority' or a number of feeds")
         if quorum is not None and quorum > len(feeds):
             r.fail(quorum_node, f"quorum {quorum} is more than the {len(feeds)} feeds listed")
-    values = dict(poll_interval=r.duration(m.get("poll_interval"), 1.0, 0.05), ttl=r.duration(m.get("ttl"), 30.0, 0.1))
+    values = dict(poll_interval=r.duration(m.get("poll_interval"), default_of(HealthFeedSettings, "poll_interval"), 0.05),
+                  ttl=r.duration(m.get("ttl"), default_of(HealthFeedSettings, "ttl"), 0.1))
     if quorum is None or None in values.values():
         return None
     if values["ttl"] < values["poll_interval"]:

@@ -6,9 +6,10 @@ from dataclasses import fields
 from typing import Mapping
 
 from dnsd.records import RR
-from dnsd.model import (AdminSettings, AllDownPolicy, Config, FeedAccess, HealthFeedSettings, NameTTLs,
-                        PrivateEndpoints, ProbeCheck, ProbeSpec, ProbesSettings, RateLimitSettings, Registry,
-                        Replica, ServerSettings, Soa, Topology, View, Webhook, Zone)
+from dnsd.model import (AdminSettings, AllDownPolicy, ClusterSettings, Config, EtcdSettings, EtcdTls, FeedAccess,
+                        ForwardCache, ForwardSettings,
+                        HealthFeedSettings, NameTTLs, PrivateEndpoints, ProbeCheck, ProbeSpec, ProbesSettings,
+                        RateLimitSettings, Registry, Replica, ServerSettings, Soa, Topology, View, Webhook, Zone)
 
 
 def keys_of(model: type, renamed: Mapping[str, str | tuple[str, ...]] | None = None,
@@ -79,3 +80,14 @@ FEED_ACCESS = keys_of(FeedAccess)
 HEALTH = keys_of(HealthFeedSettings, not_keys=("feed_access",),  # given per feed, in `feeds` (FEED)
                  renamed={"access": FEED_ACCESS})  # for every feed: its keys beside `feeds`
 FEED = ("url",) + FEED_ACCESS  # one of `feeds` as a mapping: the URL (a string of `feeds`) and its own access
+
+# -- forward --------------------------------------------------------------------------------------
+
+FORWARD = keys_of(ForwardSettings)
+FORWARD_CACHE = keys_of(ForwardCache)
+
+# -- cluster --------------------------------------------------------------------------------------
+
+CLUSTER = keys_of(ClusterSettings)
+ETCD = keys_of(EtcdSettings)
+ETCD_TLS = keys_of(EtcdTls)

@@ -9,7 +9,7 @@ from dnsd.config.reader import Reader
 from dnsd.config.topology import RegionPairs, unknown_region
 from dnsd.config.yamlnodes import Map, Node, Scalar
 from dnsd.config.zone import absolute_name
-from dnsd.model import ALL_DOWN_POLICIES, ROUTING_METHODS, AllDownPolicy, Registry, Replica, Topology, Zone
+from dnsd.model import ALL_DOWN_POLICIES, REPLICA_WEIGHT, ROUTING_METHODS, AllDownPolicy, Registry, Replica, Topology, Zone
 
 Registries = dict[str, Registry | None]  # every name listed; None where that registry is invalid
 
@@ -106,7 +106,7 @@ def _replica(r: Reader, registry: str, name: str, node: Node, parent: Map, index
     if not in_zone and m.get("addresses") is not None and zone_name is not None:
         r.fail(m.get("addresses"), f"host {host!r} is outside zone {zone_name!r}: its addresses are "
                                    "served by its own DNS, remove them here")
-    weight = r.integer(m.get("weight"), 0, 1_000_000, 100)
+    weight = r.integer(m.get("weight"), 0, 1_000_000, REPLICA_WEIGHT)
     priority = r.integer(m.get("priority"), 0, 1_000_000, index + 1)
     global_routing = r.boolean(m.get("global_routing"), True)
     probe_node = m.get("probe")

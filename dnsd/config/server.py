@@ -27,13 +27,13 @@ def server_section(r: Reader, node: Node | None) -> ServerSettings | None:
         if parsed:
             listen.append(parsed)
     defaults = ServerSettings()
-    idle = r.duration(m.get("tcp_idle_timeout"), defaults.tcp_idle_timeout, 0.1) or 10.0
+    idle = r.duration(m.get("tcp_idle_timeout"), defaults.tcp_idle_timeout, 0.1) or defaults.tcp_idle_timeout
     return ServerSettings(
         listen=tuple(listen) or defaults.listen,
-        edns_udp_size=r.integer(m.get("edns_udp_size"), 512, 4096, defaults.edns_udp_size) or 1232,
+        edns_udp_size=r.integer(m.get("edns_udp_size"), 512, 4096, defaults.edns_udp_size) or defaults.edns_udp_size,
         tcp_idle_timeout=idle,
         tcp_max_connections=r.integer(m.get("tcp_max_connections"), 1, 1_000_000,
-                                      defaults.tcp_max_connections) or 1024,
+                                      defaults.tcp_max_connections) or defaults.tcp_max_connections,
         rate_limit=rate_limit,
         **_tcp_limits(r, m, defaults, idle),
     )

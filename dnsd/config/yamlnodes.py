@@ -122,6 +122,22 @@ def parse_yaml(text: str, filename: str, limits: Limits = LIMITS) -> Node | None
     return node
 
 
+def plain(node: Node | None) -> Any:
+    """A located tree as plain data: dicts, lists and scalars, as yaml.safe_load gives them."""
+    if isinstance(node, Map):
+        return {key: plain(value) for key, value in node}
+    if isinstance(node, Seq):
+        return [plain(item) for item in node.items]
+    return None if node is None else node.value  # type: ignore[attr-defined]
+
+
+def read_document(path: str | Path, limits: Limits = LIMITS) -> Any:
+    """A config file as plain data, read under the same limits and rules as load_config (duplicate keys
+    refused), unvalidated: for tools that write a variant of a config (bench, tests)."""
+    path = Path(path)
+    return plain(parse_yaml(read_text(path, limits), str(path), limits))
+
+
 # libyaml's parser when PyYAML has it (about 5x faster on big configs); its events keep the same marks
 _PARSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 

@@ -10,7 +10,7 @@ from dnsd.records import RR, normalize_name
 from dnsd.config import keys
 from dnsd.config.reader import Reader
 from dnsd.config.yamlnodes import Map, Node, Scalar
-from dnsd.model import Config, NameTTLs, Registry, Soa, Zone
+from dnsd.model import RECORD_TTL, Config, NameTTLs, Registry, Soa, Zone, default_of
 
 SERIAL_SPACE = 2**32  # SOA serials are 32-bit and compared in sequence space arithmetic (RFC 1982)
 
@@ -42,7 +42,7 @@ def zone_section(r: Reader, node: Node | None, now: float | None) -> tuple[Zone 
     if zone_name is None or soa is None or ttls is None:
         return None, located
     zone = Zone(name=zone_name, soa=soa, nameservers=tuple(nameservers),
-                ns_ttl=r.ttl(m.get("ns_ttl"), 3600) or 3600, ttls=ttls, records=tuple(rr for rr, _ in located))
+                ns_ttl=r.ttl(m.get("ns_ttl"), default_of(Zone, "ns_ttl")) or default_of(Zone, "ns_ttl"), ttls=ttls, records=tuple(rr for rr, _ in located))
     _check_nameserver_glue(r, m, zone)
     return zone, located
 
@@ -68,9 +68,8 @@ def _soa(r: Reader, node: Node | None, zone_name: str | None, now: float | None)
     else:
         serial = r.integer(serial_node, 0, SERIAL_SPACE - 1, expected="a 32-bit serial or 'auto'")
     mname, rname = r.string(m.get("mname")), r.string(m.get("rname"))
-    values = dict(refresh=r.ttl(m.get("refresh"), 3600), retry=r.ttl(m.get("retry"), 600),
-                  expire=r.ttl(m.get("expire"), 604800), negative_ttl=r.ttl(m.get("negative_ttl"), 60),
-                  ttl=r.ttl(m.get("ttl"), 3600))
+    values = {name: r.ttl(m.get(name), default_of(Soa, name))
+              for name in ("refresh", "retry", "expire", "negative_ttl", "ttl")}
     if None in values.values() or mname is None or rname is None or serial is None:
         return None
     return Soa(mname=absolute_name(mname, zone_name), rname=absolute_name(rname, zone_name),
@@ -108,7 +107,7 @@ def _static_records(r: Reader, node: Node | None, zone_name: str | None) -> Loca
         owner_text = r.string(m.get("name"))
         type_node = m.get("type")
         rtype = r.scalar(type_node, lambda v: records.type_number(str(v)), "a record type like A, TXT, CAA, MX")
-        ttl = r.ttl(m.get("ttl"), 3600)
+        ttl = r.ttl(m.get("ttl"), RECORD_TTL)
         if m.get("value") is not None and m.get("values") is not None:
             r.fail(m, "give either 'value' or 'values', not both")
             continue

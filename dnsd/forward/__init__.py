@@ -1,18 +1,19 @@
 """Forwarding (issue 10): names outside our zone resolved through upstream resolvers, with a cache, for
 allowed clients only, so docker hosts can use dnsd as their resolver without it becoming an open one.
 
-Modules: settings (ForwardSettings: knobs and defaults), upstreams (addresses, resolv.conf, SRTT
-order, per-upstream counters), exchange (one query over UDP or TCP), message (the hand-written
-walker: upstream query, reply checks, cleaning, client replies), cache (entries, lifetimes, LRU,
-serve-stale, flush), forwarder (Forwarder: the entry points, coalescing, failover, describe).
+Settings: dnsd.model.ForwardSettings (the config's `forward:` section, every default there; the
+addresses come from dnsd.config.upstreams). Modules: upstreams (SRTT order, per-upstream counters),
+exchange (one query over UDP or TCP), message (the hand-written walker: upstream query, reply checks,
+cleaning, client replies), cache (entries, lifetimes, LRU, serve-stale, flush), forwarder (Forwarder:
+the entry points, coalescing, failover, describe). Wired in by dnsd.serving (QueryEngine, Dnsd).
 
 Per query (a wire.Query from parse_query; the caller has answered BADVERS and malformed input):
-    answer_now: client in allow_clients? name outside our zone? class IN, no zone transfer?
+    answer_now: client in clients? name outside our zone? class IN, no zone transfer?
                 (else REFUSED) -> fresh cache entry? -> reply now
     answer_later: the same refusals again (no caller can skip them), then: the lookup for this key
                 under way? join it (coalescing) : start one, unless
                 max_in_flight lookups run (then stale or SERVFAIL) -> reply from its entry;
-                no entry -> stale entry within stale_for (TTL 30, RFC 8767) or SERVFAIL
+                no entry -> stale entry within cache.serve_stale (TTL 30, RFC 8767) or SERVFAIL
     lookup:     upstreams by SRTT (lowest first; the others' SRTT decays a little each time they are
                 passed over, so slower ones are re-measured now and then) -> per try: fresh random
                 ID (secrets), fresh socket (kernel-random port), our OPT (udp 1232, DO as the
@@ -41,8 +42,5 @@ Counters are plain attributes (Forwarder.stats, Upstream.stats, Upstream.srtt, F
 len/bytes, in_flight); describe() gives explain the upstream order and the cache state of a question.
 """
 from dnsd.forward.forwarder import Description, Forwarder, ForwardStats
-from dnsd.forward.settings import ForwardSettings
-from dnsd.forward.upstreams import nameservers_from_resolv_conf, parse_upstreams, read_resolv_conf
 
-__all__ = ["Description", "ForwardSettings", "ForwardStats", "Forwarder", "nameservers_from_resolv_conf",
-           "parse_upstreams", "read_resolv_conf"]
+__all__ = ["Description", "ForwardStats", "Forwarder"]

@@ -29,9 +29,9 @@ from dnsd.forward.message import (
     upstream_query,
     wire_to_text,
 )
-from dnsd.forward.settings import ForwardSettings
 from dnsd.forward.upstreams import Upstream, Upstreams
-from dnsd.protocol.wire import Query
+from dnsd.model import ForwardSettings
+from dnsd.protocol.wire import EDNS_UDP_SIZE, Query
 from dnsd.routing.netmatch import PrefixMatcher, address_key
 
 log = structlog.get_logger(__name__)
@@ -55,7 +55,7 @@ class ForwardStats:
     stale_served: int = 0
     servfail: int = 0  # SERVFAIL sent: no upstream helped and nothing stale could stand in
     overloaded: int = 0  # misses with max_in_flight lookups already under way
-    refused_client: int = 0  # source address not in allow_clients
+    refused_client: int = 0  # source address not in the settings' clients
     refused_in_zone: int = 0  # asked to forward a name of our own zone (a caller's bug)
     refused_other: int = 0  # a class other than IN, zone transfers
     stripped: int = 0  # upstream records dropped because their owner is in our zone
@@ -82,7 +82,7 @@ class Description:
 
 
 class Forwarder:
-    """Forwarding with a cache, for clients in allow_clients and names outside our zone.
+    """Forwarding with a cache, for the settings' clients and names outside our zone.
 
     `in_zone(name)` gets a lower-cased wire name and says whether it is ours (CompiledZone.in_zone):
     such names are never forwarded, and upstream records owned by them are dropped. geotm does not
@@ -97,15 +97,17 @@ class Forwarder:
     """
 
     def __init__(self, settings: ForwardSettings, in_zone: Callable[[bytes], bool],
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.settings = settings
+                 clock: Callable[[], float] = time.monotonic, edns_udp_size: int = EDNS_UDP_SIZE) -> None:
+        self.settings = settings  # the config's forward section (dnsd.model), defaults and all
+        self.edns_udp_size = edns_udp_size  # advertised upstream and to clients (server.edns_udp_size)
         self.in_zone = in_zone
         self.clock = clock
         self.upstreams = Upstreams(settings.upstreams)
-        self.cache = Cache(settings.cache_entries, settings.cache_bytes, settings.stale_for, clock)
-        self.lifetimes = Lifetimes(settings.min_ttl, settings.max_ttl, settings.max_negative_ttl)
+        cache = settings.cache
+        self.cache = Cache(cache.max_entries, cache.max_bytes, cache.serve_stale, clock)
+        self.lifetimes = Lifetimes(cache.min_ttl, cache.max_ttl, cache.max_negative_ttl)
         self.allowed: PrefixMatcher[bool] = PrefixMatcher(
-            (ipaddress.ip_network(network), True) for network in settings.allow_clients)
+            (ipaddress.ip_network(network), True) for network in settings.clients)
         self.stats = ForwardStats()
         self._lookups: dict[CacheKey, asyncio.Task[Entry | None]] = {}
         self.failed_log = RateLimitedLog("forward_failed", level="warning", logger=log)
@@ -115,6 +117,14 @@ class Forwarder:
     def in_flight(self) -> int:
         """Lookups under way upstream (each asks one upstream at a time)."""
         return len(self._lookups)
+
+    def allows(self, client_ip: str) -> bool:
+        """Whether this source may have names outside our zone resolved (the settings' clients)."""
+        try:
+            bits, address = _client_key(client_ip)
+        except (OSError, ValueError):
+            return False
+        return bool(bits) and self.allowed.lookup(bits, address) is not None
 
     # -- entry points ----------------------------------------------------------------------------
 
@@ -215,11 +225,7 @@ class Forwarder:
     # -- inside ----------------------------------------------------------------------------------
 
     def _refusal(self, query: Query, client_ip: str) -> bytes | None:
-        try:
-            bits, address = _client_key(client_ip)
-        except (OSError, ValueError):
-            bits = address = 0
-        if not bits or not self.allowed.lookup(bits, address):
+        if not self.allows(client_ip):
             self.stats.refused_client += 1
         elif self.in_zone(query.qname_key):
             self.stats.refused_in_zone += 1
@@ -227,13 +233,13 @@ class Forwarder:
             self.stats.refused_other += 1
         else:
             return None
-        return error_reply(query, REFUSED, self.settings.edns_udp_size)
+        return error_reply(query, REFUSED, self.edns_udp_size)
 
     def _reply(self, entry: Entry, query: Query, max_udp_size: int | None, stale: bool = False) -> bytes:
         if len(query.question) != entry.question_length:  # same key, so same name: never, unless a bug
             raise AssertionError("stored question length differs from the client's")
         return client_reply(query, entry.rcode, entry.records_at(self.clock(), stale), entry.ancount,
-                            entry.nscount, self.settings.edns_udp_size, max_udp_size)
+                            entry.nscount, self.edns_udp_size, max_udp_size)
 
     def _failed(self, key: CacheKey, query: Query, max_udp_size: int | None) -> bytes:
         entry = self.cache.stale(key, self.clock())
@@ -241,12 +247,12 @@ class Forwarder:
             self.stats.stale_served += 1
             return self._reply(entry, query, max_udp_size, stale=True)
         self.stats.servfail += 1
-        return error_reply(query, SERVFAIL, self.settings.edns_udp_size)
+        return error_reply(query, SERVFAIL, self.edns_udp_size)
 
     def _error(self, query: Query) -> bytes:
         self.stats.errors += 1
         self.error_log(qname=query.qname(), qtype=query.qtype, exc_info=True)
-        return error_reply(query, SERVFAIL, self.settings.edns_udp_size)
+        return error_reply(query, SERVFAIL, self.edns_udp_size)
 
     def _start_lookup(self, key: CacheKey, query: Query) -> asyncio.Task[Entry | None]:
         lookup = asyncio.get_running_loop().create_task(self._lookup(key, query))
@@ -340,7 +346,7 @@ class Forwarder:
 
         upstream.stats.queries += 1
         async with asyncio.timeout(self.settings.try_timeout):
-            return await transport(upstream, upstream_query(qid, query, self.settings.edns_udp_size), accept)
+            return await transport(upstream, upstream_query(qid, query, self.edns_udp_size), accept)
 
 
 def _key(query: Query) -> CacheKey:

@@ -1,5 +1,5 @@
 """dnsd's admin API (aiohttp): bearer-token auth; status, explain, config, audit, overrides, reload,
-metrics and the HTML status page. The public routes (/metrics, /) show health only unless the
+forwarding-cache flushes, metrics and the HTML status page. The public routes (/metrics, /) show health only unless the
 request carries the token; details (config path, feed URLs, override actors and reasons, query
 counts) need it."""
 from __future__ import annotations
@@ -19,9 +19,10 @@ from dnsd.ops import metrics
 from dnsd.ops.admintoken import UnusableToken
 from dnsd.answers.answer import RCODE_NAMES
 from dnsd.config.reader import parse_duration as parse_config_duration
-from dnsd.ops.explain import client_context, explain
+from dnsd.ops.explain import client_context, explain, forwarding
 from dnsd.model import AdminSettings
-from dnsd.serving.service import InvalidChange, NoSuchOverride, Refused, UnknownReplica, WouldLeaveNoReplica
+from dnsd.serving.service import (ClusterUnavailable, InvalidChange, NoSuchOverride, NotForwarding, Refused,
+                                  UnknownReplica, WouldLeaveNoReplica)
 from dnsd.ops.status import override_json, status_document
 from dnsd.ops.statuspage import render_status_page
 
@@ -41,7 +42,8 @@ class AdminError(Exception):
 
 # the HTTP status for each refusal of the running dnsd (dnsd.serving.service)
 REFUSAL_STATUS: dict[type[Refused], int] = {InvalidChange: 400, UnknownReplica: 404, NoSuchOverride: 404,
-                                            WouldLeaveNoReplica: 409}
+                                            WouldLeaveNoReplica: 409, NotForwarding: 409,
+                                            ClusterUnavailable: 503}
 
 PUBLIC_METRICS, PUBLIC_STATUS_PAGE, READ, MUTATE = "metrics", "status_page", "read", "mutate"
 # Bearer for the CLI and Prometheus; Basic (any user name, the token as password) so a browser can
@@ -123,13 +125,15 @@ def make_app(dnsd: Dnsd, settings: AdminSettings, token: str | UnusableToken | N
             client = client_context(query.get("client", request.remote or "127.0.0.1"), query.get("ecs"))
         except ValueError as err:
             raise AdminError(400, str(err)) from None
-        answer, text = explain(dnsd.snapshot, name, qtype, client)
+        snapshot, forwarder = dnsd.snapshot, dnsd.forwarder
+        answer, text = explain(snapshot, name, qtype, client, forwarder)
         return web.json_response({"rcode": RCODE_NAMES.get(answer.rcode, answer.rcode),
-                                  "answer": [rr.to_text() for rr in answer.answer], "explanation": text})
+                                  "answer": [rr.to_text() for rr in answer.answer], "explanation": text,
+                                  "forwarding": forwarding(snapshot, name, qtype, client, forwarder)})
 
     async def get_audit(request: web.Request) -> web.Response:
         limit = _int_query(request, "limit", 100)
-        return web.json_response({"entries": dnsd.overrides.audit_entries(limit)})
+        return web.json_response({"entries": await dnsd.read_audit(limit)})
 
     async def get_overrides(request: web.Request) -> web.Response:
         return web.json_response({"overrides": [override_json(o) for o in dnsd.snapshot.overrides.values()]})
@@ -141,15 +145,15 @@ def make_app(dnsd: Dnsd, settings: AdminSettings, token: str | UnusableToken | N
             duration = parse_duration(duration)
         elif duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))):
             raise AdminError(400, f"duration must be seconds or text like 30m, got {duration!r}")
-        override = dnsd.set_override(_text(body, "registry"), _text(body, "replica"), _text(body, "kind"),
-                                     duration, str(body.get("reason", "")), actor_of(request),
-                                     force=bool(body.get("force", False)))
+        override = await dnsd.request_override(_text(body, "registry"), _text(body, "replica"),
+                                               _text(body, "kind"), duration, str(body.get("reason", "")),
+                                               actor_of(request), force=bool(body.get("force", False)))
         return web.json_response(override_json(override), status=201)
 
     async def delete_override(request: web.Request) -> web.Response:
-        removed = dnsd.remove_override(request.match_info["registry"], request.match_info["replica"],
-                                       actor_of(request), request.query.get("reason", ""),
-                                       request.query.get("kind"))
+        removed = await dnsd.request_removal(request.match_info["registry"], request.match_info["replica"],
+                                             actor_of(request), request.query.get("reason", ""),
+                                             request.query.get("kind"))
         return web.json_response({"removed": override_json(removed)})
 
     async def post_reload(request: web.Request) -> web.Response:
@@ -157,6 +161,16 @@ def make_app(dnsd: Dnsd, settings: AdminSettings, token: str | UnusableToken | N
         body = {"ok": result.ok, "version": result.version, "problems": list(result.problems),
                 "changes": list(result.changes), "needs_restart": list(result.needs_restart)}
         return web.json_response(body, status=200 if result.ok else 422)
+
+    async def post_flush(request: web.Request) -> web.Response:
+        """{"name": "docker.io"} forgets the forwarding cache's answers for that name (every type);
+        {"all": true} empties it."""
+        body = await _json_body(request)
+        name = body.get("name")
+        if body.get("all") is not True and (not isinstance(name, str) or not name):
+            raise AdminError(400, 'give {"name": NAME} (every cached type of it) or {"all": true}')
+        flushed = dnsd.flush_forwarded(name, actor_of(request))
+        return web.json_response({"name": name, "flushed": flushed})
 
     async def status_page(request: web.Request) -> web.Response:
         page = render_status_page(status_document(dnsd), details=not health_only(request))
@@ -174,6 +188,7 @@ def make_app(dnsd: Dnsd, settings: AdminSettings, token: str | UnusableToken | N
     route("POST", "/v1/overrides", MUTATE, post_override, "override_set")
     route("DELETE", "/v1/overrides/{registry}/{replica}", MUTATE, delete_override, "override_remove")
     route("POST", "/v1/reload", MUTATE, post_reload, "reload")
+    route("POST", "/v1/flush", MUTATE, post_flush, "flush")
     return app
 
 

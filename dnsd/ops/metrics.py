@@ -15,6 +15,7 @@ from dnsd.routing.health import Status
 from dnsd.serving.stats import LATENCY_BOUNDS, qtype_label
 from dnsd.answers.answer import RCODE_NAMES
 from dnsd.protocol.rrl import CLASS_NAMES
+from dnsd.forward.upstreams import ERROR_KINDS, LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from dnsd.serving.service import Dnsd
@@ -92,6 +93,7 @@ class DnsdCollector(Collector):
         yield dropped
         yield from _tcp_metrics(dnsd)
         yield from _rrl_metrics(dnsd)
+        yield from _forward_metrics(dnsd)
         buckets, cumulative = [], 0
         for bound, count in zip(LATENCY_BOUNDS + (float("inf"),), stats.latency_counts):
             cumulative += count
@@ -122,6 +124,16 @@ class DnsdCollector(Collector):
         generation = GaugeMetricFamily("geotm_snapshot_generation", "Serving-state swaps since start")
         generation.add_metric([], snapshot.generation)
         yield generation
+        if dnsd.cluster is not None:
+            yield from _cluster_metrics(dnsd)
+
+
+def _cluster_metrics(dnsd: Dnsd) -> Iterator[Metric]:
+    """With a cluster section: whether etcd is reachable (0: the last known state serves, changes refused)."""
+    connected = GaugeMetricFamily("geotm_cluster_connected", "1 while the cluster's etcd is reachable with a "
+                                  "leader; 0: serving the last known overrides, override changes refused")
+    connected.add_metric([], 1.0 if dnsd.cluster.connected else 0.0)
+    yield connected
 
 
 def _tcp_metrics(dnsd: Dnsd) -> Iterator[Metric]:
@@ -174,6 +186,83 @@ def _rrl_metrics(dnsd: Dnsd) -> Iterator[Metric]:
     table = GaugeMetricFamily("geotm_rrl_table_entries", "Rate-limit buckets held (at most table_size)")
     table.add_metric([], len(rrl.buckets) if rrl else 0)
     yield from (dropped, slipped, episodes, table)
+
+
+# ForwardStats attribute -> (metric name, help); counted since the forwarder was built (a reload that
+# changes the forward section builds a new one: the counters start again, as after a restart)
+FORWARD_COUNTERS = (
+    ("queries", "geotm_forward_queries", "Queries for names outside the zone handed to the forwarder"),
+    ("cache_hits", "geotm_forward_cache_hits", "Forwarded queries answered from the cache"),
+    ("cache_misses", "geotm_forward_cache_misses", "Forwarded queries the cache could not answer"),
+    ("coalesced", "geotm_forward_coalesced", "Cache misses that joined a lookup already under way"),
+    ("lookups", "geotm_forward_lookups", "Lookups started upstream (one per missed question)"),
+    ("stale_served", "geotm_forward_stale_served", "Expired answers served because every upstream failed"),
+    ("servfail", "geotm_forward_servfail", "SERVFAIL sent: no upstream answered and nothing stale stood in"),
+    ("overloaded", "geotm_forward_overloaded", "Misses refused a lookup: max_in_flight lookups under way"),
+    ("stripped", "geotm_forward_stripped_records", "Upstream records dropped because their owner is in our zone"),
+    ("errors", "geotm_forward_bugs", "Forwarding bugs caught (each answered SERVFAIL)"),
+)
+
+
+def _forward_metrics(dnsd: Dnsd) -> Iterator[Metric]:
+    """The forwarder of names outside the zone: nothing while forwarding is off."""
+    forwarder = dnsd.forwarder
+    if forwarder is None:
+        return
+    stats = forwarder.stats
+    for attribute, name, help_text in FORWARD_COUNTERS:
+        counter = CounterMetricFamily(name, help_text)
+        counter.add_metric([], getattr(stats, attribute))
+        yield counter
+    refused = CounterMetricFamily("geotm_forward_refused", "Queries the forwarder refused, by reason (client: "
+                                  "not in forward.clients)", labels=["reason"])
+    for reason, value in (("client", stats.refused_client), ("in_zone", stats.refused_in_zone),
+                          ("other", stats.refused_other)):
+        refused.add_metric([reason], value)
+    yield refused
+    waiting = CounterMetricFamily("geotm_forward_waiting_overloaded", "Forwarded queries answered SERVFAIL at "
+                                  "once: too many clients already waiting for upstreams")
+    waiting.add_metric([], dnsd.engine.stats.forward_overloaded)
+    yield waiting
+    for name, help_text, value in (
+            ("geotm_forward_cache_entries", "Answers in the forwarding cache", len(forwarder.cache)),
+            ("geotm_forward_cache_bytes", "Bytes the forwarding cache holds (bounded by cache.max_bytes)",
+             forwarder.cache.bytes),
+            ("geotm_forward_in_flight", "Lookups under way upstream now", forwarder.in_flight),
+            ("geotm_forward_waiting", "Forwarded queries waiting for an upstream now", dnsd.engine.forward_pending)):
+        gauge = GaugeMetricFamily(name, help_text)
+        gauge.add_metric([], value)
+        yield gauge
+    evicted = CounterMetricFamily("geotm_forward_cache_evicted", "Entries pushed out of the forwarding cache by "
+                                  "its bounds before they expired")
+    evicted.add_metric([], forwarder.cache.evicted)
+    yield evicted
+
+    upstreams = forwarder.upstreams.all
+    queries = CounterMetricFamily("geotm_forward_upstream_queries", "Queries sent to the upstream, UDP and TCP",
+                                  labels=["upstream"])
+    answers = CounterMetricFamily("geotm_forward_upstream_answers", "Usable replies (NOERROR, NXDOMAIN) from the "
+                                  "upstream", labels=["upstream"])
+    errors = CounterMetricFamily("geotm_forward_upstream_errors", "Failed or ignored exchanges with the upstream, "
+                                 "by kind (truncated: retried over TCP; mismatched: forged or stray, ignored)",
+                                 labels=["upstream", "kind"])
+    srtt = GaugeMetricFamily("geotm_forward_upstream_srtt_seconds", "Smoothed round-trip time: the lowest is "
+                             "asked first", labels=["upstream"])
+    latency = HistogramMetricFamily("geotm_forward_upstream_seconds", "Time from sending a query to a usable "
+                                    "reply (the TCP retry included)", labels=["upstream"])
+    for upstream in upstreams:
+        address, up = upstream.address, upstream.stats
+        queries.add_metric([address], up.queries)
+        answers.add_metric([address], up.answers)
+        for kind in ERROR_KINDS:
+            errors.add_metric([address, kind], up.errors[kind])
+        srtt.add_metric([address], upstream.srtt)
+        buckets, cumulative = [], 0
+        for bound, count in zip(LATENCY_BUCKETS + (float("inf"),), up.latency_buckets):
+            cumulative += count
+            buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+        latency.add_metric([address], buckets, up.latency_sum)
+    yield from (queries, answers, errors, srtt, latency)
 
 
 def make_registry(dnsd: Dnsd, public: bool = False) -> CollectorRegistry:

@@ -11,27 +11,39 @@ from typing import TYPE_CHECKING
 import structlog
 
 from dnsd.common.logs import LogGate
+from dnsd.model import ServerSettings
 
 if TYPE_CHECKING:
     from dnsd.protocol.rrl import ResponseRateLimiter
 
 log = structlog.get_logger(__name__)
 
-# Every message received is given to the handler: (query, client_ip, over_tcp) -> reply, or None for silence.
-Handler = Callable[[bytes, str, bool], bytes | None]
+# Every message received is given to the handler: (query, client_ip, over_tcp) -> the reply, None for
+# silence, or an asyncio Future (a Task) of either when the reply comes later (a forwarded query
+# waiting for an upstream). The listeners tell them apart by `type(reply) is bytes` only, so the
+# reply sent at once costs nothing more: the handler returns exactly bytes, never a subclass or a
+# bytearray. A later reply is sent as one sent at once would be (UDP: through the rate limiter; TCP:
+# framed, possibly out of order, RFC 7766 6.2.1.1); a Future cancelled or failed sends nothing.
+Reply = bytes | None | asyncio.Future[bytes | None]
+Handler = Callable[[bytes, str, bool], Reply]
 
 _LOAD_FRACTION = 0.75  # "near the limit": the short idle timeout applies from this share of tcp_max_connections
 
 
+_CONFIG_DEFAULTS = ServerSettings()  # the config model owns the defaults of every configurable knob
+
+
 @dataclass(frozen=True, slots=True)
 class ListenerSettings:
-    tcp_idle_timeout: float = 10.0  # close a TCP connection idle this long (RFC 7766 suggests seconds)
-    tcp_idle_timeout_under_load: float = 1.0  # ...or this long once connections reach 3/4 of the cap
+    """dnsd.app builds these from the config's server section; the defaults are the model's."""
+
+    tcp_idle_timeout: float = _CONFIG_DEFAULTS.tcp_idle_timeout  # close a TCP connection idle this long
+    tcp_idle_timeout_under_load: float = _CONFIG_DEFAULTS.tcp_idle_timeout_under_load  # ...from 3/4 of the cap
     tcp_write_timeout: float = 5.0  # a client that does not read its replies is dropped after this
-    tcp_max_connections: int = 1024  # at this, a new connection replaces the longest-idle one
-    tcp_max_connections_per_source: int = 16  # beyond this, a source's new connections are closed at once
-    tcp_source_prefix_v4: int = 32  # what counts as one source: IPv4 addresses aggregated to this prefix
-    tcp_source_prefix_v6: int = 56  # ... and IPv6 addresses to this one
+    tcp_max_connections: int = _CONFIG_DEFAULTS.tcp_max_connections  # then new ones replace the longest idle
+    tcp_max_connections_per_source: int = _CONFIG_DEFAULTS.tcp_max_connections_per_source  # more: closed at once
+    tcp_source_prefix_v4: int = _CONFIG_DEFAULTS.tcp_source_prefix_v4  # one source: IPv4 aggregated to this
+    tcp_source_prefix_v6: int = _CONFIG_DEFAULTS.tcp_source_prefix_v6  # ... and IPv6 to this prefix
     udp_receive_buffer: int = 4 * 1024 * 1024  # SO_RCVBUF: avoid kernel drops in bursts
     reuse_port: bool = False  # SO_REUSEPORT, so N worker processes can share an address
 

@@ -2,10 +2,10 @@
 
 Each listen address gets one UDP socket (dnsd.protocol.udp) and one TCP listener (dnsd.protocol.tcp:
 framing, timeouts, caps) on the same port. Every message received is given to a synchronous handler,
-``handler(query, client_ip, over_tcp)``, whose return value (bytes, or None for silence) is sent back
-unchanged. Everything DNS-specific (FORMERR, truncation, EDNS sizes) belongs to the handler. The one
-exception: with a rate limiter (dnsd.protocol.rrl), a UDP reply may be dropped or sent slipped (TC=1);
-TCP replies never are.
+``handler(query, client_ip, over_tcp)``, whose return value (bytes, or None for silence, or a Future of
+either when the reply comes later: dnsd.protocol.listening) is sent back unchanged. Everything
+DNS-specific (FORMERR, truncation, EDNS sizes) belongs to the handler. The one exception: with a rate
+limiter (dnsd.protocol.rrl), a UDP reply may be dropped or sent slipped (TC=1); TCP replies never are.
 """
 from __future__ import annotations
 

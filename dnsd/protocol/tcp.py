@@ -1,9 +1,11 @@
 """The TCP listener (RFC 7766 / RFC 1035 4.2.2): our own accept loop, the per-source and global caps, and
 the connections.
 
-Each message is preceded by a two-byte length. Pipelined queries are answered in order. Connections
-are asyncio Protocols, so a slow or stalled client costs one buffer and two timers, never a blocked
-task that others wait on:
+Each message is preceded by a two-byte length. Pipelined queries are answered in order, except those
+whose reply comes later (the handler returned a Future: a forwarded query waiting for an upstream),
+which are written when ready, out of order (RFC 7766 6.2.1.1 allows it; clients match replies by ID).
+Connections are asyncio Protocols, so a slow or stalled client costs one buffer and two timers, never
+a blocked task that others wait on:
 
 * idle timeout: a connection that does not complete a message within ``tcp_idle_timeout``
   of its previous one (or of being opened) is closed, so a partial length prefix followed by
@@ -11,6 +13,10 @@ task that others wait on:
 * write timeout: when replies pile up because the client does not read them, we stop reading
   its queries (back-pressure) and drop the connection unless it catches up within
   ``tcp_write_timeout``; memory per connection stays bounded;
+* later replies: at most ``_MAX_PENDING_REPLIES`` per connection; at that many we stop reading its
+  queries until one is written. A connection with replies pending is not idle: neither the idle
+  timeout, the short one under load, nor eviction closes it under them, and a client that is done
+  (EOF, a zero-length message, server shutdown) is closed once they are written;
 * per-source cap: one source (an IPv4 address, an IPv6 /56 by default: see ``source_key``) holds
   at most ``tcp_max_connections_per_source`` connections; beyond that its new ones are closed at
   once, so one client cannot take the slots every other client needs for truncated answers;
@@ -46,6 +52,7 @@ _TCP_FLUSH_BYTES = 16 * 1024  # batch pipelined replies into writes of about thi
 _TCP_BACKLOG = 1024
 _ACCEPT_BATCH = 16  # connections accepted per readiness callback: bounds descriptors taken before we decide
 _ACCEPT_PAUSE = 0.1  # after EMFILE/ENFILE: seconds before trying accept() again
+_MAX_PENDING_REPLIES = 64  # later replies one connection may wait for; then we stop reading its queries
 _OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _MISSING = object()
 _V4_MAPPED = bytes(10) + b"\xff\xff"
@@ -163,7 +170,7 @@ class TcpConnections:
 
     def _evict_longest_idle(self, newcomer: str) -> bool:
         for conn in self.connections:
-            if conn.established:
+            if conn.established and not conn.pending:  # not idle: replies are on their way
                 idle = self.loop.time() - conn.last_active
                 self.stats.evicted += 1
                 suppressed = self.evictions.admit()
@@ -234,6 +241,8 @@ class _TcpConnection(asyncio.Protocol):
         "_paused",
         "_eof",
         "_done",
+        "pending",
+        "_held",
     )
 
     def __init__(self, shared: TcpConnections, ip: str, source: str) -> None:
@@ -250,6 +259,8 @@ class _TcpConnection(asyncio.Protocol):
         self._paused = False  # our replies are not being read: we stopped reading queries
         self._eof = False  # the client shut down its sending side
         self._done = False  # no more messages will be processed (closing)
+        self.pending = 0  # replies that come later (the handler's Futures), not yet written
+        self._held = False  # _MAX_PENDING_REPLIES pending: we stopped reading queries until one is written
 
     @property
     def established(self) -> bool:
@@ -269,7 +280,7 @@ class _TcpConnection(asyncio.Protocol):
         if self._done or self._transport is None:
             return
         self._buffer += data
-        if not self._paused:
+        if not (self._paused or self._held):
             self._process()
 
     def eof_received(self) -> bool:
@@ -298,10 +309,10 @@ class _TcpConnection(asyncio.Protocol):
             self._write_timer.cancel()
             self._write_timer = None
         transport = self._transport
-        if transport is None or transport.is_closing():
-            return
+        if transport is None or transport.is_closing() or self._held:
+            return  # held: reading resumes once a later reply is written (_reply_ready)
         self._process()
-        if self._paused or self._done:
+        if self._paused or self._done or self._held:
             return
         if self._eof:
             self._finish()
@@ -331,8 +342,9 @@ class _TcpConnection(asyncio.Protocol):
             self._transport.abort()
 
     def close_if_idle(self) -> bool:
-        """Under load: close unless our replies are backed up (the write timeout governs those)."""
-        if not self.established or self._paused:
+        """Under load: close unless our replies are backed up (the write timeout governs those) or
+        still to come."""
+        if not self.established or self._paused or self.pending:
             return False
         log.debug("tcp_idle_timeout", client=self.ip, under_load=True)
         self._finish()
@@ -370,6 +382,14 @@ class _TcpConnection(asyncio.Protocol):
                 continue
             if reply is None:
                 continue
+            if type(reply) is not bytes:  # a Future: written when ready (_reply_ready)
+                self.pending += 1
+                reply.add_done_callback(self._reply_ready)
+                if self.pending >= _MAX_PENDING_REPLIES:
+                    self._held = True
+                    transport.pause_reading()
+                    break
+                continue
             if len(reply) > _MAX_TCP_MESSAGE:
                 log.error("reply_too_large", client=ip, size=len(reply))
                 continue
@@ -393,10 +413,43 @@ class _TcpConnection(asyncio.Protocol):
         elif pos:
             del buf[:pos]
 
+    def _reply_ready(self, later) -> None:
+        """A later reply: write it (framed) if the connection is still open, then read queries again if
+        the pending bound had stopped us, or close if the client is done and this was the last."""
+        self.pending -= 1
+        transport = self._transport
+        if transport is None or transport.is_closing() or later.cancelled():
+            return
+        exc = later.exception()
+        reply = later.result() if exc is None else None
+        if exc is not None:
+            self._shared.context.handler_failed(self.ip, "tcp", exc)
+        elif reply is not None and len(reply) > _MAX_TCP_MESSAGE:
+            log.error("reply_too_large", client=self.ip, size=len(reply))
+        elif reply is not None:
+            transport.write(len(reply).to_bytes(2, "big") + reply)
+        if self._done:
+            if not self.pending:
+                self._finish()  # the close it deferred for this reply
+            return
+        if self._held and not self._paused:
+            self._held = False
+            self._process()
+            if self._paused or self._done or self._held:
+                return
+            if self._eof:
+                self._finish()
+            else:
+                transport.resume_reading()
+        elif self._held:
+            self._held = False  # resume_writing reads again
+
     def _finish(self) -> None:
-        """Stop processing and close once the pending replies are written."""
+        """Stop processing and close once the pending replies are written (later ones included)."""
         self._done = True
         self._buffer = bytearray()
+        if self.pending:
+            return  # _reply_ready calls again when the last one is written
         transport = self._transport
         if transport is not None:
             transport.close()
@@ -414,8 +467,9 @@ class _TcpConnection(asyncio.Protocol):
         if self._transport is None or self._done:
             return
         now = self._loop.time()
-        if self._paused:
-            # Not the client's idleness: we stopped reading. The write timeout governs.
+        if self._paused or self.pending:
+            # Not the client's idleness: we stopped reading (the write timeout governs), or its
+            # replies are still to come.
             self._deadline = now + self._shared.settings.tcp_idle_timeout
         if now < self._deadline:
             self._idle_timer = self._loop.call_at(self._deadline, self._check_idle)

@@ -1,5 +1,5 @@
-"""The UDP listener: each datagram goes to the handler, its reply back through the rate limiter; a
-reply is dropped, as the kernel would, while the send buffer is full."""
+"""The UDP listener: each datagram goes to the handler, its reply (now or later) back through the rate
+limiter; a reply is dropped, as the kernel would, while the send buffer is full."""
 from __future__ import annotations
 
 import asyncio
@@ -36,6 +36,9 @@ class UdpProtocol(asyncio.DatagramProtocol):
             return
         if reply is None or self._transport is None:
             return
+        if type(reply) is not bytes:  # a Future: the reply comes later (the handler contract)
+            reply.add_done_callback(lambda later: self._send_later(later, addr))
+            return
         if self._rrl_filter is not None:  # after the handler, so packet-cache hits are limited too
             reply = self._rrl_filter(reply, ip)
             if reply is None:
@@ -46,6 +49,29 @@ class UdpProtocol(asyncio.DatagramProtocol):
             suppressed = self._context.udp_drops.admit()
             if suppressed is not None:
                 log.warning("udp_reply_dropped", client=ip, reason="send buffer full", suppressed=suppressed)
+            return
+        self._transport.sendto(reply, addr)
+
+    def _send_later(self, later: asyncio.Future, addr: tuple[Any, ...]) -> None:
+        """A reply that was not ready when the datagram came: the same steps as datagram_received's
+        (written out there, on the hot path)."""
+        if later.cancelled():
+            return
+        exc = later.exception()
+        if exc is not None:
+            self._context.handler_failed(addr[0], "udp", exc)
+            return
+        reply = later.result()
+        if reply is None or self._transport is None:
+            return
+        if self._rrl_filter is not None:  # forwarded answers are limited like every other
+            reply = self._rrl_filter(reply, addr[0])
+            if reply is None:
+                return
+        if self._paused:
+            suppressed = self._context.udp_drops.admit()
+            if suppressed is not None:
+                log.warning("udp_reply_dropped", client=addr[0], reason="send buffer full", suppressed=suppressed)
             return
         self._transport.sendto(reply, addr)
 

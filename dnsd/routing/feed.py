@@ -32,9 +32,10 @@ class FeedState:
     etag: str | None = None
     fetched_at: float = 0.0  # wall clock of the last good answer (200 or 304) from this feed
     error: str | None = None  # the last fetch's problem, None when it went well
+    leased: bool = False  # published in etcd under a lease: live while the key is (dnsd.cluster.verdicts)
 
     def fresh(self, now: float, ttl: float) -> bool:
-        return self.document is not None and now - self.fetched_at <= ttl
+        return self.document is not None and (self.leased or now - self.fetched_at <= ttl)
 
 
 def _suspect(verdicts: list[tuple[FeedState, EndpointHealth]]) -> str:
@@ -50,6 +51,8 @@ class HealthFeed:
         self.apply = apply
         self.clock = clock
         self.feeds = [FeedState(url) for url in settings.feeds]
+        # probes instances publishing through etcd, by instance name: each one is a feed while its key lives
+        self.cluster_feeds: dict[str, FeedState] = {}
         self.trust = {url: FeedTrust(settings.access_for(url)) for url in settings.feeds}
         # a refused token is logged at once, then at most once a minute per feed while it lasts
         self._refusals = {url: LogGate(interval=60.0, burst=1) for url in settings.feeds}
@@ -101,19 +104,38 @@ class HealthFeed:
 
     # -- combining ------------------------------------------------------------------------------
 
+    def set_cluster_verdicts(self, instance: str, document: FeedDocument | None) -> None:
+        """A probes instance's verdicts from etcd (None: its lease ended, it takes them with it)."""
+        if document is None:
+            if self.cluster_feeds.pop(instance, None) is not None:
+                log.info("health_feed_gone", instance=instance, reason="its lease in etcd ended")
+            return
+        feed = self.cluster_feeds.get(instance)
+        if feed is None:
+            feed = self.cluster_feeds[instance] = FeedState(f"etcd:{instance}")
+            log.info("health_feed_joined", instance=instance)
+        self._report_unknown(feed.url, document)
+        feed.document, feed.fetched_at, feed.leased = document, self.clock(), True
+
+    def cluster_unreachable(self) -> None:
+        """etcd's word is no longer current: the verdicts last seen age out through health.ttl."""
+        for feed in self.cluster_feeds.values():
+            feed.leased = False
+
     def combine(self) -> dict[tuple[str, str], EndpointHealth]:
         now = self.clock()
         ttl = self.settings.ttl
-        fresh = [f for f in self.feeds if f.fresh(now, ttl)]
+        feeds = self.feeds + list(self.cluster_feeds.values())
+        fresh = [f for f in feeds if f.fresh(now, ttl)]
         # expired: we had verdicts and they all went stale; never having had any is not "expired"
-        expired = any(f.document is not None for f in self.feeds) and not fresh
+        expired = any(f.document is not None for f in feeds) and not fresh
         if expired != self.expired:
             self.expired = expired
             if expired:
-                newest = max((f.fetched_at for f in self.feeds), default=0.0)
+                newest = max((f.fetched_at for f in feeds), default=0.0)
                 log.warning("health_expired", ttl=ttl, last_good_age=round(now - newest, 1) if newest else None,
                             effect="every replica counts as online (fail open) until probes answer again",
-                            errors={f.url: f.error for f in self.feeds})
+                            errors={f.url: f.error for f in feeds})
             else:
                 log.info("health_restored", feeds=[f.url for f in fresh])
         needed = self.settings.votes_needed(len(fresh))
@@ -125,7 +147,7 @@ class HealthFeed:
             # combined verdict about to change is enough; a short TTL costs only re-resolutions.
             if len(degraded) >= needed:
                 feed, health = degraded[0]
-                votes = f" ({len(degraded)} of {len(self.feeds)} probes agree)" if len(self.feeds) > 1 else ""
+                votes = f" ({len(degraded)} of {len(feeds)} probes agree)" if len(feeds) > 1 else ""
                 trend = RECOVERING if any(h.trend == RECOVERING for _, h in degraded) else ""
                 combined[key] = EndpointHealth(Status.DEGRADED, health.reason + votes,
                                                min(h.since for _, h in degraded), trend)
@@ -133,7 +155,7 @@ class HealthFeed:
                 combined[key] = EndpointHealth(Status.ONLINE, f"health expired: no probe answer for over "
                                                               f"{ttl:g}s, failing open")
             elif degraded:
-                combined[key] = EndpointHealth(Status.ONLINE, f"{len(degraded)} of {len(self.feeds)} probes say "
+                combined[key] = EndpointHealth(Status.ONLINE, f"{len(degraded)} of {len(feeds)} probes say "
                                                               f"degraded, quorum is {needed}: kept online", 0.0,
                                                _suspect(verdicts))
             elif verdicts:

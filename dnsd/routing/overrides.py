@@ -1,5 +1,6 @@
 """Operator overrides of global routing (drain, force up, force down), with expiry, reasons and an
-audit log; persisted so they survive restarts. Pure data plus a small store; no I/O beyond its files."""
+audit log; persisted so they survive restarts. Pure data, the backend interface every store offers
+(OverrideBackend), and the local-file store; the etcd one is dnsd.cluster.overrides."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Protocol
 
 import structlog
 
@@ -44,6 +45,21 @@ class Override:
 
 Overrides = Mapping[tuple[str, str], Override]
 NO_OVERRIDES: Overrides = MappingProxyType({})
+
+
+class OverrideBackend(Protocol):
+    """Where an override change is kept before it is acknowledged: this machine's files
+    (OverrideStore) or the cluster's etcd (dnsd.cluster.overrides.SharedOverrides). A change the
+    backend cannot keep raises (the caller refuses it: never a change kept only here)."""
+
+    async def publish(self, override: Override) -> None:
+        """Set (or replace) the replica's override, with its audit entry."""
+
+    async def withdraw(self, override: Override, actor: str, reason: str) -> bool:
+        """Remove this override, with its audit entry: False when it was already gone."""
+
+    async def read_audit(self, limit: int) -> list[dict]:
+        """The last `limit` audit entries, oldest first."""
 
 
 class OverrideStore:
@@ -117,6 +133,28 @@ class OverrideStore:
         except FileNotFoundError:
             return []
         return [json.loads(line) for line in lines if line.strip()]
+
+    # -- the OverrideBackend of one machine ------------------------------------------------------
+
+    async def publish(self, override: Override) -> None:
+        self.put(override)
+
+    async def withdraw(self, override: Override, actor: str, reason: str) -> bool:
+        return self.remove(override.registry, override.replica, actor, reason) is not None
+
+    async def read_audit(self, limit: int) -> list[dict]:
+        return self.audit_entries(limit)
+
+    # -- changes ---------------------------------------------------------------------------------
+
+    def mirror(self, overrides: Mapping[tuple[str, str], Override]) -> bool:
+        """Take the cluster's overrides as they are (persisted: a restart that cannot reach etcd starts
+        from them; audited in etcd, not here): -> whether anything changed."""
+        if dict(overrides) == self._overrides:
+            return False
+        self._overrides = dict(overrides)
+        self._persist()
+        return True
 
     def put(self, override: Override) -> Override | None:
         """Set (or replace) the replica's override; returns the one it replaced."""

@@ -1,7 +1,8 @@
 """The serving state (config, health, compiled tables, routing plans) as one snapshot swapped whole,
-and the per-query path that answers from it."""
+and the per-query path that answers from it (and hands names outside the zone to the forwarder)."""
 from __future__ import annotations
 
+import asyncio
 import functools
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -23,6 +24,8 @@ from dnsd.answers.resolve import resolve
 from dnsd.serving.stats import QueryStats
 from dnsd.answers.tables import CompiledZone, compile_config
 from dnsd.answers.encode import encode_answer
+from dnsd.forward import Forwarder
+from dnsd.forward.message import error_reply
 from dnsd.protocol.wire import WireError
 
 log = structlog.get_logger(__name__)
@@ -107,6 +110,19 @@ def choose(snapshot: Snapshot, client: ClientContext, registry_index: int) -> tu
 
 
 PACKET_CACHE_SIZE = 50_000  # replies remembered per snapshot; cleared whole when full
+# Forwarded queries waiting for an upstream at once. The forwarder bounds distinct lookups
+# (max_in_flight); this bounds the clients waiting on them (each a task until the deadline), so a
+# flood of one uncached name cannot grow memory without end. Beyond it: SERVFAIL at once.
+MAX_PENDING_FORWARDS = 10_000
+FORWARDED = "forwarded"  # the kind label of forwarded queries in the query counts
+RA = 0x80  # Recursion Available, in the fourth header byte
+
+
+class _Forward:
+    """What answer() returns for a name the forwarder answers (handle() hands it over)."""
+
+
+FORWARD = _Forward()
 
 
 class QueryEngine:
@@ -116,10 +132,17 @@ class QueryEngine:
     Packet cache: under one snapshot a reply is fully determined by the query's bytes after its ID,
     the client's address and the transport, so a repeated query (the common case: a few resolvers
     asking the same names) is answered by patching the ID into the reply sent before. The cache
-    belongs to the snapshot: every swap starts it empty."""
+    belongs to the snapshot: every swap starts it empty.
 
-    def __init__(self, snapshot: Snapshot):
+    Forwarding (when `forwarder` is set, from the config's forward section): a name outside the zone
+    from a client the forwarder allows goes to it instead of being REFUSED. Its replies never enter
+    the packet cache (the forwarder's cache counts TTLs down and expires entries); a miss returns an
+    asyncio Task the listeners wait on (dnsd.protocol.listening's handler contract)."""
+
+    def __init__(self, snapshot: Snapshot, forwarder: Forwarder | None = None):
         self.snapshot = snapshot
+        self.forwarder = forwarder  # set with the snapshot it belongs to (swap), or None: forwarding off
+        self.forward_pending = 0  # forwarded queries waiting for an upstream now
         self.stats = QueryStats()
         self.cache: dict[tuple[bytes, str, bool], tuple[bytes, tuple]] = {}
         # per-query events, rate limited (a flood of bad queries must not fill the disk); the
@@ -139,7 +162,12 @@ class QueryEngine:
         self.cache = {}
         self.snapshot = snapshot
 
-    def handle(self, data: bytes, client_ip: str, over_tcp: bool) -> bytes | None:
+    def swap_forwarder(self, forwarder: Forwarder | None) -> None:
+        """A new forwarder (or none): the packet cache goes too, its replies' RA bit came from the old."""
+        self.cache = {}
+        self.forwarder = forwarder
+
+    def handle(self, data: bytes, client_ip: str, over_tcp: bool) -> bytes | None | asyncio.Task[bytes]:
         started = perf_counter()
         key = (data[2:], client_ip, over_tcp)
         cached = self.cache.get(key)
@@ -162,6 +190,15 @@ class QueryEngine:
         cache = self.cache
         try:
             reply = self.answer(query, client_ip, over_tcp)
+            if reply is FORWARD:
+                return self.forward(query, client_ip, over_tcp, started)
+            forwarder = self.forwarder
+            if forwarder is not None and forwarder.allows(client_ip):
+                # RA describes the server for this client (RFC 1035 4.1.1): recursion is available to
+                # it, for our own names too. Stubs ask with RD and expect RA from their resolver (dig
+                # warns "recursion requested but not available"; some stubs skip such a server).
+                # Clients outside forward.clients never get RA: for them we are authority only.
+                reply = reply[:3] + bytes((reply[3] | RA,)) + reply[4:]
         except Exception:  # a bug must cost one answer, not the server
             self.failed_log(client=client_ip, qname=query.qname(), qtype=query.qtype, exc_info=True)
             self.stats.count("", "error", query.qtype, rc.SERVFAIL)
@@ -196,6 +233,9 @@ class QueryEngine:
         view_name = compiled.zd.views[view]
         if entry is None:
             if not compiled.in_zone(key):
+                forwarder = self.forwarder
+                if forwarder is not None and forwarder.allows(client_ip):
+                    return FORWARD  # type: ignore[return-value]  # handle() hands it to the forwarder
                 count(view_name, "refused", query.qtype, rc.REFUSED)
                 self.refused_log(client=client_ip, qname=query.qname(), qtype=query.qtype, reason="not in zone")
                 return wire.error_response(query, rc.REFUSED, udp_size)
@@ -223,6 +263,37 @@ class QueryEngine:
             if ecs_scope is None:  # a view chosen by source address does not vary with the ECS subnet
                 ecs_scope = edns.ecs.source_prefix if packed.client_dependent and view_by_ecs else 0
         return wire.build_response(query, packed, max_udp_size=max_size, ecs_scope=ecs_scope, udp_size=udp_size)
+
+    def forward(self, query: wire.Query, client_ip: str, over_tcp: bool, started: float
+                ) -> bytes | asyncio.Task[bytes]:
+        """A name outside the zone from a client allowed to recurse: the forwarder's reply now (a cache
+        hit), or a task that gives it once an upstream answered (counted then; the answer-latency
+        histogram is for answers we have at hand, upstream latency has its own per upstream)."""
+        forwarder = self.forwarder
+        assert forwarder is not None
+        max_size = None if over_tcp else wire.udp_limit(query, forwarder.edns_udp_size)
+        reply = forwarder.answer_now(query, client_ip, max_size)
+        if reply is None:
+            if self.forward_pending >= MAX_PENDING_FORWARDS:
+                reply = error_reply(query, rc.SERVFAIL, forwarder.edns_udp_size)
+                self.stats.forward_overloaded += 1
+            else:
+                later = asyncio.get_running_loop().create_task(
+                    self._forward_later(forwarder, query, client_ip, max_size))
+                self.forward_pending += 1  # _forward_later takes it back when it ends
+                return later
+        self.stats.count("", FORWARDED, query.qtype, reply[3] & 0xF)
+        self.stats.observe_latency(perf_counter() - started)
+        return reply
+
+    async def _forward_later(self, forwarder: Forwarder, query: wire.Query, client_ip: str,
+                             max_size: int | None) -> bytes:
+        try:
+            reply = await forwarder.answer_later(query, client_ip, max_size)
+        finally:
+            self.forward_pending -= 1
+        self.stats.count("", FORWARDED, query.qtype, reply[3] & 0xF)
+        return reply
 
     def answer_slowly(self, query: wire.Query, snapshot: Snapshot, client: ClientContext, view: int,
                       max_size: int | None, udp_size: int) -> bytes:

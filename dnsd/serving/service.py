@@ -1,13 +1,17 @@
 """The running dnsd's state: owns the serving snapshot and every change to it (health, overrides,
-reload), logging what routing changed and why. No sockets, no HTTP: dnsd.app wires listeners, health
-feed and admin API around it, and dnsd.ops.admin maps the refusals below to HTTP statuses."""
+reload), and the forwarder of names outside the zone (built from the config, swapped by reload,
+flushed on request), logging what routing changed and why. No sockets, no HTTP: dnsd.app wires
+listeners, health feed and admin API around it, and dnsd.ops.admin maps the refusals below to HTTP
+statuses."""
 from __future__ import annotations
 
 import asyncio
 import collections
+import json
+import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Callable
@@ -16,14 +20,18 @@ import structlog
 
 from dnsd.serving import offloop
 from dnsd.config import ConfigError, carry_serial, load_config
+from dnsd.config.upstreams import is_own
+from dnsd.forward import Forwarder
 from dnsd.routing.health import HealthSnapshot
 from dnsd.model import Config
-from dnsd.routing.overrides import DRAIN, FORCE_DOWN, KINDS, Override, OverrideStore
+from dnsd.cluster.etcd import EtcdRefused, EtcdUnavailable
+from dnsd.routing.overrides import DRAIN, FORCE_DOWN, KINDS, Override, OverrideBackend, OverrideStore
 from dnsd.routing.policy import RoutingPlan, plan as make_plan
 from dnsd.protocol.rrl import ResponseRateLimiter
 from dnsd.serving.runtime import QueryEngine, Snapshot, build_plans, new_snapshot
 
 if TYPE_CHECKING:
+    from dnsd.cluster.overrides import SharedOverrides
     from dnsd.routing.feed import HealthFeed
     from dnsd.protocol.tcp import TcpStats
 
@@ -52,6 +60,14 @@ class WouldLeaveNoReplica(Refused):
     """Draining or forcing down the last serving replica of a registry, without force."""
 
 
+class ClusterUnavailable(Refused):
+    """The cluster's etcd cannot take a change now (unreachable, no quorum): nothing changed anywhere."""
+
+
+class NotForwarding(Refused):
+    """A forwarding operation (flush) while the config has no forward section."""
+
+
 @dataclass(frozen=True, slots=True)
 class ReloadResult:
     ok: bool
@@ -70,13 +86,23 @@ class Dnsd:
     with one assignment; the query path never sees a half-applied change."""
 
     def __init__(self, config: Config, overrides: OverrideStore | None = None, clock=time.time,
-                 after_reload: Callable[[], None] | None = None):
+                 after_reload: Callable[[], None] | None = None, listen: Sequence[tuple[str, int]] | None = None,
+                 flush_file: str | None = None):
         self.clock = clock
         self.overrides = overrides or OverrideStore(config.admin.state_file,
                                                     _audit_path(config.admin.state_file), clock)
         self.overrides.load()
         self.overrides.prune(replica_keys(config))
-        self.engine = QueryEngine(new_snapshot(config, overrides=self.overrides.current()))
+        self.backend: OverrideBackend = self.overrides  # where changes are kept: these files, or etcd
+        self.cluster: SharedOverrides | None = None  # the cluster's overrides (attach_cluster)
+        # where we answer (--listen may differ from server.listen): never an upstream of our own
+        self.listen = tuple(listen) if listen else config.server.listen
+        self.retired_forwarders: list[Forwarder] = []  # replaced by a reload, lookups still under way
+        # workers: flushes worker 0 took, for the others to follow (one JSON line each)
+        self.flush_file = flush_file
+        self._flushes_seen = _file_size(flush_file)
+        self.engine = QueryEngine(new_snapshot(config, overrides=self.overrides.current()),
+                                  self._new_forwarder(config))
         self.feed: HealthFeed | None = None
         self.all_down_activations: dict[str, int] = {}
         self.reloads = {"ok": 0, "failed": 0}
@@ -93,11 +119,21 @@ class Dnsd:
     def snapshot(self) -> Snapshot:
         return self.engine.snapshot
 
+    @property
+    def forwarder(self) -> Forwarder | None:
+        """The forwarder of names outside the zone; None while the config has no forward section."""
+        return self.engine.forwarder
+
     # -- what the wiring attaches ------------------------------------------------------------------
 
     def attach_feed(self, feed: HealthFeed) -> None:
         """The health feed whose verdicts reach apply_health (its state shows in status and metrics)."""
         self.feed = feed
+
+    def attach_cluster(self, shared: SharedOverrides) -> None:
+        """Keep override changes in the cluster's etcd (the local store becomes its mirror)."""
+        self.cluster = shared
+        self.backend = shared
 
     def attach_listeners(self, tcp_stats: Callable[[], TcpStats], tcp_limit: int) -> None:
         """The DNS listeners' TCP admission counters, and the connection cap they enforce."""
@@ -164,6 +200,48 @@ class Dnsd:
 
     def set_override(self, registry: str, replica: str, kind: str, duration: float | None, reason: str,
                      actor: str, force: bool = False) -> Override:
+        """This machine's change, kept in its own files."""
+        override = self._checked_override(registry, replica, kind, duration, reason, actor, force)
+        self.overrides.put(override)
+        self._override_set(override)
+        return override
+
+    async def request_override(self, registry: str, replica: str, kind: str, duration: float | None, reason: str,
+                               actor: str, force: bool = False) -> Override:
+        """The admin API's change: kept by the backend (the cluster's etcd when there is one, which
+        every dnsd follows) before it is applied here; ClusterUnavailable when etcd cannot keep it."""
+        override = self._checked_override(registry, replica, kind, duration, reason, actor, force)
+        await self._kept(self.backend.publish(override), f"{kind} {registry}/{replica}")
+        self._override_set(override)
+        return override
+
+    async def request_removal(self, registry: str, replica: str, actor: str, reason: str = "",
+                              kind: str | None = None) -> Override:
+        """remove_override through the backend (as request_override)."""
+        current = self._current_override(registry, replica, kind)
+        if not await self._kept(self.backend.withdraw(current, actor, reason), f"undo {registry}/{replica}"):
+            raise NoSuchOverride(f"{registry}/{replica}: its {current.kind} was removed elsewhere meanwhile")
+        self._override_removed(current, actor)
+        return current
+
+    async def read_audit(self, limit: int) -> list[dict]:
+        return await self._kept(self.backend.read_audit(limit), "reading the audit log")
+
+    @staticmethod
+    async def _kept(write, what: str):
+        try:
+            return await write
+        except (EtcdUnavailable, EtcdRefused) as err:
+            raise ClusterUnavailable(f"{what} NOT done: the cluster's etcd cannot take it now ({err}); no dnsd "
+                                     "changed. Retry when etcd has quorum again") from None
+
+    def follow_cluster(self, why: str) -> None:
+        """The cluster's overrides changed (mirrored into self.overrides): apply them."""
+        self._apply_overrides(why)
+        self.note("overrides_from_cluster", why=why)
+
+    def _checked_override(self, registry: str, replica: str, kind: str, duration: float | None, reason: str,
+                          actor: str, force: bool) -> Override:
         snapshot = self.engine.snapshot
         self._check_replica(snapshot, registry, replica)
         if kind not in KINDS:
@@ -183,24 +261,34 @@ class Dnsd:
                 raise WouldLeaveNoReplica(f"{replica} is the last serving replica of {registry}: {kind} would leave "
                                       f"the global name with none (all-down policy {before.registry.all_down.mode} "
                                       "would decide); repeat with force to do it anyway")
-        self.overrides.put(override)
-        self._apply_overrides(f"{kind} {registry}/{replica} by {actor}: {reason or 'no reason given'}")
-        self.note("override_set", registry=registry, replica=replica, kind=kind, actor=actor, reason=reason,
-                  expires_at=override.expires_at)
         return override
+
+    def _override_set(self, override: Override) -> None:
+        self._apply_overrides(f"{override.kind} {override.registry}/{override.replica} by {override.actor}: "
+                              f"{override.reason or 'no reason given'}")
+        self.note("override_set", registry=override.registry, replica=override.replica, kind=override.kind,
+                  actor=override.actor, reason=override.reason, expires_at=override.expires_at)
 
     def remove_override(self, registry: str, replica: str, actor: str, reason: str = "",
                         kind: str | None = None) -> Override:
+        current = self._current_override(registry, replica, kind)
+        self.overrides.remove(registry, replica, actor, reason)
+        self._override_removed(current, actor)
+        return current
+
+    def _current_override(self, registry: str, replica: str, kind: str | None) -> Override:
         self._check_replica(self.engine.snapshot, registry, replica)
         current = self.engine.snapshot.overrides.get((registry, replica))
         if current is None or (kind is not None and current.kind != kind):
             what = f"a {kind} override" if kind else "an override"
             raise NoSuchOverride(f"{registry}/{replica} has no {what}"
                                   + (f" (it has {current.kind})" if current else ""))
-        self.overrides.remove(registry, replica, actor, reason)
-        self._apply_overrides(f"undo {current.kind} {registry}/{replica} by {actor}")
-        self.note("override_removed", registry=registry, replica=replica, kind=current.kind, actor=actor)
         return current
+
+    def _override_removed(self, current: Override, actor: str) -> None:
+        self._apply_overrides(f"undo {current.kind} {current.registry}/{current.replica} by {actor}")
+        self.note("override_removed", registry=current.registry, replica=current.replica, kind=current.kind,
+                  actor=actor)
 
     def expire_overrides(self) -> list[Override]:
         gone = self.overrides.expire()
@@ -233,6 +321,83 @@ class Dnsd:
             snapshot.config.registry(registry).replica(replica)
         except KeyError:
             raise UnknownReplica(f"no replica {registry}/{replica} in the running config") from None
+
+    # -- forwarding ------------------------------------------------------------------------------
+
+    def _new_forwarder(self, config: Config) -> Forwarder | None:
+        settings = config.forward
+        if settings is None:
+            return None
+        # the config left out server.listen; --listen may name other addresses of ours
+        own = [address for address in settings.upstreams if is_own(*address, self.listen)]
+        if own:
+            settings = replace(settings, upstreams=tuple(a for a in settings.upstreams if a not in own))
+            log.warning("forward_upstreams_skipped", upstreams=[f"{h}:{p}" for h, p in own],
+                        reason="dnsd listens there itself: forwarding to it would loop")
+        if not settings.upstreams:
+            log.error("forward_no_upstreams", effect="every name outside the zone gets SERVFAIL")
+        return Forwarder(settings, self._in_zone, edns_udp_size=config.server.edns_udp_size)
+
+    def _in_zone(self, name_key: bytes) -> bool:
+        """For the forwarder: whether a name is ours, in the zone serving now (a reload may move it)."""
+        return self.engine.snapshot.compiled.in_zone(name_key)
+
+    def flush_forwarded(self, name: str | None, actor: str) -> int:
+        """Forget the forwarding cache's answers for a name (all its types), or everything (None);
+        -> how many entries went. Other workers follow through flush_file."""
+        forwarder = self.engine.forwarder
+        if forwarder is None:
+            raise NotForwarding("forwarding is off (the config has no forward section): nothing is cached")
+        try:
+            count = forwarder.flush(name) if name is not None else forwarder.flush_all()
+        except ValueError as err:
+            raise InvalidChange(f"bad name {name!r}: {err}") from None
+        if self.flush_file:
+            with open(self.flush_file, "a") as handle:
+                handle.write(json.dumps({"name": name}) + "\n")
+            self._flushes_seen = _file_size(self.flush_file)
+        self.overrides.audit("flush", actor, {"name": name if name is not None else "(all)", "entries": count})
+        self.note("forward_flushed", name=name if name is not None else "(all)", entries=count, actor=actor)
+        return count
+
+    def follow_flushes(self) -> int:
+        """A follower worker: apply the flushes worker 0 appended to flush_file since the last call."""
+        if not self.flush_file or _file_size(self.flush_file) <= self._flushes_seen:
+            return 0
+        with open(self.flush_file, "rb") as handle:
+            handle.seek(self._flushes_seen)
+            *complete, _being_written = handle.read().split(b"\n")  # a partial line waits for the next call
+        self._flushes_seen += sum(len(line) + 1 for line in complete)
+        forwarder = self.engine.forwarder
+        for line in complete:
+            try:
+                name = json.loads(line)["name"]
+            except (ValueError, KeyError, TypeError):
+                log.warning("forward_flush_unreadable", file=self.flush_file, line=line[:200].decode(errors="replace"))
+                continue
+            if forwarder is None:
+                continue
+            if name is None:
+                forwarder.flush_all()
+            else:
+                forwarder.flush(name)
+        return len(complete)
+
+    def forward_housekeeping(self) -> None:
+        """Each second: the forwarder's (expired entries, log summaries); forget replaced forwarders
+        once their last lookup has ended."""
+        forwarder = self.engine.forwarder
+        if forwarder is not None:
+            forwarder.housekeeping()
+        self.retired_forwarders = [old for old in self.retired_forwarders if old.in_flight]
+
+    async def close_forwarders(self) -> None:
+        """At stop: end the lookups under way (their clients get SERVFAIL), flush the log summaries."""
+        forwarders = [f for f in (self.engine.forwarder, *self.retired_forwarders) if f is not None]
+        self.retired_forwarders = []
+        for forwarder in forwarders:
+            await forwarder.close()
+            forwarder.housekeeping(force=True)
 
     # -- reload ----------------------------------------------------------------------------------
 
@@ -267,6 +432,11 @@ class Dnsd:
                     plans = await offloop.in_thread(build_plans, config, health, overrides)
                     new = replace(new, health=health, plans=plans, overrides=overrides)
                 new = replace(new, generation=self.engine.snapshot.generation + 1)
+                if _forwarding_changed(old.config, config):
+                    # a new forwarder, its cache empty; the old one finishes the lookups under way
+                    if self.engine.forwarder is not None:
+                        self.retired_forwarders.append(self.engine.forwarder)
+                    self.engine.swap_forwarder(self._new_forwarder(config))
                 self.engine.swap(new)
                 offloop.keep_built()
             await offloop.run_sliced(self.routing_events(new, old, f"config reload by {actor}"))
@@ -284,6 +454,19 @@ class Dnsd:
             if self._after_reload is not None and not by_signal:
                 self._after_reload()
             return ReloadResult(True, config.digest[:12], (), changes, restart)
+
+
+def _file_size(path: str | None) -> int:
+    try:
+        return os.path.getsize(path) if path else 0
+    except OSError:
+        return 0
+
+
+def _forwarding_changed(old: Config, new: Config) -> bool:
+    """Whether a reload needs a new forwarder: its section, or the EDNS size it advertises, changed."""
+    return old.forward != new.forward or (new.forward is not None
+                                          and old.server.edns_udp_size != new.server.edns_udp_size)
 
 
 def _kept_health(health: HealthSnapshot, known: set[tuple[str, str]]) -> HealthSnapshot:
@@ -317,6 +500,12 @@ def _describe_changes(old: Config, new: Config) -> list[str]:
     old_views, new_views = {v.name for v in old.views}, {v.name for v in new.views}
     changes += [f"view {v} added" for v in sorted(new_views - old_views)]
     changes += [f"view {v} removed" for v in sorted(old_views - new_views)]
+    if old.forward is None and new.forward is not None:
+        changes.append("forwarding on")
+    elif old.forward is not None and new.forward is None:
+        changes.append("forwarding off: names outside the zone are REFUSED")
+    elif _forwarding_changed(old, new):
+        changes.append("forward settings changed: a new forwarder, its cache empty")
     if old.zone != new.zone and not changes:
         changes.append("zone settings or records changed")
     return changes or (["no routing-relevant change"] if old.digest != new.digest else ["identical"])
@@ -340,5 +529,7 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
         result.append("admin.listen/token_file")
     if old.health != new.health:
         result.append("health")
+    if old.cluster != new.cluster:
+        result.append("cluster")
     return result
 

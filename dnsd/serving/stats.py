@@ -23,6 +23,7 @@ class QueryStats:
         self.latency_counts = [0] * (len(LATENCY_BOUNDS) + 1)
         self.latency_sum = 0.0
         self.dropped = 0  # queries we did not answer (malformed beyond reply, or responses)
+        self.forward_overloaded = 0  # forwarded queries answered SERVFAIL: too many already waiting upstream
         self._history: collections.deque[tuple[float, dict[tuple[str, str], int]]] = collections.deque()
         self.last_key: tuple = ("", "", 0, 0, "", "")  # labels of the last counted query (packet cache)
 

@@ -1,0 +1,139 @@
+"""dnsperf's output read back (the summary, per-query latencies of a -v run), nearest-rank percentiles
+and medians, and the table bench/run prints with its parser. Pure (no processes, no network)."""
+from __future__ import annotations
+
+import math
+import re
+import statistics
+
+# --------------------------------------------------------------------------------------------
+# dnsperf output
+
+
+_NUM = r"([0-9]+(?:\.[0-9]+)?)"
+
+
+def parse_dnsperf(text: str) -> dict:
+    """The summary dnsperf 2.x prints at the end of a run: queries sent/completed/lost, qps,
+    average latency (s) with min/max and stddev, run time, response codes."""
+    out: dict = {}
+
+    def grab(key: str, pattern: str, conv=float):
+        mm = re.search(pattern, text)
+        if mm:
+            out[key] = conv(mm.group(1))
+
+    grab("queries_sent", r"Queries sent:\s+(\d+)", int)
+    grab("queries_completed", r"Queries completed:\s+(\d+)", int)
+    grab("queries_lost", r"Queries lost:\s+(\d+)", int)
+    grab("queries_interrupted", r"Queries interrupted:\s+(\d+)", int)
+    grab("qps", r"Queries per second:\s+" + _NUM)
+    grab("run_time_s", r"Run time \(s\):\s+" + _NUM)
+    grab("avg_latency_s", r"Average Latency \(s\):\s+" + _NUM)
+    grab("min_latency_s", r"Average Latency \(s\):\s+[0-9.]+\s+\(min\s+" + _NUM)
+    grab("max_latency_s", r"Average Latency \(s\):.*max\s+" + _NUM)
+    grab("stddev_latency_s", r"Latency StdDev \(s\):\s+" + _NUM)
+    grab("avg_request_bytes", r"Average packet size:\s+request\s+(\d+)", int)
+    grab("avg_response_bytes", r"Average packet size:.*response\s+(\d+)", int)
+    mm = re.search(r"Response codes:\s+(.*)", text)
+    if mm:
+        codes = {}
+        for part in mm.group(1).split(","):
+            m2 = re.match(r"\s*([A-Z]+)\s+(\d+)", part)
+            if m2:
+                codes[m2.group(1)] = int(m2.group(2))
+        out["rcodes"] = codes
+    if "qps" not in out:
+        raise ValueError("no 'Queries per second' line in dnsperf output")
+    return out
+
+
+# dnsperf -v prints one line per answer:  "> NOERROR contoso.azurecr.test. A 0.000123"
+# (and "> T ..." for a query that timed out).
+_VERBOSE = re.compile(r"^> ([A-Z]+) (\S+) (\S+) ([0-9]+\.[0-9]+)\s*$")
+
+
+def parse_verbose_latencies(text: str) -> tuple[list[float], dict[str, int]]:
+    lat, codes = [], {}
+    for line in text.splitlines():
+        mm = _VERBOSE.match(line)
+        if not mm:
+            continue
+        code = mm.group(1)
+        codes[code] = codes.get(code, 0) + 1
+        if code != "T":
+            lat.append(float(mm.group(4)))
+    return lat, codes
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100)."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = max(1, math.ceil(p / 100 * len(s)))
+    return s[k - 1]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# --------------------------------------------------------------------------------------------
+# The printed table, and its parser (for the optional end-to-end test).
+
+TABLE_HEADER = ("server", "qps", "srv_cpu", "mean_ms", "mean_ms@rate", "p99_ms@rate", "lost", "geotm/peer")
+
+
+def format_table(rows: list[dict]) -> str:
+    def cell(v, fmt):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "-"
+        return fmt.format(v)
+
+    body = [TABLE_HEADER]
+    for r in rows:
+        body.append((
+            r["server"],
+            cell(r.get("qps"), "{:.0f}"),
+            cell(r.get("cpu"), "{:.2f}"),
+            cell(r.get("mean_ms"), "{:.3f}"),
+            cell(r.get("rate_mean_ms"), "{:.3f}"),
+            cell(r.get("p99_ms"), "{:.3f}"),
+            cell(r.get("lost"), "{:d}"),
+            cell(r.get("ratio"), "{:.2f}"),
+        ))
+    widths = [max(len(row[i]) for row in body) for i in range(len(TABLE_HEADER))]
+    lines = []
+    for i, row in enumerate(body):
+        lines.append("  ".join(c.ljust(widths[j]) if j == 0 else c.rjust(widths[j]) for j, c in enumerate(row)))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def parse_table(text: str) -> list[dict]:
+    """Rows of the table printed by format_table, found anywhere in `text`."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.split()[:2] == ["server", "qps"]:
+            break
+    else:
+        raise ValueError("no table header in output")
+    rows = []
+    for line in lines[i + 2:]:
+        if not line.strip():
+            break
+        parts = line.split()
+        if len(parts) < 8:
+            break
+        name = " ".join(parts[:-7])
+        vals = parts[-7:]
+
+        def num(s, conv=float):
+            return None if s == "-" else conv(s)
+
+        rows.append({"server": name, "qps": num(vals[0]), "cpu": num(vals[1]), "mean_ms": num(vals[2]),
+                     "rate_mean_ms": num(vals[3]), "p99_ms": num(vals[4]), "lost": num(vals[5], int),
+                     "ratio": num(vals[6])})
+    return rows

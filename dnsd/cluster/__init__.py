@@ -1,0 +1,1 @@
+"""Many dnsd and probes instances sharing one truth through etcd (the `cluster:` section)."""
