@@ -1,8 +1,10 @@
 """scripts/compose-drill: the compose drill for real, from nothing back to nothing. A Docker engine of
 its own (drills.engine) unless DOCKER_HOST names one; a Debian base image made with debootstrap
 (its tarball cached) unless --base names one; the Dockerfile's images built on it; the stack up and
-healthy; a docker daemon pulling through dnsd; the drill run in the client container
-(`docker compose run --rm client drill --compose ...`); then everything torn down whatever happened:
+healthy; a container started with `--dns <dnsd>` resolving the registry's names and an outside name
+(forwarded to the stack's upstream); a docker daemon pulling through dnsd; the drill run in the
+client container (`docker compose run --rm client drill --compose ...`); then everything torn down
+whatever happened:
 containers, networks, volumes, the daemons, their namespace, bridges and rules. Built images stay
 only in a data root kept with --keep-images.
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -25,7 +28,7 @@ from pathlib import Path
 
 from drills.dockerapi import Docker, DockerError
 from drills.engine import RUN_NETNS, Engine, EngineError, PullDaemon, pids_mentioning
-from drills.labconfig import DNS_ADDRESS, GLOBAL_NAME, REPLICAS
+from drills.labconfig import BY_ADDRESS, DNS_ADDRESS, GLOBAL_NAME, REPLICA, REPLICAS
 from drills.observe import wait_for
 from drills.proc import REPOSITORY_ROOT
 
@@ -35,10 +38,11 @@ NETWORK = f"{PROJECT}_drill"         # compose names the file's `drill` network 
 PKI_VOLUME = f"{PROJECT}_pki"
 BASE_IMAGE = "geotm-base:bookworm"
 IMAGES = {"geotm": "geotm:local", "client": "geotm-client:local", "registry": "geotm-registry:local"}
-SERVICES = ("eastus", "westeurope", "southeastasia", "probes", "dnsd")  # each has a health check
+SERVICES = ("eastus", "westeurope", "southeastasia", "probes", "upstream", "dnsd")  # each has a health check
 PULLHOST = f"{PROJECT}-pullhost"     # the container whose network namespace the pulling daemon uses
 PULLHOST_ADDRESS = "10.77.0.60"      # on the drill network, outside the addresses compose gives out first
 PULL_SOCKET = "/run/geotm/pull.sock"  # where the client container sees the pulling daemon
+OUTSIDE_NAME, OUTSIDE_ADDRESS = "www.example.test", "192.0.2.80"  # config/compose-upstream.yaml's
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_SECURITY = "http://deb.debian.org/debian-security"
 SUITE = "bookworm"
@@ -319,6 +323,29 @@ class ComposeRun:
                  f"({PULLHOST_ADDRESS}), resolver {DNS_ADDRESS} (dnsd), certs.d for {', '.join(trusted_hosts())}")
         return str(self.pull_daemon.socket)
 
+    def check_forwarding(self) -> bool:
+        """A container started with `--dns <dnsd>` (as docker hosts give containers geotm) resolves the
+        registry's names (ours) and an outside name (forwarded to the upstream service) alike."""
+        expected = {GLOBAL_NAME: set(BY_ADDRESS), REPLICA["eastus"].regional: {REPLICA["eastus"].address},
+                    OUTSIDE_NAME: {OUTSIDE_ADDRESS}}
+        script = ("import json, socket, sys\nfound = {}\nfor name in sys.argv[1:]:\n    try:\n"
+                  "        found[name] = socket.gethostbyname(name)\n    except OSError as err:\n"
+                  "        found[name] = str(err)\nprint(json.dumps(found))")
+        result = self.run(self.docker, "run", "--rm", "--network", NETWORK, "--dns", DNS_ADDRESS,
+                          "--entrypoint", "python", IMAGES["geotm"], "-c", script, *expected, check=False)
+        try:
+            found = json.loads(result.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            found = {}
+        wrong = [f"{name} -> {found.get(name, result.stderr.strip()[-200:] or 'nothing')}"
+                 for name, addresses in expected.items() if found.get(name) not in addresses]
+        for name in expected:
+            self.say(f"   {name} -> {found.get(name, '?')}")
+        self.verdicts["FAIL" if wrong else "PASS"] += 1
+        if wrong:
+            self.say(f"   FAIL: a container with --dns {DNS_ADDRESS} resolved {'; '.join(wrong)}")
+        return not wrong
+
     def drill(self, pull_socket: str | None) -> int:
         argv = drill_args(self.args.short, self.args.scenario or [], pull_socket)
         self.say(f"== compose-drill: {' '.join(self.compose)} {' '.join(argv)}")
@@ -445,11 +472,15 @@ def main(argv: list[str] | None = None) -> int:
         run.step("the Docker engine", run.start_engine)
         base = run.step("the base image", run.base_image)
         run.step(f"images on {base}", lambda: run.build(str(base)))
-        run.step("the stack up (pki, replicas, probes, dnsd) and healthy", run.up)
+        run.step("the stack up (pki, replicas, probes, upstream, dnsd) and healthy", run.up)
         pull_socket = None
         if not args.no_pull_daemon:
             pull_socket = run.step("a docker daemon whose resolver is dnsd", run.start_pull_daemon)
+        resolved = run.step(f"names through dnsd from a container started with --dns {DNS_ADDRESS} (forwarding)",
+                            run.check_forwarding)
         code = run.drill(str(pull_socket) if pull_socket else None)
+        if not resolved and code == EXIT_PASS:
+            code = EXIT_FAIL
     except (EngineError, DockerError, OSError, subprocess.SubprocessError) as err:
         say(f"compose-drill: {err}")
     except KeyboardInterrupt:

@@ -149,6 +149,24 @@ def test_probes_and_admin_addresses_match(compose, config):
     assert config.admin.token_file == "/pki/admin-token"
 
 
+def test_dnsd_forwards_the_stacks_containers_to_the_upstream_service(compose, config):
+    """Forwarding in the stack: dnsd sends names outside its zone to the `upstream` service (a second
+    dnsd, authoritative for another zone), for the drill network's containers only."""
+    upstream = compose["services"]["upstream"]
+    address = _address(upstream)
+    assert config.forward is not None
+    assert config.forward.upstreams == ((address, 53),)
+    subnet = ipaddress.ip_network(compose["networks"]["drill"]["ipam"]["config"][0]["subnet"])
+    assert [str(n) for n in config.forward.clients] == [str(subnet)]
+    assert _mounts(upstream)["/etc/geotm/upstream.yaml"] == "./config/compose-upstream.yaml"
+    command = upstream["command"]
+    outside = load_config(str(ROOT / "config" / "compose-upstream.yaml"))
+    assert command[command.index("--config") + 1] == "/etc/geotm/upstream.yaml"
+    assert _host(outside.server.listen) == address
+    assert outside.zone.name != config.zone.name and not outside.zone.name.endswith("." + config.zone.name)
+    assert compose["services"]["dnsd"]["depends_on"]["upstream"]["condition"] == "service_started"
+
+
 def test_compose_config_is_the_local_drill_plan(config):
     """Same names and addresses as `geotm drill`, so the shared scenarios apply to both."""
     plan = {r.name: r.address for r in labconfig.REPLICAS}
