@@ -23,7 +23,7 @@ from drills.dockerapi import DockerError
 from drills.errors import LabError
 from drills.labconfig import AGGRESSIVE, DEFAULT
 from drills.local import LocalLab
-from drills.scenarios import SCENARIOS, SHORT, TWO_PROBES
+from drills.scenarios import DAEMON, SCENARIOS, SHORT, TWO_PROBES
 from drills.timeline import summary
 from dnsd.common.cliutil import add_version, quiet_broken_pipe
 
@@ -67,14 +67,25 @@ def preflight() -> list[str]:
     return reasons
 
 
-def compose_preflight() -> list[str]:
+def compose_preflight(pull_daemon: str | None = None) -> list[str]:
     reasons = []
     if shutil.which("skopeo") is None:
         reasons.append("skopeo missing (the geotm client image installs it)")
     if not os.path.exists("/var/run/docker.sock"):
         reasons.append("/var/run/docker.sock is not mounted: the compose drill breaks replicas through the "
                        "Docker engine (see the client service in docker-compose.yml)")
+    if pull_daemon and not os.path.exists(pull_daemon):
+        reasons.append(f"--pull-daemon {pull_daemon}: no such socket (mount the daemon's socket into the client)")
     return reasons
+
+
+def scenario_names(short: bool, compose: bool, daemon: bool) -> list[str]:
+    """What a run without --scenario runs: SHORT or all; the compose stack has one probes instance;
+    the docker daemon's scenario wherever a daemon pulls, short or not."""
+    names = [name for name in (SHORT if short else SCENARIOS) if name not in DAEMON]
+    if compose:
+        names = [name for name in names if name not in TWO_PROBES]
+    return names + (list(DAEMON) if daemon else [])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     drill.add_argument("--compose", action="store_true",
                        help="run from the client container of docker-compose.yml against that stack "
                             "(faults through /var/run/docker.sock) instead of building a local lab")
+    drill.add_argument("--pull-daemon", metavar="SOCKET", default=os.environ.get("GEOTM_PULL_DOCKER") or None,
+                       help="with --compose: the socket of a docker daemon whose resolver is dnsd; it pulls "
+                            f"too, and the {', '.join(DAEMON)} scenario runs (default: $GEOTM_PULL_DOCKER)")
     return parser
 
 
@@ -107,7 +121,7 @@ def _terminate(signum, _frame):
 @quiet_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    reasons = compose_preflight() if args.compose else preflight()
+    reasons = compose_preflight(args.pull_daemon) if args.compose else preflight()
     if reasons:
         print("geotm drill cannot run here:", file=sys.stderr)
         for reason in reasons:
@@ -121,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_drill(args) -> int:
 
-    names = args.scenario or (list(SHORT) if args.short else list(SCENARIOS))
-    if args.compose and not args.scenario:
-        names = [name for name in names if name not in TWO_PROBES]
+    names = args.scenario or scenario_names(args.short, args.compose, bool(args.compose and args.pull_daemon))
     timing = AGGRESSIVE if args.aggressive else DEFAULT
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gtdrill-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -134,7 +146,7 @@ def run_drill(args) -> int:
     started = time.monotonic()
     stack: ComposeLab | LocalLab
     if args.compose:
-        stack = ComposeLab(workdir, say)
+        stack = ComposeLab(workdir, say, daemon_socket=args.pull_daemon)
         if args.aggressive:
             say("note: --aggressive changes nothing in compose mode: timings come from the stack's config")
     else:

@@ -1,6 +1,7 @@
 """The drill's registry client, the one that measures: it asks dnsd (its only resolver), pulls and
 pushes with skopeo, keeps pulling the global name in the background while a scenario runs and
-records every pull (when, which replica served it, why it failed), and checks a replica directly."""
+records every pull (drills.pulls: when, which replica served it, why it failed), and checks a
+replica directly."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,6 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import dns.exception
@@ -23,39 +23,27 @@ import dns.rdatatype
 from drills import image, labconfig
 from drills.errors import LabError
 from drills.labconfig import BY_ADDRESS, DNS_ADDRESS, GLOBAL_NAME, REPLICA, REPLICAS, REPOSITORY, TAG, ReplicaSpec
-from drills.observe import http_status, wait_for
+from drills.observe import http_status
 from drills.proc import run
-
-PULL_TIMEOUT = 8.0  # the client's own bound: a hung replica costs a pull at most this, never the drill
-PULL_PERIOD = 0.75
+from drills.pulls import PULL_TIMEOUT, Pull, Puller, last_line
 
 
-@dataclass(slots=True)
-class Pull:
-    started: float
-    host: str
-    ended: float | None = None
-    ok: bool | None = None
-    replica: str | None = None  # which replica served it (from the image's replica label)
-    error: str = ""
-
-
-class Client:
+class Client(Puller):
     """`prefix` runs a command as the client (the local lab: `ip netns exec`, so the namespace's
     resolv.conf names dnsd; in the compose client container: nothing). `certs_dir` is skopeo's trust
     directory, `ca_file` the drill CA for the direct checks."""
+    name = "skopeo"
 
     def __init__(self, workdir: Path, certs_dir: Path, ca_file: Path, prefix: list[str],
                  say: Callable[[str], None] = print):
+        super().__init__()
         self.workdir = workdir
         self.home = workdir / "client"
         self.certs_dir = certs_dir
         self.ca_file = ca_file
         self.prefix = prefix
         self.say = say
-        self.pulls: list[Pull] = []
-        self._pulls_lock = threading.Lock()
-        self._pulling = threading.Event()
+        self.digests: dict[str, str] = {}  # manifest digest -> the replica it was pushed to
         self._ssl: ssl.SSLContext | None = None
 
     # -- DNS ---------------------------------------------------------------------------------
@@ -124,10 +112,7 @@ class Client:
     def pull(self, host: str = GLOBAL_NAME, record: bool = True) -> Pull:
         """`skopeo copy docker://HOST/drill/hello:1 oci:...`: a real pull (manifest, config, layer), all
         digests verified; the manifest's replica annotation says which replica served it."""
-        item = Pull(started=time.time(), host=host)
-        if record:
-            with self._pulls_lock:
-                self.pulls.append(item)
+        item = self._recorded(host, record)
         dest = self.workdir / "pulls" / f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
         try:
             result = self.skopeo("copy", "--src-cert-dir", str(self.certs_dir),
@@ -159,50 +144,9 @@ class Client:
             layout = self.layout(replica.name)
             layout.mkdir(parents=True, exist_ok=True)
             built = image.build_layout(layout, TAG, annotations={image.REPLICA_LABEL: replica.name})
+            self.digests[built.manifest.digest] = replica.name
             result = self.push(layout, replica.regional)
             if result.returncode != 0:
                 raise LabError(f"push to {replica.regional} failed: {last_line(result.stderr)}")
             self.say(f"pushed {replica.regional}/{REPOSITORY}:{TAG} ({built.manifest.digest[:19]}..., "
                      f"built here: 1 layer {built.layer.size} B)")
-
-    # -- pulls in the background -------------------------------------------------------------
-
-    def pull_loop(self, stopping: threading.Event) -> None:
-        """While pulling is on, start a pull of the global name every PULL_PERIOD seconds, at most
-        MAX_INFLIGHT at once, so one hung pull never hides when the next one succeeds."""
-        max_inflight = int(PULL_TIMEOUT / PULL_PERIOD) + 3  # hung pulls (frozen replica) never block new ones
-        slots = threading.BoundedSemaphore(max_inflight)
-
-        def one() -> None:
-            try:
-                self.pull()
-            finally:
-                slots.release()
-        while not stopping.is_set():
-            if self._pulling.is_set() and slots.acquire(timeout=PULL_PERIOD):
-                threading.Thread(target=one, name="pull", daemon=True).start()
-            stopping.wait(PULL_PERIOD)
-
-    def pulling(self, on: bool) -> None:
-        (self._pulling.set if on else self._pulling.clear)()
-
-    def pulls_between(self, start: float, end: float) -> list[Pull]:
-        with self._pulls_lock:
-            return [p for p in self.pulls if p.started >= start and p.started <= end]
-
-    def first_pull_from(self, replica: str, after: float) -> Pull | None:
-        with self._pulls_lock:
-            done = [p for p in self.pulls if p.ok and p.replica == replica and p.started >= after and p.ended]
-        return min(done, key=lambda p: p.ended) if done else None
-
-    def settle_pulls(self, limit: float = PULL_TIMEOUT + 4) -> None:
-        """Wait until every recorded pull has finished (each is bounded by PULL_TIMEOUT)."""
-        def done() -> bool:
-            with self._pulls_lock:
-                return all(p.ended is not None for p in self.pulls)
-        wait_for(done, limit)
-
-
-def last_line(text: str) -> str:
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    return (lines[-1] if lines else "no output")[-300:]

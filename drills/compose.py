@@ -5,7 +5,8 @@ against the stack it belongs to, found and watched here; faults through the Dock
 The stack (dnsd, probes, three registry:2 replicas) uses the same addresses as the local lab
 (10.77.0.0/24, see config/compose.yaml), so the scenarios and their checks are shared. The timings
 come from the stack's config. The client container's resolver is dnsd (`dns:` in the compose file),
-so the client runs skopeo as it is.
+so the client runs skopeo as it is. Given the socket of a docker daemon that resolves through dnsd
+(scripts/compose-drill starts one), that daemon pulls too, as a second client (drills.daemon).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from dnsd.config import load_config
 from dnsd.model import Config
 from drills.client import Client
+from drills.daemon import DaemonClient
 from drills.dockerapi import Docker, DockerError
 from drills.dockerfaults import PROBES_SERVICE, DockerFaults
 from drills.errors import LabError
@@ -42,8 +44,10 @@ def timing_of(config: Config) -> Timing:
 
 
 class ComposeLab:
-    def __init__(self, workdir: Path, say: Callable[[str], None] = print, docker: Docker | None = None):
+    def __init__(self, workdir: Path, say: Callable[[str], None] = print, docker: Docker | None = None,
+                 daemon_socket: str | None = None):
         self.workdir = workdir
+        self.daemon_socket = daemon_socket
         self.say = say
         self.config_path = CONFIG
         self.docker = docker or Docker()
@@ -74,11 +78,18 @@ class ComposeLab:
         if wait_for(lambda: self.client.resolve(GLOBAL_NAME) is not None, 60, 0.5) is None:
             raise LabError(f"dnsd does not answer on {DNS_ADDRESS}:53")
         self.client.push_images()
+        daemon = None
+        if self.daemon_socket:
+            daemon = DaemonClient(self.daemon_socket, self.client.digests)
+            try:
+                self.say(f"docker daemon {daemon.version()} at {self.daemon_socket} pulls too (its resolver is dnsd)")
+            except (OSError, DockerError) as err:
+                raise LabError(f"the docker daemon at {self.daemon_socket} does not answer: {err}") from None
         for name in (PROBES_SERVICE, "dnsd"):
             self.watchers.spawn(self.docker.follow_logs, f"logs-{name}", self.containers[name], self._log_line(name),
                                 self.watchers.stopping)
         self.lab = Lab(config, self.config_path, timing_of(config), self.workdir, self.faults, self.client,
-                       self.watchers)
+                       self.watchers, daemon)
         self.lab.start_observing()
         return self.lab
 

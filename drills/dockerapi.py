@@ -1,6 +1,8 @@
 """A minimal Docker Engine API client over the unix socket (stdlib only), for the compose drill:
 the client container breaks replicas the way the local drill does (pause = freeze, kill, exec chmod
-/ dd in the registry container, stop/start probes) and follows dnsd's and probes' logs.
+/ dd in the registry container, stop/start probes) and follows dnsd's and probes' logs; it pulls
+through a second engine, the docker daemon as a registry client (drills.daemon); scripts/compose-drill
+finds the stack's containers and their health with it.
 
 Only the calls the drill needs; every call has a timeout. Mounting /var/run/docker.sock gives the
 client container control of the Docker engine: that is why the compose `client` service is opt-in
@@ -22,7 +24,12 @@ SOCKET = "/var/run/docker.sock"
 
 
 class DockerError(RuntimeError):
-    pass
+    """A call the engine refused: `status` its HTTP status, `message` what it said (or this text)."""
+
+    def __init__(self, text: str, status: int | None = None, message: str | None = None):
+        super().__init__(text)
+        self.status = status
+        self.message = message or text
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -55,7 +62,10 @@ class Docker:
         self.path = path
         self.timeout = timeout
 
-    def request(self, method: str, url: str, body: dict | None = None, timeout: float | None = None):
+    def request(self, method: str, url: str, body: dict | None = None, timeout: float | None = None,
+                stream: bool = False):
+        """The decoded JSON answer (bytes when it is not JSON); `stream`: always the raw bytes (the
+        engine sends progress as JSON lines under a JSON content type)."""
         conn = _UnixConnection(self.path, timeout or self.timeout)
         payload = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if payload is not None else {}
@@ -64,8 +74,13 @@ class Docker:
         data = response.read()
         conn.close()
         if response.status >= 400:
-            raise DockerError(f"{method} {url}: HTTP {response.status} {data[:200]!r}")
-        return json.loads(data) if data and response.getheader("Content-Type", "").startswith("application/json") \
+            try:
+                message = str(json.loads(data).get("message"))
+            except (ValueError, AttributeError):
+                message = data[:200].decode(errors="replace")
+            raise DockerError(f"{method} {url}: HTTP {response.status} {message[:300]}", response.status, message)
+        return json.loads(data) if not stream and data and \
+            response.getheader("Content-Type", "").startswith("application/json") \
             else data
 
     # -- containers of this compose project -----------------------------------------------
@@ -108,6 +123,45 @@ class Docker:
         code = self.request("GET", f"/exec/{created['Id']}/json").get("ExitCode")
         return (code if isinstance(code, int) else -1), output
 
+    def health(self, cid: str) -> str:
+        """The container's health-check status (healthy, unhealthy, starting), or its state without one."""
+        state = self.state(cid)
+        return (state.get("Health") or {}).get("Status") or state.get("Status", "?")
+
+    # -- images ------------------------------------------------------------------------------
+
+    def pull(self, reference: str, timeout: float) -> str:
+        """`docker pull REFERENCE` (name:tag); returns the manifest digest the engine reports. The engine
+        answers 200 and streams progress even when the pull fails later: errors come in the stream."""
+        name, _, tag = reference.rpartition(":")
+        query = urllib.parse.urlencode({"fromImage": name, "tag": tag})
+        try:
+            raw = self.request("POST", f"/images/create?{query}", timeout=timeout, stream=True)
+        except DockerError as err:  # refused before the stream began (unknown manifest, no route)
+            raise DockerError(err.message, err.status) from None
+        digest = ""
+        for line in raw.splitlines():
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue
+            if item.get("error"):
+                raise DockerError(str(item["error"]))
+            status = str(item.get("status", ""))
+            if status.startswith("Digest: "):
+                digest = status.removeprefix("Digest: ").strip()
+        if not digest:
+            raise DockerError(f"pull of {reference}: the engine reported no digest")
+        return digest
+
+    def remove_image(self, reference: str) -> None:
+        """`docker rmi -f REFERENCE`; gone already is fine."""
+        try:
+            self.request("DELETE", f"/images/{urllib.parse.quote(reference, safe='/:')}?force=1")
+        except DockerError as err:
+            if err.status != 404:
+                raise
+
     def follow_logs(self, cid: str, on_line: Callable[[str, float], None], stop: threading.Event) -> None:
         """Feed every new log line of the container to on_line until `stop` (reconnects, bounded by
         `stop`; a quiet stream is reopened every 5 s)."""
@@ -137,3 +191,4 @@ class Docker:
                 pass
             since = int(time.time())
             stop.wait(1.0)
+

@@ -14,11 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from drills.client import Client, Pull
+from drills.client import Pull
 from drills.faults import Faults
 from drills.lab import Lab
 from drills.labconfig import GLOBAL_NAME, PROBES, REPLICA
 from drills.observe import Event, probe_statuses, wait_for
+from drills.pulls import Puller
 from drills.timeline import Timeline
 
 VICTIM = "eastus"        # the replica nearest the drill's client
@@ -154,12 +155,13 @@ def _wait_dns(lab: Lab, after: float, limit: float, **kwargs) -> float | None:
     return found[0] if found else None
 
 
-def _wait_pull(lab: Lab, replica: str, after: float, limit: float) -> Pull | None:
-    wait_for(lambda: lab.client.first_pull_from(replica, after) is not None, limit)
-    return lab.client.first_pull_from(replica, after)
+def _wait_pull(lab: Lab, replica: str, after: float, limit: float, client: Puller | None = None) -> Pull | None:
+    client = client or lab.client
+    wait_for(lambda: client.first_pull_from(replica, after) is not None, limit)
+    return client.first_pull_from(replica, after)
 
 
-def _judge_pulls(tl: Timeline, client: Client, start: float, end: float,
+def _judge_pulls(tl: Timeline, client: Puller, start: float, end: float,
                  windows: list[tuple[float, float]], strict: bool = False) -> None:
     """Every pull started in [start, end] must succeed, except (unless strict) those overlapping a
     detection window (fault -> DNS answer moved)."""
@@ -176,10 +178,10 @@ def _judge_pulls(tl: Timeline, client: Client, start: float, end: float,
     for p in ok:
         served[p.replica] = served.get(p.replica, 0) + 1
     by = ", ".join(f"{k} {v}" for k, v in sorted(served.items()))
-    tl.notes.append(f"pulls of {GLOBAL_NAME}: {len(pulls)}, {len(ok)} ok ({by or 'none'}), "
+    tl.notes.append(f"{client.name} pulls of {GLOBAL_NAME}: {len(pulls)}, {len(ok)} ok ({by or 'none'}), "
                     f"{len(excused)} failed inside the detection window (expected), {len(bad)} failed outside it")
     for p in bad[:5]:
-        tl.problem(f"pull started at +{p.started - tl.origin:.2f}s failed: {p.error[:160]}")
+        tl.problem(f"{client.name} pull started at +{p.started - tl.origin:.2f}s failed: {p.error[:160]}")
     if not pulls:
         tl.problem("no pull ran during the scenario")
 
@@ -243,6 +245,88 @@ def _regional_still_broken(lab: Lab, tl: Timeline) -> None:
             pull.error[-100:] if pull.error else "")
     if pull.ok:
         tl.problem(f"a pull through {regional} succeeded while its storage is broken")
+
+
+def _old_answer_kept(client: Puller, old: str, t_dns: float, first_new: Pull) -> float:
+    """How long after dnsd's answer moved the client still used the old one: the start of its last
+    pull that went to `old` (served by it, or failed by it) after t_dns, 0 if none. Pulls run
+    every `period` seconds, so this is that fine."""
+    stale = [p for p in client.pulls_between(t_dns, first_new.started) if p.replica == old or not p.ok]
+    return max((p.started - t_dns for p in stale), default=0.0)
+
+
+def dockerd_pull(lab: Lab) -> Timeline:
+    """A real docker daemon as the registry client, beside skopeo: its only resolver is dnsd, it
+    trusts the drill CA through certs.d. eastus's storage made unreadable: the daemon's pulls move to
+    westeurope within the failover budget, the regional name still reaches eastus (and fails), and
+    after the repair they are back on eastus within the recovery budget. How long each client kept
+    using the old answer after dnsd's changed (its own caching) is measured against the TTL."""
+    title = "dockerd-pull: a docker daemon pulls through geotm; eastus storage unreadable"
+    daemon = lab.daemon
+    if daemon is None:
+        tl = Timeline(title, origin=time.time())
+        tl.problem("this lab has no docker daemon to pull with (geotm drill --compose --pull-daemon SOCKET; "
+                   "scripts/compose-drill starts one)")
+        return tl
+    tl, ready = _start(lab, title)
+    if not ready:
+        return tl
+    check = daemon.pull(record=False)
+    if not (check.ok and check.replica == VICTIM):
+        tl.problem(f"no clean start: the daemon's pull was not served by {VICTIM}: {check.error or check.replica}")
+        lab.client.pulling(False)
+        return tl
+    daemon.pulling(True)
+    time.sleep(1.0)
+    tl.origin = time.time()
+    budget = lab.budget[VICTIM]
+    t_fault = tl.origin
+    tl.mark(t_fault, "fault injected: eastus storage unreadable", lab.faults.storage_unreadable(VICTIM))
+    t_dns = _wait_dns(lab, t_fault, budget.failover + SETTLE, away_from=VICTIM)
+    tl.mark(t_dns, "first DNS answer changed")
+    new = lab.client.dns_replica() if t_dns else None
+    firsts: dict[str, Pull | None] = {}
+    for client in (daemon, lab.client):
+        first = _wait_pull(lab, new, t_fault, SETTLE, client) if new else None
+        firsts[client.name] = first
+        tl.mark(first.ended if first else None, f"first {client.name} pull served by the new replica ({new})")
+    if new is not None and new != NEXT:
+        tl.problem(f"the global name moved to {new}, expected the next nearest, {NEXT}")
+
+    regional = REPLICA[VICTIM].regional
+    pull = daemon.pull(regional, record=False)
+    tl.mark(pull.ended, f"dockerd pull through {regional}: {'succeeded' if pull.ok else 'failed, as designed'}",
+            pull.error[-100:] if pull.error else "")
+    if pull.ok:
+        tl.problem(f"the daemon pulled through {regional} while its storage is broken")
+
+    t_cleared = time.time()
+    tl.mark(t_cleared, f"fault cleared: {lab.faults.storage_readable(VICTIM)}")
+    t_restore = wait_for(lambda: lab.client.replica_healthy(VICTIM), SETTLE, 0.05) or time.time()
+    tl.mark(t_restore, "eastus healthy again (direct check: /v2/ and /debug/health 200)")
+    t_back = _wait_dns(lab, t_restore, budget.recovery + SETTLE, to=VICTIM)
+    tl.mark(t_back, "DNS answer back on eastus")
+    back = _wait_pull(lab, VICTIM, t_back, SETTLE, daemon) if t_back else None
+    tl.mark(back.ended if back else None, "first dockerd pull from eastus again")
+    daemon.pulling(False)
+    end = _finish(lab, tl, t_fault)
+
+    first = firsts[daemon.name]
+    tl.measure("dockerd: first pull from new", t_fault, first.ended if first else None, budget.failover,
+               "detect down + feed + tm TTL")
+    for client in (daemon, lab.client):
+        first_new = firsts[client.name]
+        if t_dns is not None and first_new is not None:
+            kept = _old_answer_kept(client, VICTIM, t_dns, first_new)
+            tl.measure(f"{client.name}: kept the old answer", t_dns, t_dns + kept, budget.client_cache,
+                       f"tm TTL; pulls every {client.period:g}s, the first to reach {new} started "
+                       f"{first_new.started - t_dns:+.2f}s after the DNS change")
+    tl.measure("dockerd: recovery, first pull from eastus", t_restore, back.ended if back else None,
+               budget.recovery, "detect up + feed + tm TTL")
+    _judge_pulls(tl, lab.client, t_fault - 1.0, end, [(t_fault, t_dns or end)])
+    daemon.settle_pulls()
+    _judge_pulls(tl, daemon, t_fault - 1.0, end, [(t_fault, t_dns or end)])
+    return tl
 
 
 def storage_failure(lab: Lab) -> Timeline:
@@ -471,6 +555,8 @@ SCENARIOS: dict[str, Callable[[Lab], Timeline]] = {
     "probes-stopped": probes_stopped,
     "probes-one-killed": probes_one_killed,
     "drain-during-outage": drain_during_outage,
+    "dockerd-pull": dockerd_pull,
 }
 SHORT = ("storage-failure", "blip")
 TWO_PROBES = ("probes-one-killed",)  # not in the compose stack's default run: it has one probes instance
+DAEMON = ("dockerd-pull",)  # only where a docker daemon pulls too (the compose drill, given one): short or not

@@ -1,7 +1,8 @@
-"""docker-compose.yml, validated without a Docker engine (none runs here): the services and their
+"""docker-compose.yml and the Dockerfile, validated without a Docker engine: the services and their
 network, the dnsd address the client uses as its resolver, and the config every geotm container
 mounts (config/compose.yaml) agreeing with the compose file and with the local drill's plan. When a
-compose CLI is installed, its own `config` validation runs too."""
+compose CLI is installed, its own `config` validation runs too. scripts/compose-drill runs the stack
+for real (tests/test_compose_drill.py)."""
 from __future__ import annotations
 
 import ipaddress
@@ -25,9 +26,28 @@ REPLICAS = ("eastus", "westeurope", "southeastasia")
 MOUNTED_CONFIG = "/etc/geotm/geotm.yaml"
 
 
+VARIABLE = re.compile(r"\$\{(\w+):-([^}]*)\}")   # ${NAME:-default}, the only form the file uses
+
+
+def defaults(text: str) -> str:
+    """The compose file as compose reads it with none of its variables set."""
+    return VARIABLE.sub(lambda m: m.group(2), text)
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict:
-    return yaml.safe_load(COMPOSE.read_text())   # resolves the x- anchors and << merges like compose does
+    # resolves the x- anchors and << merges like compose does
+    return yaml.safe_load(defaults(COMPOSE.read_text()))
+
+
+def test_variables_and_their_defaults():
+    """Only these variables, each with a default, so a plain `docker compose up` needs none: the
+    replicas' image (scripts/compose-drill builds Debian's docker-registry where Docker Hub is out of
+    reach) and the engine socket the client mounts (an engine on a socket of its own)."""
+    text = COMPOSE.read_text()
+    found = dict(VARIABLE.findall(text))
+    assert found == {"GEOTM_REGISTRY_IMAGE": "registry:2", "GEOTM_DOCKER_SOCKET": "/var/run/docker.sock"}
+    assert "$" not in VARIABLE.sub("", text).replace("$$", "")
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +149,24 @@ def test_probes_and_admin_addresses_match(compose, config):
     assert config.admin.token_file == "/pki/admin-token"
 
 
+def test_dnsd_forwards_the_stacks_containers_to_the_upstream_service(compose, config):
+    """Forwarding in the stack: dnsd sends names outside its zone to the `upstream` service (a second
+    dnsd, authoritative for another zone), for the drill network's containers only."""
+    upstream = compose["services"]["upstream"]
+    address = _address(upstream)
+    assert config.forward is not None
+    assert config.forward.upstreams == ((address, 53),)
+    subnet = ipaddress.ip_network(compose["networks"]["drill"]["ipam"]["config"][0]["subnet"])
+    assert [str(n) for n in config.forward.clients] == [str(subnet)]
+    assert _mounts(upstream)["/etc/geotm/upstream.yaml"] == "./config/compose-upstream.yaml"
+    command = upstream["command"]
+    outside = load_config(str(ROOT / "config" / "compose-upstream.yaml"))
+    assert command[command.index("--config") + 1] == "/etc/geotm/upstream.yaml"
+    assert _host(outside.server.listen) == address
+    assert outside.zone.name != config.zone.name and not outside.zone.name.endswith("." + config.zone.name)
+    assert compose["services"]["dnsd"]["depends_on"]["upstream"]["condition"] == "service_started"
+
+
 def test_compose_config_is_the_local_drill_plan(config):
     """Same names and addresses as `geotm drill`, so the shared scenarios apply to both."""
     plan = {r.name: r.address for r in labconfig.REPLICAS}
@@ -143,7 +181,11 @@ def test_compose_config_is_the_local_drill_plan(config):
 def test_dockerfile_targets_and_ignore():
     dockerfile = (ROOT / "Dockerfile").read_text()
     stages = re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", dockerfile, flags=re.M | re.I)
-    assert stages == ["geotm", "client"]
+    assert stages == ["geotm", "client", "registry"]
+    # one base for every stage, python:3.11-slim-bookworm unless BASE says otherwise
+    assert re.search(r"^ARG BASE=python:3\.11-slim-bookworm$", dockerfile, flags=re.M)
+    assert re.findall(r"^FROM\s+(\S+)\s+AS\s+(?:geotm|registry)$", dockerfile, flags=re.M) == ["${BASE}"] * 2
+    assert "docker-registry" in dockerfile.split("AS registry", 1)[1]
     compose = yaml.safe_load(COMPOSE.read_text())
     targets = {s["build"]["target"] for s in compose["services"].values() if "build" in s}
     assert targets <= set(stages)
@@ -155,18 +197,16 @@ def test_dockerfile_targets_and_ignore():
     assert ".venv" in ignored and ".git" in ignored
 
 
-def test_compose_cli_validates_when_installed(tmp_path):
+def test_compose_cli_validates_when_installed():
     """`docker compose config` (v2) or Debian's `docker-compose config` (v1.29, which predates the
-    top-level `name:` key, so that line is dropped for it) check the file against the compose spec."""
+    top-level `name:` key: the file has none) check the file against the compose spec."""
     if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True,
                                                  timeout=30).returncode == 0:
-        argv, path = ["docker", "compose"], COMPOSE
+        argv = ["docker", "compose"]
     else:
-        path = tmp_path / "docker-compose.yml"
-        path.write_text("\n".join(line for line in COMPOSE.read_text().splitlines()
-                                  if not line.startswith("name:")) + "\n")
         argv = [require_tool("docker-compose", "to check the compose file against the compose spec "
                              "(or docker compose v2); the static checks above ran")]
-    result = subprocess.run([*argv, "-f", str(path), "--project-directory", str(ROOT), "config", "-q"],
+    result = subprocess.run([*argv, "-f", str(COMPOSE), "--project-directory", str(ROOT), "config", "-q"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert not re.search(r"^name:", COMPOSE.read_text(), flags=re.M)

@@ -19,7 +19,7 @@ import yaml
 from dnsd.routing.budget import budgets
 from dnsd.config import load_config
 from drills import image, labconfig, pki
-from drills.client import Pull
+from drills.pulls import Pull, Puller
 from drills.dockerapi import demux
 from drills.dockerfaults import DockerFaults
 from drills.faults import Faults
@@ -27,7 +27,7 @@ from drills.labconfig import AGGRESSIVE, DEFAULT, Paths
 from drills.localfaults import LocalFaults
 from drills.localprocs import LocalProcesses
 from drills.observe import Events
-from drills.scenarios import _judge_pulls, blip_length
+from drills.scenarios import _judge_pulls, _old_answer_kept, blip_length
 from drills.timeline import Measurement, Timeline, summary
 from tests.tools import require_tool, unavailable
 
@@ -103,15 +103,12 @@ def test_blip_fails_a_round_but_fewer_than_fall(timing):
     assert length < timing.fall * timing.interval + timing.timeout
 
 
-class _FakeClient:
+class _FakeClient(Puller):
+    """Pulls already made (the shared bookkeeping of drills.pulls, without pulling)."""
+
     def __init__(self, pulls):
-        self.pulls = pulls
-
-    def settle_pulls(self):
-        pass
-
-    def pulls_between(self, start, end):
-        return [p for p in self.pulls if start <= p.started <= end]
+        super().__init__()
+        self.pulls = list(pulls)
 
 
 def test_pulls_may_fail_only_inside_the_detection_window():
@@ -130,6 +127,34 @@ def test_pulls_may_fail_only_inside_the_detection_window():
     strict = Timeline("t", origin=100.0)
     _judge_pulls(strict, _FakeClient(pulls), 99.0, 110.0, [(100.0, 105.3)], strict=True)
     assert not strict.passed   # disk full / blip: reads keep working, so no failure is excused
+
+
+@pytest.mark.parametrize("pulls, kept", [
+    # (started, ok, replica) after the DNS answer moved at 100.0; the first pull of the new one at 102.0
+    ([], 0.0),                                                            # switched at once
+    ([(100.5, True, "eastus")], 0.5),                                     # served by the old replica
+    ([(100.5, False, None), (101.4, False, None)], 1.4),                  # failed there, twice
+    ([(100.5, False, None), (101.0, True, "westeurope")], 0.5),           # mixed: the last old one counts
+    ([(99.0, False, None)], 0.0),                                         # before the change: not the client's
+])
+def test_how_long_a_client_kept_the_old_answer(pulls, kept):
+    client = _FakeClient([Pull(s, "g", s + 0.2, ok, replica) for s, ok, replica in pulls])
+    first_new = Pull(102.0, "g", 102.3, True, "westeurope")
+    assert _old_answer_kept(client, "eastus", 100.0, first_new) == pytest.approx(kept)
+
+
+@pytest.mark.parametrize("short, compose, daemon, expected", [
+    (True, False, False, ["storage-failure", "blip"]),
+    (True, True, False, ["storage-failure", "blip"]),
+    (True, True, True, ["storage-failure", "blip", "dockerd-pull"]),
+    (False, True, True, ["storage-failure", "blip", "disk-full", "process-killed", "process-frozen",
+                         "probes-stopped", "drain-during-outage", "dockerd-pull"]),
+    (False, False, False, ["storage-failure", "blip", "disk-full", "process-killed", "process-frozen",
+                           "probes-stopped", "probes-one-killed", "drain-during-outage"]),
+])
+def test_which_scenarios_a_run_runs(short, compose, daemon, expected):
+    from drills.cli import scenario_names
+    assert scenario_names(short, compose, daemon) == expected
 
 
 # -- the OCI layout builder -----------------------------------------------------------------------
