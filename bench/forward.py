@@ -37,6 +37,7 @@ from measure import (  # noqa: E402
     WARMUP_S,
     dnsperf_argv,
     group_cpu_seconds,
+    group_cpu_times,
     measure_latency,
     run_dnsperf,
 )
@@ -154,15 +155,16 @@ def measured_runs(s: peers.Server, upstream: peers.Server, qfile: Path, seconds:
         if i == 0:
             commands.append(shlex.join(warm_argv) + "    # warm-up before every measured run, discarded")
             commands.append(shlex.join(argv))
-        cpu0, up0, t0 = group_cpu_seconds(s.child.pid), group_cpu_seconds(upstream.child.pid), time.monotonic()
+        (user0, sys0), up0, t0 = group_cpu_times(s.child.pid), group_cpu_seconds(upstream.child.pid), time.monotonic()
         rc, out = run_dnsperf(argv, seconds + 60)
-        cpu1, up1, t1 = group_cpu_seconds(s.child.pid), group_cpu_seconds(upstream.child.pid), time.monotonic()
+        (user1, sys1), up1, t1 = group_cpu_times(s.child.pid), group_cpu_seconds(upstream.child.pid), time.monotonic()
         try:
             parsed = dnsperfout.parse_dnsperf(out)
         except ValueError:
             parsed = {"error": f"dnsperf exit {rc}", "output": out[-2000:]}
         parsed["argv"] = argv
-        parsed["server_cpu_cores"] = (cpu1 - cpu0) / (t1 - t0) if t1 > t0 else None
+        parsed["server_cpu_cores"] = (user1 + sys1 - user0 - sys0) / (t1 - t0) if t1 > t0 else None
+        parsed["server_user_cores"] = (user1 - user0) / (t1 - t0) if t1 > t0 else None  # the server's own code
         parsed["upstream_cpu_cores"] = (up1 - up0) / (t1 - t0) if t1 > t0 else None
         parsed["loadavg_before"] = os.getloadavg()
         res["runs"].append(parsed)
@@ -240,9 +242,10 @@ def print_report(results: dict, json_path: str) -> None:
     sat = [r["server"] for r in results["rows"] if r.get("saturated")]
     if sat:
         print(f"note: {', '.join(sat)} could not sustain {results['rate']} qps in the latency run: its latency is queueing")
-    print("srv_cpu = server cores busy during the measured runs (below ~0.95: dnsperf-bound); us/query = "
-          "server CPU microseconds per answer; up_cpu = the upstream's cores busy meanwhile (0: all cache hits); "
-          "geotm/peer = geotm's qps / this row's")
+    print("srv_cpu = server cores busy during the measured runs (below ~0.95: dnsperf-bound or a shared core); "
+          "us/q = server CPU microseconds per answer at saturation (user: in the server's own code, the rest in "
+          "the kernel); us/q@rate = the same at the fixed rate; up_cpu = the upstream's cores busy meanwhile "
+          "(0: all cache hits); geotm/peer = geotm's qps / this row's")
     print()
     print("commands:")
     for c in results["commands"]:

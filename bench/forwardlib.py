@@ -152,8 +152,9 @@ def _median(values: list) -> float | None:
 
 def build_rows(results: dict) -> list[dict]:
     """One row per measured server: medians of its runs (qps, server CPU in cores, mean latency at
-    full load, p50/p99 at the fixed rate), CPU microseconds per query, lost queries, the upstream's
-    CPU during the measured runs (about 0 when every query was a cache hit), and geotm's ratios."""
+    full load, p50/p99 at the fixed rate), CPU microseconds per query (all, user only, at the fixed
+    rate), lost queries, the response size, the upstream's CPU during the measured runs (about 0 when
+    every query was a cache hit), and geotm's ratios."""
     rows = []
     for name, res in results["servers"].items():
         runs = [r for r in res.get("runs", []) if "qps" in r]
@@ -163,9 +164,14 @@ def build_rows(results: dict) -> list[dict]:
         lat_runs = [r for r in latency.get("runs", []) if r.get("p99_ms") is not None]
         qps = _median([r["qps"] for r in runs])
         cpu = _median([r.get("server_cpu_cores") for r in runs])
+        user = _median([r.get("server_user_cores") for r in runs])
+        rate_us = [r["server_cpu_cores"] * 1e6 / r["summary"]["qps"] for r in latency.get("runs", [])
+                   if r.get("server_cpu_cores") and r.get("summary", {}).get("qps")]
         rows.append({
             "server": name, "qps": qps, "cpu": cpu,
             "us_per_query": cpu * 1e6 / qps if cpu and qps else None,
+            "user_us_per_query": user * 1e6 / qps if user and qps else None,
+            "rate_us_per_query": _median(rate_us),
             "mean_ms": _median([r["avg_latency_s"] * 1000 for r in runs if "avg_latency_s" in r]),
             "p50_ms": _median([r["p50_ms"] for r in lat_runs]),
             "p99_ms": _median([r["p99_ms"] for r in lat_runs]),
@@ -198,8 +204,8 @@ def targets(rows: list[dict]) -> list[dict]:
     return out
 
 
-TABLE_HEADER = ("server", "qps", "srv_cpu", "us/query", "mean_ms", "p50_ms@rate", "p99_ms@rate", "lost",
-                "resp_B", "up_cpu", "geotm/peer")
+TABLE_HEADER = ("server", "qps", "srv_cpu", "us/q", "user_us/q", "mean_ms", "p50_ms@rate", "p99_ms@rate",
+                "us/q@rate", "lost", "up_cpu", "geotm/peer")
 
 
 def _cell(value, fmt: str) -> str:
@@ -212,10 +218,10 @@ def format_table(rows: list[dict]) -> str:
     body = [TABLE_HEADER]
     for r in rows:
         body.append((r["server"], _cell(r["qps"], "{:.0f}"), _cell(r["cpu"], "{:.2f}"),
-                     _cell(r["us_per_query"], "{:.1f}"), _cell(r["mean_ms"], "{:.3f}"),
-                     _cell(r["p50_ms"], "{:.3f}"), _cell(r["p99_ms"], "{:.3f}"), _cell(r["lost"], "{:d}"),
-                     _cell(r["response_bytes"], "{:.0f}"), _cell(r["upstream_cpu"], "{:.2f}"),
-                     _cell(r["ratio"], "{:.2f}")))
+                     _cell(r["us_per_query"], "{:.1f}"), _cell(r["user_us_per_query"], "{:.1f}"),
+                     _cell(r["mean_ms"], "{:.3f}"), _cell(r["p50_ms"], "{:.3f}"), _cell(r["p99_ms"], "{:.3f}"),
+                     _cell(r["rate_us_per_query"], "{:.1f}"), _cell(r["lost"], "{:d}"),
+                     _cell(r["upstream_cpu"], "{:.2f}"), _cell(r["ratio"], "{:.2f}")))
     widths = [max(len(row[i]) for row in body) for i in range(len(TABLE_HEADER))]
     lines = []
     for i, row in enumerate(body):

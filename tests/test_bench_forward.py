@@ -116,9 +116,10 @@ def test_dnsmasq_config(tmp_path):
 def _results(qps: dict[str, float], cpu: float = 0.5) -> dict:
     servers = {}
     for name, value in qps.items():
-        runs = [{"qps": value * f, "server_cpu_cores": cpu, "avg_latency_s": 0.002, "queries_lost": 1,
-                 "avg_response_bytes": 54, "upstream_cpu_cores": 0.0} for f in (0.9, 1.0, 1.1)]
-        latency = {"runs": [{"p50_ms": 0.1, "p99_ms": p99} for p99 in (1.0, 3.0, 2.0)], "saturated": False}
+        runs = [{"qps": value * f, "server_cpu_cores": cpu, "server_user_cores": cpu / 4, "avg_latency_s": 0.002,
+                 "queries_lost": 1, "avg_response_bytes": 54, "upstream_cpu_cores": 0.0} for f in (0.9, 1.0, 1.1)]
+        latency = {"runs": [{"p50_ms": 0.1, "p99_ms": p99, "server_cpu_cores": 0.2, "summary": {"qps": 20_000}}
+                            for p99 in (1.0, 3.0, 2.0)], "saturated": False}
         servers[name] = {"runs": runs, "latency": latency}
     return {"servers": servers}
 
@@ -128,10 +129,12 @@ def test_rows_take_medians_and_ratios():
     assert rows["geotm"]["qps"] == 50_000 and rows["geotm"]["ratio"] is None
     assert rows["unbound"]["ratio"] == 0.5 and rows["unbound"]["cpu_ratio"] == 0.5
     assert rows["geotm"]["us_per_query"] == pytest.approx(10.0)
+    assert rows["geotm"]["user_us_per_query"] == pytest.approx(2.5)
+    assert rows["geotm"]["rate_us_per_query"] == pytest.approx(10.0)  # 0.2 cores at 20,000 qps
     assert rows["geotm"]["p99_ms"] == 2.0 and rows["geotm"]["p50_ms"] == 0.1 and rows["geotm"]["lost"] == 3
     table = fl.format_table(list(rows.values()))
     assert table.splitlines()[0].split() == list(fl.TABLE_HEADER)
-    assert table.splitlines()[2].split()[:4] == ["geotm", "50000", "0.50", "10.0"]
+    assert table.splitlines()[2].split()[:5] == ["geotm", "50000", "0.50", "10.0", "2.5"]
 
 
 # (geotm, unbound, dnsmasq qps) -> (half of unbound's met, faster than dnsmasq met); None: not measured
