@@ -24,8 +24,13 @@ OUTSTANDING = 200
 def group_cpu_seconds(pgid: int) -> float:
     """user + system CPU seconds of every live process in process group `pgid` (a server we
     started in its own session, and any workers it forked)."""
+    return sum(group_cpu_times(pgid))
+
+
+def group_cpu_times(pgid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of every live process in process group `pgid`."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    user = system = 0
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -35,8 +40,9 @@ def group_cpu_seconds(pgid: int) -> float:
             continue
         # after the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
         if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / tick, system / tick
 
 
 def dnsperf_argv(port: int, qfile: Path, seconds: float, extra: list[str]) -> list[str]:
@@ -112,7 +118,9 @@ def measure_latency(s: Server, qfile: Path, seconds: float, runs: int, rate: int
         if i == 0:
             commands.append(shlex.join(warm) + "    # warm-up before every latency run, discarded")
             commands.append(shlex.join(argv) + f" > {outfile.name}    # fixed load, per-query latencies from -v")
+        cpu0, t0 = group_cpu_seconds(s.child.pid), time.monotonic()
         rc, out = run_dnsperf(argv, seconds + 60, outfile)
+        cpu1, t1 = group_cpu_seconds(s.child.pid), time.monotonic()
         outfile.unlink(missing_ok=True)
         lat, codes = dnsperfout.parse_verbose_latencies(out)
         try:
@@ -125,6 +133,9 @@ def measure_latency(s: Server, qfile: Path, seconds: float, runs: int, rate: int
             "p50_ms": dnsperfout.percentile(lat, 50) * 1000 if lat else None,
             "p99_ms": dnsperfout.percentile(lat, 99) * 1000 if lat else None,
             "p999_ms": dnsperfout.percentile(lat, 99.9) * 1000 if lat else None,
+            # the server's CPU at this rate: at a rate every server sustains, CPU per query compares
+            # like with like (at saturation a faster server also saves the kernel's wake-ups)
+            "server_cpu_cores": (cpu1 - cpu0) / (t1 - t0) if t1 > t0 else None,
         }
         run["saturated"] = bool(summary.get("qps") and summary["qps"] < 0.95 * rate)
         out_runs.append(run)

@@ -143,7 +143,9 @@ plugins => {{
 """
 
 
-def knot_config(m: ZoneModel, port: int, base: str, zone_file: str) -> str:
+def knot_config(zone: str, port: int, base: str, zone_file: str) -> str:
+    """Knot serving one zone from a file on 127.0.0.1:port, one UDP and one TCP worker (the peers' Knot,
+    and the forwarding bench's upstream)."""
     return f"""server:
     listen: 127.0.0.1@{port}
     rundir: {base}/run
@@ -169,7 +171,7 @@ template:
     semantic-checks: on
 
 zone:
-  - domain: {m.zone}
+  - domain: {zone}
     file: {zone_file}
 """
 

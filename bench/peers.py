@@ -24,7 +24,8 @@ PACKAGE_PROVIDES = {"knot": "knotd", "pdns-server": "pdns_server", "gdnsd": "gdn
                     "dnsutils": "dig"}
 # pid files the Debian packages' services would write if their postinst started them anyway
 SERVICE_PIDFILES = {"/run/knot/knot.pid": "knotd", "/run/pdns/pdns.pid": "pdns_server",
-                    "/run/gdnsd/gdnsd.pid": "gdnsd"}
+                    "/run/gdnsd/gdnsd.pid": "gdnsd", "/run/unbound.pid": "unbound",
+                    "/run/dnsmasq/dnsmasq.pid": "dnsmasq"}
 START_TIMEOUT = 30.0
 
 
@@ -47,13 +48,30 @@ def missing_packages() -> list[str]:
     return missing
 
 
-def install() -> None:
-    missing = missing_packages()
+def _service_pids() -> dict[int, str]:
+    """The services of SERVICE_PIDFILES running now: pid -> program (pid file checked against its name)."""
+    running = {}
+    for pidfile, comm in SERVICE_PIDFILES.items():
+        try:
+            pid = int(Path(pidfile).read_text().split()[0])
+            if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
+                running[pid] = comm
+        except (OSError, ValueError, IndexError):
+            pass
+    return running
+
+
+def install(missing: list[str] | None = None) -> None:
+    """apt-get install the Debian packages in `missing` (default: the peers' missing_packages()),
+    their services kept from starting."""
+    if missing is None:
+        missing = missing_packages()
     if not missing:
         bl.log("peers installed: " + ", ".join(PACKAGES))
         return
     if os.geteuid() != 0:
         raise SystemExit(f"missing Debian packages {missing} and not root: install them or use --skip-install")
+    before = _service_pids()  # running before the install: not ours to stop
     policy = Path("/usr/sbin/policy-rc.d")
     created = False
     if not policy.exists():
@@ -71,15 +89,14 @@ def install() -> None:
     finally:
         if created:
             policy.unlink(missing_ok=True)
-    # if a service was started anyway, stop it by its own pid file
-    for pidfile, comm in SERVICE_PIDFILES.items():
-        try:
-            pid = int(Path(pidfile).read_text().split()[0])
-            if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
-                bl.log(f"stopping {comm} (pid {pid} from {pidfile}) started by its package")
+    # if a service was started anyway, stop it by the PID in its own pid file
+    for pid, comm in _service_pids().items():
+        if pid not in before:
+            bl.log(f"stopping {comm} (pid {pid}) started by its package")
+            try:
                 os.kill(pid, signal.SIGTERM)
-        except (OSError, ValueError, IndexError):
-            pass
+            except OSError:
+                pass
 
 
 # ------------------------------------------------------------------------------------------
@@ -134,7 +151,7 @@ def prepare(s: Server, m: bl.ZoneModel, tmp: Path, config: Path) -> None:
         (d / "run").mkdir(exist_ok=True)
         zf = d / f"{m.zone}.zone"
         zf.write_text(peerconfig.static_zone(m))
-        (d / "knot.conf").write_text(peerconfig.knot_config(m, s.port, str(d), str(zf)))
+        (d / "knot.conf").write_text(peerconfig.knot_config(m.zone, s.port, str(d), str(zf)))
         s.argv = ["knotd", "-c", str(d / "knot.conf")]
     elif s.name in ("pdns", "pdns-lua"):
         zf = d / f"{m.zone}.zone"

@@ -113,7 +113,7 @@ def test_gdnsd_zone_and_config(model):
 
 
 def test_knot_config(model):
-    conf = pc.knot_config(model, 5302, "/tmp/k", "/tmp/k/azurecr.test.zone")
+    conf = pc.knot_config(model.zone, 5302, "/tmp/k", "/tmp/k/azurecr.test.zone")
     assert "listen: 127.0.0.1@5302" in conf and "domain: azurecr.test" in conf
 
 

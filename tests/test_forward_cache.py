@@ -68,6 +68,22 @@ def test_a_hit_without_age_hands_out_the_stored_bytes_themselves():
     assert entry.records_at(5.5) is entry.records
 
 
+# (seconds after storing, stale?, TTLs the client sees, the same bytes object as the step before?)
+AGED_STEPS = [(2.1, False, [298], False), (2.9, False, [298], True),   # one second: one patched copy
+              (3.0, False, [297], False), (400.0, True, [STALE_TTL], False),
+              (3.5, False, [297], False)]                           # a stale reply leaves no trace
+
+
+def test_hits_within_one_second_share_one_patched_copy():
+    entry = make_entry(_key(), cleaned("www.example.com. 300 IN A 192.0.2.1"), DEFAULTS, 0.0)
+    previous = None
+    for age, stale, ttls, same in AGED_STEPS:
+        records = entry.records_at(age, stale)
+        assert [rrset.ttl for rrset in _decoded(entry, age, stale).answer] == ttls
+        assert (records is previous) == same, age
+        previous = records
+
+
 # -- the cache itself --------------------------------------------------------------------------------
 
 def _key(name: str = "www.example.com", qtype: int = 1, dnssec_ok: bool = False) -> tuple:

@@ -17,6 +17,7 @@ import pytest
 import uvloop
 
 from dnsd.forward import Forwarder
+from dnsd.forward import forwarder as forwarder_module
 from dnsd.protocol import wire
 from tests.forwardkit import (
     CLIENT,
@@ -356,6 +357,20 @@ async def test_allowed_clients_come_from_the_settings():
         fwd = Forwarder(settings(up.port, clients=(ipaddress.ip_network("10.0.0.0/8"),)), in_zone)
         assert (await ask(fwd, client="10.1.2.3")).rcode() == dns.rcode.NOERROR
         assert (await ask(fwd, client="127.0.0.1")).rcode() == dns.rcode.REFUSED
+
+
+# (source address, may recurse) against clients 10.0.0.0/8 and ::1, each asked twice (the second from the memo)
+ALLOWS_CASES = [("10.1.2.3", True), ("127.0.0.1", False), ("::1", True), ("::ffff:10.0.0.1", True),
+                ("fe80::1%eth0", False), ("not an address", False), ("", False)]
+
+
+def test_allows_remembers_its_answers_within_a_bound(monkeypatch):
+    monkeypatch.setattr(forwarder_module, "ALLOWED_MEMO_SIZE", 4)
+    fwd = Forwarder(settings(53, clients=(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))),
+                    in_zone)
+    for _ in range(2):
+        assert [(client, fwd.allows(client)) for client, _ in ALLOWS_CASES] == ALLOWS_CASES
+        assert len(fwd._allowed) <= 4
 
 
 async def test_what_goes_upstream():

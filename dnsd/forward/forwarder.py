@@ -41,6 +41,7 @@ NOT_FORWARDED_QTYPES = frozenset({251, 252})  # IXFR, AXFR: transfers are nobody
 _ERROR_KINDS = {SERVFAIL: "servfail", REFUSED: "refused", FORMERR: "formerr", NOTIMP: "notimp"}
 # source addresses repeat (a few docker hosts ask most queries): parse each once
 _client_key = functools.lru_cache(maxsize=8192)(address_key)
+ALLOWED_MEMO_SIZE = 8192  # source addresses whose allows() answer is remembered
 
 
 @dataclass(slots=True)
@@ -109,6 +110,8 @@ class Forwarder:
         self.allowed: PrefixMatcher[bool] = PrefixMatcher(
             (ipaddress.ip_network(network), True) for network in settings.clients)
         self.stats = ForwardStats()
+        # allows() per source address: a few docker hosts ask most queries; cleared when it gets big
+        self._allowed: dict[str, bool] = {}
         self._lookups: dict[CacheKey, asyncio.Task[Entry | None]] = {}
         self.failed_log = RateLimitedLog("forward_failed", level="warning", logger=log)
         self.error_log = RateLimitedLog("forward_error", level="error", logger=log)
@@ -120,11 +123,17 @@ class Forwarder:
 
     def allows(self, client_ip: str) -> bool:
         """Whether this source may have names outside our zone resolved (the settings' clients)."""
-        try:
-            bits, address = _client_key(client_ip)
-        except (OSError, ValueError):
-            return False
-        return bool(bits) and self.allowed.lookup(bits, address) is not None
+        allowed = self._allowed.get(client_ip)
+        if allowed is None:
+            try:
+                bits, address = _client_key(client_ip)
+            except (OSError, ValueError):
+                return False
+            allowed = bool(bits) and self.allowed.lookup(bits, address) is not None
+            if len(self._allowed) >= ALLOWED_MEMO_SIZE:
+                self._allowed.clear()
+            self._allowed[client_ip] = allowed
+        return allowed
 
     # -- entry points ----------------------------------------------------------------------------
 
@@ -136,12 +145,13 @@ class Forwarder:
             refusal = self._refusal(query, client_ip)
             if refusal is not None:
                 return refusal
-            entry = self.cache.fresh(_key(query), self.clock())
+            now = self.clock()
+            entry = self.cache.fresh(_key(query), now)
             if entry is None:
                 self.stats.cache_misses += 1
                 return None
             self.stats.cache_hits += 1
-            return self._reply(entry, query, max_udp_size)
+            return self._reply(entry, query, max_udp_size, now=now)
         except Exception:
             return self._error(query)
 
@@ -235,11 +245,13 @@ class Forwarder:
             return None
         return error_reply(query, REFUSED, self.edns_udp_size)
 
-    def _reply(self, entry: Entry, query: Query, max_udp_size: int | None, stale: bool = False) -> bytes:
+    def _reply(self, entry: Entry, query: Query, max_udp_size: int | None, stale: bool = False,
+               now: float | None = None) -> bytes:
         if len(query.question) != entry.question_length:  # same key, so same name: never, unless a bug
             raise AssertionError("stored question length differs from the client's")
-        return client_reply(query, entry.rcode, entry.records_at(self.clock(), stale), entry.ancount,
-                            entry.nscount, self.edns_udp_size, max_udp_size)
+        records = entry.records_at(self.clock() if now is None else now, stale)
+        return client_reply(query, entry.rcode, records, entry.ancount, entry.nscount, self.edns_udp_size,
+                            max_udp_size)
 
     def _failed(self, key: CacheKey, query: Query, max_udp_size: int | None) -> bytes:
         entry = self.cache.stale(key, self.clock())
