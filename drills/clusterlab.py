@@ -73,7 +73,8 @@ class ClusterProcesses(LocalProcesses):
         binary = shutil.which("etcd")
         if binary is None:
             raise LabError("etcd not installed (apt-get install -y --no-install-recommends etcd-server etcd-client)")
-        self.etcd = Etcd(binary, self.paths.root / "etcd", len(ETCD_ADDRESSES), hosts=list(ETCD_ADDRESSES))
+        self.etcd = Etcd(binary, self.paths.root / "etcd", len(ETCD_ADDRESSES), hosts=list(ETCD_ADDRESSES),
+                         fixed_ports=True)  # a killed member restarts on its own ports
         self.etcd.start()
         return self.etcd
 

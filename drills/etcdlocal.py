@@ -54,11 +54,17 @@ class Etcd:
 
     def __init__(self, binary: str, data_dir: Path, members: int = 1, pki: EtcdPki | None = None,
                  hosts: list[str] | None = None, etcdctl: str = "etcdctl",
-                 wrap: Callable[[int, list[str]], list[str]] | None = None):
+                 wrap: Callable[[int, list[str]], list[str]] | None = None, fixed_ports: bool = False):
+        """fixed_ports: etcd's own 2379 (client) and 2380 (peer) on every member, for members on
+        addresses of their own. Below the kernel's ephemeral range, so a member restarted after a kill
+        finds them free: a port from free_port() is ephemeral, and an outgoing connection from the
+        same address (another member's, a dnsd's) may hold it by then."""
         self.pki = pki  # client URLs over TLS, client certificates required
         hosts = hosts or ["127.0.0.1"] * members  # one address per member (the drill's namespaces)
-        self.client_ports = [free_port() for _ in range(members)]
-        self.peer_ports = [free_port() for _ in range(members)]
+        if fixed_ports and len(set(hosts)) != members:
+            raise ValueError("fixed_ports needs one address per member")
+        self.client_ports = [2379 if fixed_ports else free_port() for _ in range(members)]
+        self.peer_ports = [2380 if fixed_ports else free_port() for _ in range(members)]
         cluster = ",".join(f"m{i}=http://{hosts[i]}:{port}" for i, port in enumerate(self.peer_ports))
         scheme = "https" if pki else "http"
         self.urls = [f"{scheme}://{hosts[i]}:{port}" for i, port in enumerate(self.client_ports)]

@@ -168,3 +168,34 @@ def test_flush_refusals(tmp_path):
         make_dnsd(tmp_path / "off", None).flush_forwarded("docker.io", "tester")
     with pytest.raises(InvalidChange, match="bad name"):
         make_dnsd(tmp_path / "on", {"upstreams": ["192.0.2.53"]}).flush_forwarded("a" * 64 + ".io", "tester")
+
+
+async def test_a_repeated_forwarded_question_is_answered_unparsed_while_the_entry_and_second_hold(
+        tmp_path, monkeypatch):
+    """The forward hits of the engine: the same bytes as the forwarder would build, counted as hits,
+    and given up when a second passes (TTLs count down) or the entry is flushed."""
+    now = [1000.0]
+    parsed = []
+    real_parse = runtime.wire.parse_query
+    monkeypatch.setattr(runtime.wire, "parse_query", lambda data: parsed.append(data) or real_parse(data))
+    async with FakeUpstream(answering(A_RECORD)) as up:
+        dnsd = make_dnsd(tmp_path, {"upstreams": [f"127.0.0.1:{up.port}"]})
+        engine, forwarder = dnsd.engine, dnsd.forwarder
+        forwarder.clock = lambda: now[0]
+        await reply_of(engine.handle(wire_query(), ALLOWED, False))  # the miss: fetched, stored
+        first = engine.handle(wire_query(qid=8), ALLOWED, False)      # a hit through the forwarder
+        parsed.clear()
+        again = engine.handle(wire_query(qid=9), ALLOWED, False)      # the same question again
+        assert parsed == [] and again[2:] == first[2:] and again[:2] == wire_query(qid=9)[:2]
+        assert forwarder.stats.cache_hits == 2
+        now[0] += 1.2  # a second later the TTLs are one lower: the kept bytes no longer serve
+        later = await reply_of(engine.handle(wire_query(qid=10), ALLOWED, False))
+        assert parsed and later.answer[0].ttl == 299
+        assert dnsd.flush_forwarded("www.example.com", actor="test") == 1
+        parsed.clear()
+        refetched = engine.handle(wire_query(qid=11), ALLOWED, False)
+        assert isinstance(refetched, asyncio.Task) and parsed  # flushed: a miss, asked upstream again
+        await refetched
+    assert up.udp_queries == 2
+    counted = {key: n for key, n in engine.stats.counts.items() if key[1] == runtime.FORWARDED}
+    assert sum(counted.values()) == 5

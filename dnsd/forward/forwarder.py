@@ -110,6 +110,7 @@ class Forwarder:
         self.allowed: PrefixMatcher[bool] = PrefixMatcher(
             (ipaddress.ip_network(network), True) for network in settings.clients)
         self.stats = ForwardStats()
+        self.last_hit: tuple[Entry, int] | None = None  # set by answer_now after a cache hit
         # allows() per source address: a few docker hosts ask most queries; cleared when it gets big
         self._allowed: dict[str, bool] = {}
         self._lookups: dict[CacheKey, asyncio.Task[Entry | None]] = {}
@@ -139,7 +140,9 @@ class Forwarder:
 
     def answer_now(self, query: Query, client_ip: str, max_udp_size: int | None) -> bytes | None:
         """The reply when it needs no upstream: REFUSED (client not allowed, name in our zone, class
-        not IN, zone transfer) or a fresh cache hit. None: call answer_later()."""
+        not IN, zone transfer) or a fresh cache hit. None: call answer_later(). After a hit,
+        `last_hit` is (its entry, its age in whole seconds), else None: see repeat_hit()."""
+        self.last_hit = None
         try:
             self.stats.queries += 1
             refusal = self._refusal(query, client_ip)
@@ -151,9 +154,25 @@ class Forwarder:
                 self.stats.cache_misses += 1
                 return None
             self.stats.cache_hits += 1
-            return self._reply(entry, query, max_udp_size, now=now)
+            reply = self._reply(entry, query, max_udp_size, now=now)
+            self.last_hit = (entry, int(now - entry.stored_at))
+            return reply
         except Exception:
             return self._error(query)
+
+    def repeat_hit(self, hit: tuple[Entry, int]) -> bool:
+        """Whether a reply answer_now() built from `hit` (last_hit) is still the reply it would build:
+        the entry still in the cache and fresh, at the same age in whole seconds (so the same TTLs).
+        Counted as a hit when it is. The engine answers repeated questions with this, unparsed."""
+        entry, age = hit
+        now = self.clock()
+        if (self.cache.entries.get(entry.key) is not entry or int(now - entry.stored_at) != age
+                or entry.stored_at + entry.lifetime <= now):
+            return False
+        stats = self.stats
+        stats.queries += 1
+        stats.cache_hits += 1
+        return True
 
     async def answer_later(self, query: Query, client_ip: str, max_udp_size: int | None) -> bytes:
         """The reply for a query answer_now() returned None for: joins the lookup of the same key under

@@ -147,7 +147,9 @@ class QueryEngine:
 
     Forwarding (when `forwarder` is set, from the config's forward section): a name outside the zone
     from a client the forwarder allows goes to it instead of being REFUSED. Its replies never enter
-    the packet cache (the forwarder's cache counts TTLs down and expires entries); a miss returns an
+    the packet cache (the forwarder's cache counts TTLs down and expires entries); a cache hit is kept
+    in `forward_hits` under the same key and served again, unparsed, while Forwarder.repeat_hit says
+    the forwarder would build the same bytes (its entry unchanged, the same second); a miss returns an
     asyncio Task the listeners wait on (dnsd.protocol.listening's handler contract)."""
 
     def __init__(self, snapshot: Snapshot, forwarder: Forwarder | None = None):
@@ -156,6 +158,9 @@ class QueryEngine:
         self.forward_pending = 0  # forwarded queries waiting for an upstream now
         self.stats = QueryStats()
         self.cache: dict[tuple[bytes, str, bool], tuple[bytes, tuple, tuple | None]] = {}
+        # forwarded cache hits by the same key: valid while the forwarder's entry is and for the same
+        # second of its age (TTLs count down per second), checked by Forwarder.repeat_hit
+        self.forward_hits: dict[tuple[bytes, str, bool], tuple[bytes, tuple, tuple]] = {}
         # per-query events, rate limited (a flood of bad queries must not fill the disk); the
         # metrics count every query exactly, these only show examples
         self.failed_log = RateLimitedLog("query_failed", level="error", logger=log)
@@ -171,11 +176,13 @@ class QueryEngine:
         # handle() runs to completion on the event loop's thread and swaps happen between calls, so
         # a query sees the old snapshot (and its cache) or the new one, never a mix
         self.cache = {}
+        self.forward_hits = {}  # the new snapshot's zone may hold a name forwarded until now
         self.snapshot = snapshot
 
     def swap_forwarder(self, forwarder: Forwarder | None) -> None:
         """A new forwarder (or none): the packet cache goes too, its replies' RA bit came from the old."""
         self.cache = {}
+        self.forward_hits = {}
         self.forwarder = forwarder
 
     def handle(self, data: bytes, client_ip: str, over_tcp: bool) -> bytes | None | asyncio.Task[bytes]:
@@ -190,6 +197,15 @@ class QueryEngine:
                 self.stats.locate(located)
             self.stats.observe_latency(perf_counter() - started)
             return data[:2] + reply
+        if self.forward_hits:  # a forwarded question asked again: answered without parsing it
+            hit = self.forward_hits.get(key)
+            if hit is not None:
+                if self.forwarder.repeat_hit(hit[2]):  # type: ignore[union-attr]  # set while hits are
+                    counts = self.stats.counts
+                    counts[hit[1]] = counts.get(hit[1], 0) + 1
+                    self.stats.observe_latency(perf_counter() - started)
+                    return data[:2] + hit[0]
+                del self.forward_hits[key]
         try:
             query = wire.parse_query(data)
         except WireError as err:
@@ -205,7 +221,7 @@ class QueryEngine:
         try:
             reply = self.answer(query, client_ip, over_tcp)
             if reply is FORWARD:
-                return self.forward(query, client_ip, over_tcp, started)
+                return self.forward(query, client_ip, over_tcp, started, key)
             forwarder = self.forwarder
             if forwarder is not None and forwarder.allows(client_ip):
                 # RA describes the server for this client (RFC 1035 4.1.1): recursion is available to
@@ -280,8 +296,8 @@ class QueryEngine:
                 ecs_scope = edns.ecs.source_prefix if packed.client_dependent and view_by_ecs else 0
         return wire.build_response(query, packed, max_udp_size=max_size, ecs_scope=ecs_scope, udp_size=udp_size)
 
-    def forward(self, query: wire.Query, client_ip: str, over_tcp: bool, started: float
-                ) -> bytes | asyncio.Task[bytes]:
+    def forward(self, query: wire.Query, client_ip: str, over_tcp: bool, started: float,
+                key: tuple[bytes, str, bool]) -> bytes | asyncio.Task[bytes]:
         """A name outside the zone from a client allowed to recurse: the forwarder's reply now (a cache
         hit), or a task that gives it once an upstream answered (counted then; the answer-latency
         histogram is for answers we have at hand, upstream latency has its own per upstream)."""
@@ -299,6 +315,11 @@ class QueryEngine:
                 self.forward_pending += 1  # _forward_later takes it back when it ends
                 return later
         self.stats.count("", FORWARDED, query.qtype, reply[3] & 0xF)
+        if forwarder.last_hit is not None:
+            hits = self.forward_hits
+            if len(hits) >= PACKET_CACHE_SIZE:
+                hits.clear()
+            hits[key] = (reply[2:], self.stats.last_key, forwarder.last_hit)
         self.stats.observe_latency(perf_counter() - started)
         return reply
 
