@@ -246,3 +246,19 @@ def cleaned(*records: str, qname: str = "www.example.com.", rdtype: str = "A", *
     """An upstream reply with these records, walked and cleaned as the forwarder does."""
     asked = query(qname, rdtype)
     return clean_reply(reply_to(upstream_query(1, asked, 1232), *records, **reply_options), asked.qtype, in_zone)
+
+
+def unbound_config(base, port: int, *server_lines: str, stubs: tuple[tuple[str, int], ...] = ()) -> str:
+    """An unbound.conf for tests: in the foreground, on 127.0.0.1:PORT, one thread, no validation
+    (module-config is one of `server_lines`), no remote control; each (zone, port) in `stubs` a
+    stub-zone to 127.0.0.1 on that port."""
+    server = [
+        "interface: 127.0.0.1", f"port: {port}", "do-daemonize: no", 'username: ""', 'chroot: ""',
+        f'directory: "{base}"', 'pidfile: ""', "use-syslog: no", 'logfile: ""', "verbosity: 0", "do-ip6: no",
+        "num-threads: 1", "so-reuseport: no", "access-control: 127.0.0.0/8 allow", "do-not-query-localhost: no",
+        *server_lines]
+    text = "server:\n" + "".join(f"    {line}\n" for line in server)
+    text += "remote-control:\n    control-enable: no\n"
+    for zone, stub_port in stubs:
+        text += f'stub-zone:\n    name: "{zone}"\n    stub-addr: 127.0.0.1@{stub_port}\n'
+    return text

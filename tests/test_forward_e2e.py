@@ -21,7 +21,7 @@ import yaml
 
 from tests import harness
 from tests.dnstest import ROOT, isolated_example
-from tests.forwardkit import UpstreamThread, answering, reply_to, silent
+from tests.forwardkit import UpstreamThread, answering, reply_to, silent, unbound_config
 from tests.tools import require_tool
 
 TOKEN = "test-admin-token"  # isolated_example's
@@ -423,36 +423,10 @@ def test_reload_turns_forwarding_on_and_off(tmp_path):
 def _unbound_config(base, port: int, dnsd_port: int) -> str:
     """The README's stub-zone and ECS settings; ECS of whole addresses (the example view's sources are a
     /26), sent from 127.0.0.53, the example view's trusted resolver."""
-    return textwrap.dedent(f"""\
-        server:
-            interface: 127.0.0.1
-            port: {port}
-            do-daemonize: no
-            username: ""
-            chroot: ""
-            directory: "{base}"
-            pidfile: ""
-            use-syslog: no
-            logfile: ""
-            verbosity: 0
-            do-ip6: no
-            num-threads: 1
-            so-reuseport: no
-            access-control: 127.0.0.0/8 allow
-            local-zone: "test." nodefault
-            do-not-query-localhost: no
-            domain-insecure: "azurecr.test"
-            module-config: "subnetcache iterator"
-            send-client-subnet: 127.0.0.1
-            max-client-subnet-ipv4: 32
-            client-subnet-always-forward: no
-            outgoing-interface: 127.0.0.53
-        remote-control:
-            control-enable: no
-        stub-zone:
-            name: "azurecr.test"
-            stub-addr: 127.0.0.1@{dnsd_port}
-        """)
+    return unbound_config(base, port, 'local-zone: "test." nodefault', 'domain-insecure: "azurecr.test"',
+                          'module-config: "subnetcache iterator"', "send-client-subnet: 127.0.0.1",
+                          "max-client-subnet-ipv4: 32", "client-subnet-always-forward: no",
+                          "outgoing-interface: 127.0.0.53", stubs=(("azurecr.test", dnsd_port),))
 
 
 def test_behind_unbound_with_ecs_each_client_gets_its_view(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 
 from dnsd.forward import Forwarder
 from dnsd.protocol import wire
-from tests.forwardkit import CLIENT, Clock, decode, in_zone, settings
+from tests.forwardkit import CLIENT, Clock, decode, in_zone, settings, unbound_config
 from tests.harness import ServiceProcess, free_port
 from tests.tools import require_tool
 
@@ -200,34 +200,8 @@ async def test_knot_refuses_what_it_does_not_serve_and_we_say_servfail(knot):
 # -- unbound in front of Knot: the kind of upstream geotm forwards to in production ------------------
 
 def _unbound_config(base, port: int, knot_port: int) -> str:
-    return textwrap.dedent(f"""\
-        server:
-            interface: 127.0.0.1
-            port: {port}
-            do-daemonize: no
-            username: ""
-            chroot: ""
-            directory: "{base}"
-            pidfile: ""
-            use-syslog: no
-            logfile: ""
-            verbosity: 0
-            do-ip6: no
-            num-threads: 1
-            so-reuseport: no
-            access-control: 127.0.0.0/8 allow
-            do-not-query-localhost: no
-            module-config: "iterator"
-            local-zone: "test." nodefault
-        remote-control:
-            control-enable: no
-        stub-zone:
-            name: "example.net"
-            stub-addr: 127.0.0.1@{knot_port}
-        stub-zone:
-            name: "test"
-            stub-addr: 127.0.0.1@{knot_port}
-        """)
+    return unbound_config(base, port, 'module-config: "iterator"', 'local-zone: "test." nodefault',
+                          stubs=(("example.net", knot_port), ("test", knot_port)))
 
 
 @pytest.fixture(scope="module")
