@@ -37,7 +37,7 @@ from drills.labconfig import BY_ADDRESS, DEFAULT, GLOBAL_NAME, REGISTRY
 from drills.netns import ip
 from drills.observe import wait_for
 from drills.proc import parse_timestamp
-from drills.scenarios import _judge_pulls
+from drills.scenarios import _judge_pulls, begin_timeline
 from drills.timeline import Timeline, summary
 
 QUERY_PERIOD = 0.1  # seconds between queries to each dnsd
@@ -132,15 +132,7 @@ def _normal(lab: Lab, answers: Answers) -> str | None:
 def _begin(lab: Lab, answers: Answers, title: str) -> tuple[Timeline, bool]:
     """Back to normal, then the client's pulls of the global name running for a second (through
     dnsd-1, its resolver) before the timeline's origin."""
-    problem = _normal(lab, answers)
-    tl = Timeline(title, origin=time.time())
-    if problem:
-        tl.problem(f"no clean start: {problem}")
-        return tl, False
-    lab.client.pulling(True)
-    time.sleep(1.0)
-    tl.origin = time.time()
-    return tl, True
+    return begin_timeline(lab, title, _normal(lab, answers))
 
 
 def _end(tl: Timeline, answers: Answers, lab: Lab, windows: list[tuple[float, float]] | None = None) -> Timeline:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from drills.dockerapi import Docker, DockerError
+from drills.netns import pid_alive
 
 PREFIX = "gtengine-"
 COMMENT = "geotm-compose-drill"
@@ -68,16 +69,6 @@ def storage_driver() -> str:
         return "overlay2" if "overlay" in Path("/proc/filesystems").read_text() else "vfs"
     except OSError:
         return "vfs"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 ENGINE_PROGRAMS = ("dockerd", "containerd", "docker-proxy", "runc")  # and containerd-shim-runc-v2
@@ -333,7 +324,7 @@ def remove_stale() -> list[str]:
                 names.add(found.group(1))
     for name in sorted(names):
         suffix = name[len(PREFIX):]
-        if not name.startswith(PREFIX) or not suffix.isdigit() or _pid_alive(int(suffix)):
+        if not name.startswith(PREFIX) or not suffix.isdigit() or pid_alive(int(suffix)):
             continue
         _kill(pids_mentioning(f"/{name}/"))
         sweep_cgroup(name)

@@ -39,7 +39,7 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -57,7 +57,7 @@ def remove_stale() -> list[str]:
         return removed
     for entry in sorted(RUN_NETNS.iterdir()):
         suffix = entry.name[len(PREFIX):]
-        if not entry.name.startswith(PREFIX) or not suffix.isdigit() or _pid_alive(int(suffix)):
+        if not entry.name.startswith(PREFIX) or not suffix.isdigit() or pid_alive(int(suffix)):
             continue
         ip("netns", "del", entry.name, check=False)
         shutil.rmtree(ETC_NETNS / entry.name, ignore_errors=True)

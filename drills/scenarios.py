@@ -54,7 +54,12 @@ def _start(lab: Lab, title: str) -> tuple[Timeline, bool]:
     """How every scenario starts: back to normal (baseline), then pulls of the global name running for
     a second; the timeline's origin is the moment after, when the fault goes in. False (the reason is
     in the timeline) when normal was not reached."""
-    problem = baseline(lab)
+    return begin_timeline(lab, title, baseline(lab))
+
+
+def begin_timeline(lab: Lab, title: str, problem: str | None) -> tuple[Timeline, bool]:
+    """A scenario's timeline once the lab was brought back to normal (`problem`: why not, or None):
+    pulls of the global name run for a second, then the origin is set. Shared with the cluster drill."""
     tl = Timeline(title, origin=time.time())
     if problem:
         tl.problem(f"no clean start: {problem}")
