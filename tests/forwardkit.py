@@ -262,3 +262,22 @@ def unbound_config(base, port: int, *server_lines: str, stubs: tuple[tuple[str, 
     for zone, stub_port in stubs:
         text += f'stub-zone:\n    name: "{zone}"\n    stub-addr: 127.0.0.1@{stub_port}\n'
     return text
+
+
+def knot_config(base, port: int, zones: tuple[str, ...], signed: tuple[str, ...] = ()) -> str:
+    """A knotd.conf for tests: on 127.0.0.1:PORT, one worker of each kind, state under `base`, each zone
+    from `base`/ZONE.zone; the zones in `signed` signed by Knot (ECDSA P-256, NSEC, keys in base/keys)."""
+    text = (f"server:\n    listen: 127.0.0.1@{port}\n    rundir: {base}/run\n    udp-workers: 1\n"
+            "    tcp-workers: 1\n    background-workers: 1\n"
+            "log:\n  - target: stderr\n    any: warning\n"
+            f"database:\n    storage: {base}/db\n")
+    if signed:
+        text += (f"keystore:\n  - id: pem\n    backend: pem\n    config: {base}/keys\n"
+                 "policy:\n  - id: fast\n    algorithm: ecdsap256sha256\n    keystore: pem\n    nsec3: off\n")
+    text += (f"template:\n  - id: default\n    storage: {base}\n    journal-content: none\n"
+             "    zonefile-sync: -1\nzone:\n")
+    for zone in zones:
+        text += f"  - domain: {zone}\n    file: {base}/{zone}.zone\n"
+        if zone in signed:
+            text += "    dnssec-signing: on\n    dnssec-policy: fast\n"
+    return text

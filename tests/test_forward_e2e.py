@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 
@@ -21,7 +20,7 @@ import yaml
 
 from tests import harness
 from tests.dnstest import ROOT, isolated_example
-from tests.forwardkit import UpstreamThread, answering, reply_to, silent, unbound_config
+from tests.forwardkit import UpstreamThread, answering, knot_config, reply_to, silent, unbound_config
 from tests.tools import require_tool
 
 TOKEN = "test-admin-token"  # isolated_example's
@@ -87,27 +86,7 @@ short 30 IN A 192.0.2.30
 
 
 def _knot_config(base, port: int) -> str:
-    return textwrap.dedent(f"""\
-        server:
-            listen: 127.0.0.1@{port}
-            rundir: {base}/run
-            udp-workers: 1
-            tcp-workers: 1
-            background-workers: 1
-        log:
-          - target: stderr
-            any: warning
-        database:
-            storage: {base}/db
-        template:
-          - id: default
-            storage: {base}
-            journal-content: none
-            zonefile-sync: -1
-        zone:
-          - domain: example.net
-            file: {base}/example.net.zone
-        """)
+    return knot_config(base, port, ("example.net",))
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ for comparison), minus AA and what it must strip, with DNSSEC records byte for b
 and the same again from the cache."""
 from __future__ import annotations
 
-import textwrap
 
 import dns.flags
 import dns.message
@@ -16,7 +15,7 @@ import pytest
 
 from dnsd.forward import Forwarder
 from dnsd.protocol import wire
-from tests.forwardkit import CLIENT, Clock, decode, in_zone, settings, unbound_config
+from tests.forwardkit import CLIENT, Clock, decode, in_zone, knot_config, settings, unbound_config
 from tests.harness import ServiceProcess, free_port
 from tests.tools import require_tool
 
@@ -47,40 +46,7 @@ reg.azurecr IN A 6.6.6.6
 
 
 def _knot_config(base, port: int) -> str:
-    return textwrap.dedent(f"""\
-        server:
-            listen: 127.0.0.1@{port}
-            rundir: {base}/run
-            udp-workers: 1
-            tcp-workers: 1
-            background-workers: 1
-        log:
-          - target: stderr
-            any: warning
-        database:
-            storage: {base}/db
-        keystore:
-          - id: pem
-            backend: pem
-            config: {base}/keys
-        policy:
-          - id: fast
-            algorithm: ecdsap256sha256
-            keystore: pem
-            nsec3: off
-        template:
-          - id: default
-            storage: {base}
-            journal-content: none
-            zonefile-sync: -1
-        zone:
-          - domain: example.net
-            file: {base}/example.net.zone
-            dnssec-signing: on
-            dnssec-policy: fast
-          - domain: test
-            file: {base}/test.zone
-        """)
+    return knot_config(base, port, ("example.net", "test"), signed=("example.net",))
 
 
 def _signed_and_serving(port: int) -> bool:
