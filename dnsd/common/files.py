@@ -8,8 +8,9 @@ import tempfile
 from pathlib import Path
 
 
-def write_json_atomically(path: str | Path, data: object) -> None:
-    """Write to a temporary file beside `path`, fsync, rename: readers see the old or the new, never half."""
+def write_json_atomically(path: str | Path, data: object, durable: bool = True) -> None:
+    """Write to a temporary file beside `path`, fsync, rename: readers see the old or the new, never half.
+    durable=False skips the fsync: for files that need only outlive the process, not the machine."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -17,7 +18,8 @@ def write_json_atomically(path: str | Path, data: object) -> None:
         with os.fdopen(fd, "w") as handle:
             json.dump(data, handle, indent=1, sort_keys=True)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
