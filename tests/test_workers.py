@@ -15,7 +15,7 @@ import urllib.request
 import dns.message
 import pytest
 
-from dnsd.serving.workerstats import Totals, WorkerCounters, combined, counters_index, counters_path
+from dnsd.serving.workerstats import Totals, WorkerCounters, combined, counters_index
 from tests import harness
 from tests.dnstest import isolated_example, make_query
 
