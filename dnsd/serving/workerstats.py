@@ -6,12 +6,12 @@ last file (the base), so no total goes backwards; a killed worker loses at most 
 from __future__ import annotations
 
 import dataclasses
-import json
+import marshal
 import os
 import time
 from dataclasses import dataclass, field
 
-from dnsd.common.files import write_json_atomically
+from dnsd.common.files import write_bytes_atomically
 from dnsd.forward.forwarder import ForwardStats
 from dnsd.protocol.rrl import ResponseRateLimiter
 from dnsd.protocol.tcp import TcpStats
@@ -21,6 +21,7 @@ PUBLISH_PERIOD = 1.0  # seconds between a worker's writes of its counters file (
 FORWARD_FIELDS = tuple(f.name for f in dataclasses.fields(ForwardStats))
 TCP_COUNTERS = ("accepted", "refused_per_source", "refused_full", "evicted", "closed_under_load", "accept_paused")
 RRL_COUNTERS = ("dropped", "slipped", "limited_prefixes")  # each kept as a list (by response class)
+FILE_FORMAT = 1
 
 
 @dataclass(slots=True)
@@ -52,20 +53,26 @@ class Totals:
                       rrl={name: _add_lists(self.rrl.get(name, []), other.rrl.get(name, []))
                            for name in {*self.rrl, *other.rrl}})
 
-    def to_json(self) -> dict:
-        return {"counts": [[*key, count] for key, count in self.counts.items()],
-                "latency_counts": self.latency_counts, "latency_sum": self.latency_sum, "dropped": self.dropped,
-                "forward_overloaded": self.forward_overloaded,
-                "located": [[*key, count] for key, count in self.located.items()],
-                "forward": self.forward, "tcp": self.tcp, "rrl": self.rrl}
+    def to_bytes(self, **header) -> bytes:
+        """The file form: marshal (dicts keyed by tuples as they are; ~1 ms for 10,000 label sets where
+        JSON takes 10-40). Every worker runs the supervisor's Python, so the format always matches."""
+        return marshal.dumps({**header, "format": FILE_FORMAT,
+                              "totals": {name: getattr(self, name) for name in TOTALS_FIELDS}})
 
     @classmethod
-    def from_json(cls, doc: dict) -> Totals:
-        return cls(counts={tuple(row[:-1]): row[-1] for row in doc["counts"]},  # type: ignore[misc]
-                   latency_counts=list(doc["latency_counts"]), latency_sum=doc["latency_sum"],
-                   dropped=doc["dropped"], forward_overloaded=doc["forward_overloaded"],
-                   located={(row[0], row[1]): row[2] for row in doc["located"]},
-                   forward=dict(doc["forward"]), tcp=dict(doc["tcp"]), rrl={k: list(v) for k, v in doc["rrl"].items()})
+    def from_bytes(cls, data: bytes) -> tuple[dict, Totals]:
+        """(header, totals) of a file written by to_bytes; ValueError when it is not one."""
+        try:
+            doc = marshal.loads(data)
+            if not isinstance(doc, dict) or doc.get("format") != FILE_FORMAT:
+                raise ValueError("not a counters file of this version")
+            totals = doc.pop("totals")
+            return doc, cls(**{name: totals[name] for name in TOTALS_FIELDS})
+        except (EOFError, TypeError, KeyError) as err:
+            raise ValueError(f"unreadable counters file: {err}") from err
+
+
+TOTALS_FIELDS = tuple(f.name for f in dataclasses.fields(Totals))
 
 
 def live_totals(stats: QueryStats, forward: ForwardStats | None, tcp: TcpStats | None,
@@ -100,20 +107,21 @@ class WorkerCounters:
         self.supervisor = os.getppid() if supervisor is None else supervisor
         self.path = counters_path(state_dir, index)
         predecessor = self._read(self.path)
-        self.base = predecessor.totals if predecessor is not None else Totals()
-        self._published: dict | None = None
+        self.base = predecessor.totals if predecessor is not None else None
+        self._published: Totals | None = None  # the live counters last written
 
     def own(self, live: Totals) -> Totals:
-        return self.base + live
+        return live if self.base is None else self.base + live
 
     def publish(self, live: Totals) -> bool:
-        """Write base + live to this worker's file when they changed since the last write."""
-        totals = self.own(live).to_json()
-        if totals == self._published:
+        """Write base + live to this worker's file when they changed since the last write. No fsync:
+        the file must outlive this process (its successor's base), not the machine."""
+        if live == self._published:
             return False
-        write_json_atomically(self.path, {"supervisor": self.supervisor, "worker": self.index, "pid": os.getpid(),
-                                          "written_at": time.time(), "totals": totals}, durable=False)
-        self._published = totals
+        data = self.own(live).to_bytes(supervisor=self.supervisor, worker=self.index, pid=os.getpid(),
+                                       written_at=time.time())
+        write_bytes_atomically(self.path, data, durable=False)
+        self._published = live
         return True
 
     def reports(self, live: Totals) -> list[WorkerReport]:
@@ -134,13 +142,13 @@ class WorkerCounters:
 
     def _read(self, path: str) -> WorkerReport | None:
         try:
-            with open(path) as handle:
-                doc = json.load(handle)
-            if doc.get("supervisor") != self.supervisor:
+            with open(path, "rb") as handle:
+                header, totals = Totals.from_bytes(handle.read())
+            if header.get("supervisor") != self.supervisor:
                 return None  # another run's
-            return WorkerReport(int(doc["worker"]), int(doc["pid"]), Totals.from_json(doc["totals"]),
-                                max(0.0, time.time() - doc["written_at"]))
-        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return WorkerReport(int(header["worker"]), int(header["pid"]), totals,
+                                max(0.0, time.time() - header["written_at"]))
+        except (OSError, ValueError, KeyError, TypeError):
             return None  # not there yet, or not ours: counted once a good file is written
 
 
