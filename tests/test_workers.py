@@ -95,11 +95,11 @@ def test_totals_add_up_key_by_key_and_survive_their_file_form():
 
 COUNTER_FILE_NAMES = [
     # (file name in the state dir, worker index or None: not a counters file)
-    ("counters-0.json", 0),
-    ("counters-12.json", 12),
-    (".counters-1.json.x8k2", None),  # a write under way
+    ("counters-0.marshal", 0),
+    ("counters-12.marshal", 12),
+    (".counters-1.marshal.x8k2", None),  # a write under way
     ("overrides.json", None),
-    ("counters-a.json", None),
+    ("counters-a.marshal", None),
 ]
 
 
@@ -115,7 +115,7 @@ def test_worker_0_adds_up_this_runs_files_and_a_restarted_worker_starts_from_its
     assert not first.publish(totals(7))  # unchanged: not written again
     stale = WorkerCounters(state, 2, supervisor=99)  # a file another supervisor's run left
     stale.publish(totals(1000))
-    (tmp_path / "counters-3.json").write_bytes(b"not marshal")  # unreadable: left out, never an error
+    (tmp_path / "counters-3.marshal").write_bytes(b"not marshal")  # unreadable: left out, never an error
     zero = WorkerCounters(state, 0, supervisor=100)
     reports = zero.reports(totals(5))
     assert [(r.index, r.totals.answered) for r in reports] == [(0, 5), (1, 7)]

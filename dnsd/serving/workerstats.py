@@ -159,7 +159,7 @@ def combined(reports: list[WorkerReport]) -> Totals:
     return total
 
 
-COUNTERS_PREFIX, COUNTERS_SUFFIX = "counters-", ".json"
+COUNTERS_PREFIX, COUNTERS_SUFFIX = "counters-", ".marshal"
 
 
 def counters_path(state_dir: str, index: int) -> str:
