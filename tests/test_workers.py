@@ -15,6 +15,8 @@ import urllib.request
 import dns.message
 import pytest
 
+from dnsd.ops.statuspage import render_status_page
+from dnsd.serving.stats import QueryStats
 from dnsd.serving.workerstats import Totals, WorkerCounters, combined, counters_index
 from tests import harness
 from tests.dnstest import isolated_example, make_query
@@ -126,6 +128,37 @@ def test_worker_0_adds_up_this_runs_files_and_a_restarted_worker_starts_from_its
     restarted.publish(totals(2))  # its own answers since: on top of the predecessor's
     assert combined(zero.reports(totals(5))).answered == 14
     assert WorkerCounters(state, 2, supervisor=100).base is None  # another run's file is no base
+
+
+def test_recent_shares_come_from_the_counts_given_every_workers_under_workers():
+    stats = QueryStats()
+    stats.count("", "global", 1, 0, "contoso", "eastus")  # this worker's own: all eastus
+    every_worker = {("", "global", 1, 0, "contoso", "eastus"): 1, ("", "global", 1, 0, "contoso", "westeurope"): 3}
+    stats.sample(0.0, {})
+    assert stats.recent_shares(every_worker) == {("contoso", "eastus"): 0.25, ("contoso", "westeurope"): 0.75}
+    assert QueryStats().recent_shares({}) == {}
+
+
+QUERIES_DOC = {"config": {"version": "abc123", "source": "geotm.yaml"}, "generation": 1, "timeline": [],
+               "health": {"feeds": [], "expired": False}, "registries": [],
+               "queries": {"answered": 12, "dropped": 1, "workers": [
+                   {"worker": 0, "pid": 10, "answered": 5, "dropped": 1, "age_seconds": 0.0},
+                   {"worker": 1, "pid": 11, "answered": 7, "dropped": 0, "age_seconds": 0.4}]}}
+
+PAGE_CASES = [
+    # (details, shown, not shown)
+    (True, ["12 queries answered, 1 dropped since start by 2 workers (worker 0: 5, worker 1: 7)"], []),
+    (False, [], ["queries answered", "worker 1"]),  # the public page: health only
+]
+
+
+@pytest.mark.parametrize("details, shown, hidden", PAGE_CASES)
+def test_the_status_page_shows_every_workers_queries_with_details_only(details, shown, hidden):
+    html = render_status_page(QUERIES_DOC, details=details)
+    for text in shown:
+        assert text in html, text
+    for text in hidden:
+        assert text not in html, text
 
 
 # -- across processes: a real supervisor with two workers ------------------------------------------
