@@ -1,9 +1,10 @@
 """How `dnsd serve --workers N` scales: for N = 1 up to the core count, geotm with N workers pinned to
 cores 0..N-1 (N = 1: one process, no supervisor), dnsperf pinned to the last core, the example
 config's query mix at full speed. Reports qps, qps per worker, the server's CPU busy (cores, all its
-processes), qps per busy core, each worker's busy share, and dnsperf's own CPU busy: when dnsperf
-shares a core with a worker (N = cores) or is near a whole core, the load generator is the limit and
-the row says so. See bench/README.md (workers scaling).
+processes), qps per busy core, each worker's busy share, and dnsperf's own CPU busy, and what
+limited the row: the load generator (dnsperf shares a core with a worker, N = cores, or is near a
+whole core), the server (each worker near a whole core), or other loads (neither was: a shared
+machine's other processes had the cores). See bench/README.md (Workers scaling).
 
     bench/workers.py [--seconds 10] [--runs 3] [--max-workers N] [--json FILE]
 """
@@ -32,7 +33,7 @@ from verify import verify  # noqa: E402
 
 from dnsd.common.children import ChildFailed, stop_all  # noqa: E402
 
-LOAD_GENERATOR_BUSY = 0.9  # dnsperf's CPU (cores) from which it, not the server, is taken as the limit
+BUSY = 0.9  # CPU (cores) from which dnsperf, or each worker, is taken as the limit
 
 
 def process_cpu_seconds(pgid: int) -> dict[int, float]:
@@ -134,11 +135,16 @@ def summarize(row: dict) -> dict:
         return {"workers": row["workers"], "error": row.get("error", "no run")}
     run = sorted(good, key=lambda r: r["qps"])[len(good) // 2]
     busy = run["server_cpu_cores"]
-    limited = row["load_shares_a_server_core"] or run["load_cpu_cores"] >= LOAD_GENERATOR_BUSY
+    if row["load_shares_a_server_core"] or run["load_cpu_cores"] >= BUSY:
+        limit = "load generator"
+    elif busy / row["workers"] >= BUSY:
+        limit = "server"
+    else:  # neither had its cores: other processes on a shared machine did
+        limit = "other loads"
     return {"workers": row["workers"], "qps": run["qps"], "qps_per_worker": run["qps"] / row["workers"],
             "server_busy": busy, "qps_per_busy_core": run["qps"] / busy if busy else None,
             "worker_busy": run["worker_cpu_cores"], "load_busy": run["load_cpu_cores"],
-            "lost": run.get("queries_lost", 0), "load_limited": limited,
+            "lost": run.get("queries_lost", 0), "limit": limit,
             "server_cores": row["server_cores"], "load_core": row["load_core"]}
 
 
@@ -153,10 +159,9 @@ def format_rows(rows: list[dict]) -> str:
             continue
         per_core = f"{row['qps_per_busy_core'] / 1000:.0f}k" if row["qps_per_busy_core"] else "-"
         workers = "/".join(f"{busy:.2f}" for busy in row["worker_busy"])
-        limit = "load generator" if row["load_limited"] else "server"
         lines.append(f"| {row['workers']} | {core_list(row['server_cores'])} | {row['load_core']} | "
                      f"{row['qps'] / 1000:.0f}k | {row['qps_per_worker'] / 1000:.0f}k | {row['server_busy']:.2f} | "
-                     f"{per_core} | {workers} | {row['load_busy']:.2f} | {row['lost']} | {limit} |")
+                     f"{per_core} | {workers} | {row['load_busy']:.2f} | {row['lost']} | {row['limit']} |")
     return "\n".join(lines)
 
 
