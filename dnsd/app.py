@@ -90,15 +90,18 @@ async def housekeeping(dnsd: Dnsd, worker: WorkerRole | None = None, period: flo
 
 def publish_counters(dnsd: Dnsd) -> None:
     """Under --workers: write this worker's counters where worker 0 adds them up (and where a restarted
-    worker finds its predecessor's). A failed write is logged and retried next second."""
+    worker finds its predecessor's). A failed write is retried each second, logged once per streak."""
     counters = dnsd.worker_counters
     if counters is None:
         return
     try:
         counters.publish(dnsd.live_totals())
+        counters.failing = False
     except OSError as err:
-        log.warning("worker_counters_unwritten", file=counters.path, error=str(err),
-                    effect="worker 0's totals lag this worker's until a write succeeds")
+        if not counters.failing:
+            log.warning("worker_counters_unwritten", file=counters.path, error=str(err),
+                        effect="worker 0's totals lag this worker's until a write succeeds")
+        counters.failing = True
 
 
 def instance_name(listen: list[tuple[str, int]]) -> str:

@@ -17,10 +17,8 @@ from dnsd.protocol.rrl import ResponseRateLimiter
 from dnsd.protocol.tcp import TcpStats
 from dnsd.serving.stats import LATENCY_BOUNDS, QueryStats
 
-PUBLISH_PERIOD = 1.0  # seconds between a worker's writes of its counters file (housekeeping's period)
 FORWARD_FIELDS = tuple(f.name for f in dataclasses.fields(ForwardStats))
 TCP_COUNTERS = ("accepted", "refused_per_source", "refused_full", "evicted", "closed_under_load", "accept_paused")
-RRL_COUNTERS = ("dropped", "slipped", "limited_prefixes")  # each kept as a list (by response class)
 FILE_FORMAT = 1
 
 
@@ -36,7 +34,7 @@ class Totals:
     located: dict[tuple[str, str], int] = field(default_factory=dict)
     forward: dict[str, int] = field(default_factory=dict)  # ForwardStats fields; empty while forwarding is off
     tcp: dict[str, int] = field(default_factory=dict)  # TCP_COUNTERS
-    rrl: dict[str, list[int]] = field(default_factory=dict)  # RRL_COUNTERS
+    rrl: dict[str, list[int]] = field(default_factory=dict)  # dropped, slipped (by class), [limited_prefixes]
 
     @property
     def answered(self) -> int:
@@ -109,6 +107,7 @@ class WorkerCounters:
         predecessor = self._read(self.path)
         self.base = predecessor.totals if predecessor is not None else None
         self._published: Totals | None = None  # the live counters last written
+        self.failing = False  # the last write failed (logged once per streak)
 
     def own(self, live: Totals) -> Totals:
         return live if self.base is None else self.base + live
