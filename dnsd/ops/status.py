@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING
 
 from dnsd.routing.overrides import Override
+from dnsd.serving.workerstats import Totals, WorkerReport, combined
 
 if TYPE_CHECKING:
     from dnsd.serving.service import Dnsd
@@ -21,7 +22,10 @@ def status_document(dnsd: Dnsd) -> dict:
     snapshot = dnsd.engine.snapshot
     now = time.time()
     registries = []
-    shares = dnsd.engine.stats.recent_shares()
+    reports = dnsd.worker_reports()
+    totals = combined(reports)
+    every_worker = dnsd.worker_counters is not None and not dnsd.worker_counters.index
+    shares = dnsd.engine.stats.recent_shares(totals.counts if every_worker else None)
     for plan in snapshot.plans:
         reg = plan.registry
         replicas = []
@@ -44,7 +48,18 @@ def status_document(dnsd: Dnsd) -> dict:
                                   "age_seconds": round(now - f.fetched_at, 1) if f.fetched_at else None}
                                  for f in feed.feeds] if feed else [],
                        "expired": bool(feed and feed.expired)},
+            "queries": queries_json(totals, reports if dnsd.worker_counters is not None else None),
             "registries": registries, **({"cluster": cluster_json(dnsd)} if dnsd.members is not None else {})}
+
+
+def queries_json(totals: Totals, reports: list[WorkerReport] | None) -> dict:
+    """Queries answered and dropped since start (every worker's); under --workers, each worker's too
+    (a restarted worker's include its predecessors')."""
+    doc: dict = {"answered": totals.answered, "dropped": totals.dropped}
+    if reports is not None:
+        doc["workers"] = [{"worker": r.index, "pid": r.pid, "answered": r.totals.answered, "dropped": r.totals.dropped,
+                           "age_seconds": round(r.age_seconds, 1)} for r in reports]
+    return doc
 
 
 def cluster_json(dnsd: Dnsd) -> dict:

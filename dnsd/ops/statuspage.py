@@ -1,6 +1,7 @@
-"""The read-only HTML status page: per registry a row per replica (status, reason, age, override,
-recent share of global answers) and a timeline of recent changes. Rendered from the status document (dnsd.ops.status) alone;
-the public variant from health_only(), which keeps health and drops every detail."""
+"""The read-only HTML status page: queries answered (every worker's), per registry a row per replica
+(status, reason, age, override, recent share of global answers) and a timeline of recent changes.
+Rendered from the status document (dnsd.ops.status) alone; the public variant from health_only(),
+which keeps health and drops every detail."""
 from __future__ import annotations
 
 import datetime
@@ -58,6 +59,16 @@ def _timeline_text(event: dict) -> str:
     if kind == "config_reload_failed":
         return f"config reload FAILED ({event.get('problems')} problems), old config kept"
     return kind
+
+
+def _queries_text(queries: dict) -> str:
+    """Answered and dropped since start; under --workers, each worker's share."""
+    text = f"{queries['answered']} queries answered, {queries['dropped']} dropped since start"
+    workers = queries.get("workers")
+    if workers:
+        text += f" by {len(workers)} workers (" + ", ".join(
+            f"worker {w['worker']}: {w['answered']}" for w in workers) + ")"
+    return text
 
 
 def global_role(rep: dict) -> str:
@@ -147,6 +158,8 @@ def render_status_page(doc: dict, details: bool = True) -> str:
     parts = _head()
     parts.append(f"<div class='meta'>config {escape(doc['config']['version'])} from "
                  f"{escape(doc['config']['source'])} · generation {doc['generation']}</div>")
+    if "queries" in doc:
+        parts.append(f"<div class='meta'>{_queries_text(doc['queries'])}</div>")
     health = doc["health"]
     if health["expired"]:
         parts.append("<div class='banner bad'>Health expired: no probe verdict within the TTL — "

@@ -30,6 +30,7 @@ from dnsd.routing.policy import RoutingPlan, plan as make_plan
 from dnsd.protocol.rrl import ResponseRateLimiter
 from dnsd.routing.geoip import GeoIPError, GeoTable, file_identity
 from dnsd.serving.runtime import QueryEngine, Snapshot, build_plans, new_snapshot
+from dnsd.serving.workerstats import Totals, WorkerCounters, WorkerReport, combined, live_totals
 
 if TYPE_CHECKING:
     from dnsd.cluster.members import MemberFollower
@@ -116,6 +117,7 @@ class Dnsd:
         self._tcp_limit = 0  # the TCP connection cap in force (after sizing to the fd limit)
         rate_limit = config.server.rate_limit
         self.rrl = ResponseRateLimiter(rate_limit) if rate_limit is not None else None  # UDP listeners' RRL
+        self.worker_counters: WorkerCounters | None = None  # under --workers: the counters shared between them
         self._geoip_seen: tuple | None = None  # the GeoIP file's identity at the last look (geoip_changed)
         self._geoip_tried: tuple | None = None  # ...and the last one a reload was started for
         geo = self.engine.snapshot.compiled.geo
@@ -154,6 +156,23 @@ class Dnsd:
         return None if self._tcp_stats is None else (self._tcp_stats(), self._tcp_limit)
 
     # -- swapping --------------------------------------------------------------------------------
+
+    def live_totals(self) -> Totals:
+        """This process's query counters now (copied: for scrapes and the workers' files)."""
+        forwarder = self.forwarder
+        admission = self.tcp_admission()
+        return live_totals(self.engine.stats, forwarder.stats if forwarder is not None else None,
+                           admission[0] if admission is not None else None, self.rrl)
+
+    def worker_reports(self) -> list[WorkerReport]:
+        """Each worker's counters (a base and a file under --workers; this process alone without)."""
+        if self.worker_counters is None:
+            return [WorkerReport(0, os.getpid(), self.live_totals(), 0.0)]
+        return self.worker_counters.reports(self.live_totals())
+
+    def query_totals(self) -> Totals:
+        """The query counters /metrics and the status page show: every worker's, added up."""
+        return combined(self.worker_reports())
 
     def _swap(self, new: Snapshot, why: str) -> None:
         old = self.engine.snapshot
