@@ -6,6 +6,7 @@ import asyncio
 import functools
 from dataclasses import dataclass, field
 from time import perf_counter
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import structlog
@@ -47,6 +48,24 @@ class Snapshot:
 def build_plans(config: Config, health: HealthSnapshot, overrides: Overrides = NO_OVERRIDES
                 ) -> tuple[RoutingPlan, ...]:
     return tuple(policy.plan(reg, config.topology, health, overrides) for reg in config.registries)
+
+
+def replan(old: Snapshot, health: HealthSnapshot, overrides: Overrides) -> tuple[RoutingPlan, ...]:
+    """The plans under new health or overrides, same config. A plan depends on nothing but its
+    registry's replicas' health and overrides (and the config), so a registry whose inputs are
+    unchanged keeps its plan: a verdict about one replica rebuilds one plan, not all of them."""
+    config = old.config
+    changed = _changed_registries(old.health.endpoints, health.endpoints) if health is not old.health else set()
+    if overrides is not old.overrides:
+        changed |= _changed_registries(old.overrides, overrides)
+    return tuple(policy.plan(registry, config.topology, health, overrides) if registry.name in changed else previous
+                 for registry, previous in zip(config.registries, old.plans))
+
+
+def _changed_registries(before: Mapping[tuple[str, str], object], after: Mapping[tuple[str, str], object]) -> set[str]:
+    """Registries with an entry (registry, replica) -> value added, removed or changed."""
+    return ({key[0] for key, value in after.items() if before.get(key) != value}
+            | {key[0] for key in before if key not in after})
 
 
 def new_snapshot(config: Config, health: HealthSnapshot | None = None, generation: int = 1,
@@ -117,7 +136,7 @@ def choose(snapshot: Snapshot, client: ClientContext, registry_index: int) -> tu
     plan = snapshot.plans[registry_index]
     network = network_of(snapshot.compiled, client)
     slot = policy.weighted_slot(client.bits, client.address, client.source_prefix)
-    return plan.choice(network, slot), plan.reason
+    return plan.choice(network, snapshot.compiled.network_regions[network], slot), plan.reason
 
 
 PACKET_CACHE_SIZE = 50_000  # replies remembered per snapshot; cleared whole when full
@@ -280,9 +299,10 @@ class QueryEngine:
                 count(view_name, entry.kind, query.qtype, 0, plan.registry.name, "")
                 return self.answer_slowly(query, snapshot, client, view, max_size, udp_size)
             network = network_of(compiled, client)
-            if plan.by_network:  # performance routing placed the client: count where, and by what
+            if plan.by_region:  # performance routing placed the client: count where, and by what
                 self.stats.locate(compiled.located[network])
-            index = plan.choice(network, policy.weighted_slot(client.bits, client.address, client.source_prefix))
+            index = plan.choice(network, compiled.network_regions[network],
+                                policy.weighted_slot(client.bits, client.address, client.source_prefix))
             if index is None:
                 count(view_name, entry.kind, query.qtype, rc.SERVFAIL, plan.registry.name, "")
                 return wire.error_response(query, rc.SERVFAIL, udp_size)

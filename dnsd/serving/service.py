@@ -29,7 +29,7 @@ from dnsd.routing.overrides import DRAIN, FORCE_DOWN, KINDS, Override, OverrideB
 from dnsd.routing.policy import RoutingPlan, plan as make_plan
 from dnsd.protocol.rrl import ResponseRateLimiter
 from dnsd.routing.geoip import GeoIPError, GeoTable, file_identity
-from dnsd.serving.runtime import QueryEngine, Snapshot, build_plans, new_snapshot
+from dnsd.serving.runtime import QueryEngine, Snapshot, build_plans, new_snapshot, replan
 
 if TYPE_CHECKING:
     from dnsd.cluster.members import MemberFollower
@@ -172,6 +172,8 @@ class Dnsd:
             name = plan.registry.name
             before = old_plans.get(name)
             yield
+            if before is plan:  # kept: its registry's health and overrides did not change
+                continue
             if before is not None and (before.serving, before.all_down, before.servfail) == \
                     (plan.serving, plan.all_down, plan.servfail):
                 continue
@@ -201,8 +203,7 @@ class Dnsd:
             if old.health.of(reg, rep).status is not h.status:
                 changed.append(f"{reg}/{rep}: {h.status.value}")
                 self.note("health_changed", registry=reg, replica=rep, status=h.status.value, reason=h.reason)
-        new = replace(old, health=health, plans=build_plans(old.config, health, old.overrides),
-                      generation=old.generation + 1)
+        new = replace(old, health=health, plans=replan(old, health, old.overrides), generation=old.generation + 1)
         self._swap(new, "health: " + ("; ".join(changed) if changed else "probe details changed"))
 
     # -- overrides -------------------------------------------------------------------------------
@@ -320,7 +321,7 @@ class Dnsd:
     def _apply_overrides(self, why: str) -> None:
         old = self.engine.snapshot
         overrides = self.overrides.current()
-        new = replace(old, overrides=overrides, plans=build_plans(old.config, old.health, overrides),
+        new = replace(old, overrides=overrides, plans=replan(old, old.health, overrides),
                       generation=old.generation + 1)
         self._swap(new, why)
 
