@@ -111,6 +111,7 @@ class Dnsd:
         self.reloads = {"ok": 0, "failed": 0}
         self.timeline: collections.deque[dict] = collections.deque(maxlen=TIMELINE_LENGTH)
         self._lock = asyncio.Lock()
+        self._freeing: set[asyncio.Task] = set()  # slice-wise frees of what swaps left behind (_free_later)
         self._after_reload = after_reload  # worker 0: tell the supervisor to reload the other workers
         self._tcp_stats: Callable[[], TcpStats] | None = None  # the listeners' TCP admission (attach_listeners)
         self._tcp_limit = 0  # the TCP connection cap in force (after sizing to the fd limit)
@@ -156,9 +157,24 @@ class Dnsd:
     # -- swapping --------------------------------------------------------------------------------
 
     def _swap(self, new: Snapshot, why: str) -> None:
-        old = self.engine.snapshot
-        self.engine.swap(new)
+        old, engine = self.engine.snapshot, self.engine
+        left = [engine.cache, engine.forward_hits]  # emptied by the swap; a full one takes ~15 ms to free
+        kept = {id(plan) for plan in new.plans}
+        left += [plan.picks for plan in old.plans if plan.picks and id(plan) not in kept]
+        engine.swap(new)
+        self._free_later(left)
         self.log_routing(new, old, why)
+
+    def _free_later(self, containers: list) -> None:
+        """Free what a swap left behind in slices between queries (offloop.release), not in one stall;
+        without a running loop (start-up, tests) it goes with its last reference, now."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(offloop.release(containers))
+        self._freeing.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._freeing.discard)
 
     def log_routing(self, new: Snapshot, old: Snapshot | None, why: str = "start") -> None:
         """One event per registry whose global routing changed (all of them at start): what and why."""
