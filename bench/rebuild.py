@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import random
 import shutil
@@ -21,9 +22,11 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from types import MappingProxyType
 
 import dns.edns
 import dns.message
+import structlog
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +37,8 @@ from dnsd.common.children import Child, free_port  # noqa: E402
 from dnsd.config import parse_config_text, read_document  # noqa: E402
 from dnsd.model import ClientNetwork  # noqa: E402
 from dnsd.routing.health import EndpointHealth, HealthSnapshot, Status  # noqa: E402
-from dnsd.serving.runtime import build_plans, new_snapshot, replan  # noqa: E402
+from dnsd.serving.runtime import build_plans  # noqa: E402
+from dnsd.serving.service import Dnsd  # noqa: E402
 
 EXAMPLE = ROOT / "config" / "example.yaml"
 REGIONS = ["eastus", "westus", "westeurope", "northeurope", "southeastasia", "japaneast"]
@@ -105,9 +109,12 @@ def parse_grid(text: str) -> list[tuple[int, int]]:
 
 
 def measure(grid: list[tuple[int, int]], runs: int) -> list[dict]:
-    """Per (registries, networks): YAML load (registries only), compile (1 run: it is per reload, off the
-    loop), and the health swap a probe verdict costs: medians of `runs`. The client networks are put
-    into the parsed config directly (100k of them in YAML would time the parser, not the rebuild)."""
+    """Per (registries, networks): YAML load (registries only), compile (a Dnsd started: 1 run, it is per
+    reload, off the loop), and a probe verdict about one replica (Dnsd.apply_health: health known for
+    every replica, one of them flips; what the event loop spends) and every plan rebuilt (build_plans):
+    medians of `runs`. The client networks are put into the parsed config directly (100k of them in
+    YAML would time the parser, not the rebuild)."""
+    structlog.configure(logger_factory=structlog.ReturnLoggerFactory())  # routing events: built, not printed
     rows, configs = [], {}
     for count, networks in grid:
         if count not in configs:
@@ -116,13 +123,16 @@ def measure(grid: list[tuple[int, int]], runs: int) -> list[dict]:
         load_s, parsed = configs[count]
         config = dataclasses.replace(parsed, topology=dataclasses.replace(parsed.topology,
                                                                           client_networks=client_networks(networks)))
-        compile_s, snapshot = timed(lambda: new_snapshot(config), 1)
+        compile_s, server = timed(lambda: Dnsd(config), 1)
+        online = HealthSnapshot(1, MappingProxyType({(reg.name, rep.name): EndpointHealth(Status.ONLINE, "HTTP 200")
+                                                     for reg in config.registries for rep in reg.replicas}))
+        server.apply_health(online)
         first = config.registries[0]
-        degraded = HealthSnapshot().with_status(first.name, first.replicas[0].name,
-                                                EndpointHealth(Status.DEGRADED, "bench", 0.0))
-        swap_s, _ = timed(lambda: replan(snapshot, degraded, snapshot.overrides), runs)
-        all_plans_s, _ = timed(lambda: build_plans(config, degraded, snapshot.overrides), runs)
-        entries = sum(len(table) for table in snapshot.compiled.exact)
+        degraded = online.with_status(first.name, first.replicas[0].name, EndpointHealth(Status.DEGRADED, "bench"))
+        verdicts = itertools.cycle((degraded, online))  # every run a real change, alternately
+        swap_s, _ = timed(lambda: server.apply_health(next(verdicts)), runs)
+        all_plans_s, _ = timed(lambda: build_plans(config, degraded, server.snapshot.overrides), runs)
+        entries = sum(len(table) for table in server.snapshot.compiled.exact)
         rows.append({"registries": count, "networks": networks, "replicas": sum(len(r.replicas) for r in config.registries),
                      "answers": entries, "load_s": load_s, "compile_s": compile_s, "health_swap_s": swap_s,
                      "all_plans_s": all_plans_s})
@@ -420,9 +430,9 @@ def main() -> int:
               f"{row['load_s']*1000:>7.0f}ms {row['compile_s']*1000:>7.0f}ms {row['health_swap_s']*1000:>10.2f}ms "
               f"{row['all_plans_s']*1000:>8.2f}ms")
     if rows:
-        print("load = YAML + validation (registries); compile = every answer pre-packed, networks matched (1 run); "
-              "health swap = new routing plans for one replica's verdict (what dnsd does: unchanged registries keep "
-              "theirs); all plans = every registry's plan rebuilt (a verdict about every replica). A config reload costs load + compile, "
+        print("load = YAML + validation (registries); compile = a dnsd started: every answer pre-packed, networks "
+              "matched (1 run); health swap = Dnsd.apply_health for one replica's verdict (new plans for the registries "
+              "it changes, the swap, its routing event: what a probe verdict costs the event loop); all plans = every registry's plan rebuilt (a verdict about every replica). A config reload costs load + compile, "
               "off the event loop.")
     if not args.live:
         return 0

@@ -64,7 +64,8 @@ def replan(old: Snapshot, health: HealthSnapshot, overrides: Overrides) -> tuple
 
 def _changed_registries(before: Mapping[tuple[str, str], object], after: Mapping[tuple[str, str], object]) -> set[str]:
     """Registries with an entry (registry, replica) -> value added, removed or changed."""
-    return ({key[0] for key, value in after.items() if before.get(key) != value}
+    get = before.get
+    return ({key[0] for key, value in after.items() if (was := get(key)) is not value and was != value}
             | {key[0] for key in before if key not in after})
 
 
