@@ -6,6 +6,7 @@ import asyncio
 import functools
 from dataclasses import dataclass, field
 from time import perf_counter
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import structlog
@@ -47,6 +48,25 @@ class Snapshot:
 def build_plans(config: Config, health: HealthSnapshot, overrides: Overrides = NO_OVERRIDES
                 ) -> tuple[RoutingPlan, ...]:
     return tuple(policy.plan(reg, config.topology, health, overrides) for reg in config.registries)
+
+
+def replan(old: Snapshot, health: HealthSnapshot, overrides: Overrides) -> tuple[RoutingPlan, ...]:
+    """The plans under new health or overrides, same config. A plan depends on nothing but its
+    registry's replicas' health and overrides (and the config), so a registry whose inputs are
+    unchanged keeps its plan: a verdict about one replica rebuilds one plan, not all of them."""
+    config = old.config
+    changed = _changed_registries(old.health.endpoints, health.endpoints) if health is not old.health else set()
+    if overrides is not old.overrides:
+        changed |= _changed_registries(old.overrides, overrides)
+    return tuple(policy.plan(registry, config.topology, health, overrides) if registry.name in changed else previous
+                 for registry, previous in zip(config.registries, old.plans))
+
+
+def _changed_registries(before: Mapping[tuple[str, str], object], after: Mapping[tuple[str, str], object]) -> set[str]:
+    """Registries with an entry (registry, replica) -> value added, removed or changed."""
+    get = before.get
+    return ({key[0] for key, value in after.items() if (was := get(key)) is not value and was != value}
+            | {key[0] for key in before if key not in after})
 
 
 def new_snapshot(config: Config, health: HealthSnapshot | None = None, generation: int = 1,
@@ -117,7 +137,7 @@ def choose(snapshot: Snapshot, client: ClientContext, registry_index: int) -> tu
     plan = snapshot.plans[registry_index]
     network = network_of(snapshot.compiled, client)
     slot = policy.weighted_slot(client.bits, client.address, client.source_prefix)
-    return plan.choice(network, slot), plan.reason
+    return plan.choice(network, snapshot.compiled.network_regions[network], slot), plan.reason
 
 
 PACKET_CACHE_SIZE = 50_000  # replies remembered per snapshot; cleared whole when full
@@ -197,22 +217,24 @@ class QueryEngine:
         for limiter in (self.failed_log, self.refused_log, self.malformed_log):
             limiter.flush(force)
 
-    def swap(self, snapshot: Snapshot) -> None:
+    def swap(self, snapshot: Snapshot) -> list[dict]:
+        """The new snapshot, with empty caches; returns the old caches (a full one takes ~15 ms to
+        free: the caller may free them in slices)."""
         # handle() runs to completion on the event loop's thread and swaps happen between calls, so
         # a query sees the old snapshot (and its cache) or the new one, never a mix
-        self._forget_replies()  # the new snapshot's zone may hold a name forwarded until now
+        left = self._forget_replies()  # the new snapshot's zone may hold a name forwarded until now
         self.snapshot = snapshot
+        return left
 
     def swap_forwarder(self, forwarder: Forwarder | None) -> None:
         """A new forwarder (or none): the packet cache goes too, its replies' RA bit came from the old."""
         self._forget_replies()
         self.forwarder = forwarder
 
-    def _forget_replies(self) -> None:
-        self.cache = {}
-        self.shared = {}
-        self.client_classes = {}
-        self.forward_hits = {}
+    def _forget_replies(self) -> list[dict]:
+        left = [self.cache, self.shared, self.client_classes, self.forward_hits]
+        self.cache, self.shared, self.client_classes, self.forward_hits = {}, {}, {}, {}
+        return left
 
     def handle(self, data: bytes, client_ip: str, over_tcp: bool) -> bytes | None | asyncio.Task[bytes]:
         started = perf_counter()
@@ -364,9 +386,10 @@ class QueryEngine:
                 count(view_name, entry.kind, query.qtype, 0, plan.registry.name, "")
                 return self.answer_slowly(query, snapshot, client, view, max_size, udp_size)
             network = network_of(compiled, client)
-            if plan.by_network:  # performance routing placed the client: count where, and by what
+            if plan.by_region:  # performance routing placed the client: count where, and by what
                 self.stats.locate(compiled.located[network])
-            index = plan.choice(network, policy.weighted_slot(client.bits, client.address, client.source_prefix))
+            index = plan.choice(network, compiled.network_regions[network],
+                                policy.weighted_slot(client.bits, client.address, client.source_prefix))
             if index is None:
                 count(view_name, entry.kind, query.qtype, rc.SERVFAIL, plan.registry.name, "")
                 return wire.error_response(query, rc.SERVFAIL, udp_size)
@@ -376,7 +399,7 @@ class QueryEngine:
             if plan.depends_on_client:
                 ecs_scope = client.source_prefix
                 if ecs_scope is None:  # placed by its source address (with ECS the bytes say where)
-                    self.route_dependence = ROUTED_BY_NETWORK if plan.by_network else ROUTED_BY_SLOT
+                    self.route_dependence = ROUTED_BY_NETWORK if plan.by_region else ROUTED_BY_SLOT
         if edns is not None and edns.ecs is not None:
             if ecs_scope is None:  # a view chosen by source address does not vary with the ECS subnet
                 ecs_scope = edns.ecs.source_prefix if packed.client_dependent and view_by_ecs else 0
