@@ -49,7 +49,28 @@ def status_document(dnsd: Dnsd) -> dict:
                                  for f in feed.feeds] if feed else [],
                        "expired": bool(feed and feed.expired)},
             "queries": queries_json(totals, reports if dnsd.worker_counters is not None else None),
-            "registries": registries, **({"cluster": cluster_json(dnsd)} if dnsd.members is not None else {})}
+            "registries": registries, **({"cluster": cluster_json(dnsd)} if dnsd.members is not None else {}),
+            **({"forwarding": forwarding_json(dnsd, totals)} if dnsd.forwarder is not None else {})}
+
+
+def forwarding_json(dnsd: Dnsd, totals: Totals) -> dict:
+    """Names outside the zone: who may use it, the upstreams in the order they are tried (SRTT) with
+    their figures, and the cache. Counters are every worker's; the rest this process's."""
+    forwarder = dnsd.forwarder
+    assert forwarder is not None
+    settings, counted = forwarder.settings, totals.forward
+    upstreams = [{"address": up.address, "srtt_ms": round(up.srtt * 1000, 2), "queries": up.stats.queries,
+                  "answers": up.stats.answers, "errors": {kind: n for kind, n in up.stats.errors.items() if n}}
+                 for up in forwarder.upstreams.ranked()]
+    cache = forwarder.cache
+    return {"clients": [str(net) for net in settings.clients], "resolv_conf": settings.resolv_conf,
+            "upstreams": upstreams,
+            "queries": counted.get("queries", 0), "cache_hits": counted.get("cache_hits", 0),
+            "cache_misses": counted.get("cache_misses", 0), "stale_served": counted.get("stale_served", 0),
+            "servfail": counted.get("servfail", 0), "refused_clients": counted.get("refused_client", 0),
+            "cache": {"entries": len(cache), "bytes": cache.bytes, "max_entries": cache.max_entries,
+                      "max_bytes": cache.max_bytes, "serve_stale_seconds": settings.cache.serve_stale},
+            "in_flight": forwarder.in_flight, "waiting": dnsd.engine.forward_pending}
 
 
 def queries_json(totals: Totals, reports: list[WorkerReport] | None) -> dict:
