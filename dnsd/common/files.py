@@ -1,4 +1,5 @@
-"""Small file helpers shared by dnsd and probes: atomic JSON writes for state that must survive restarts."""
+"""Small file helpers shared by dnsd and probes: atomic JSON writes for state that must survive restarts
+(the text built by the caller's thread, the write and fsync possibly in another)."""
 from __future__ import annotations
 
 import contextlib
@@ -8,14 +9,25 @@ import tempfile
 from pathlib import Path
 
 
+def json_text(data: object) -> str:
+    """The text write_json_atomically writes for `data`."""
+    return json.dumps(data, indent=1, sort_keys=True)
+
+
 def write_json_atomically(path: str | Path, data: object) -> None:
     """Write to a temporary file beside `path`, fsync, rename: readers see the old or the new, never half."""
+    write_text_atomically(path, json_text(data))
+
+
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """write_json_atomically for text already built (no Python objects touched: safe in a thread,
+    where the fsync, milliseconds on a disk, holds no event loop up)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
