@@ -83,6 +83,14 @@ def tail_table(results: dict) -> str:
                      for row in body)
 
 
+def older_dnsd(argv: list[str], src: Path) -> list[str]:
+    """A geotm server's argv (taskset -c CORE DNSD serve ...) running the dnsd package found in `src`."""
+    if not (src / "dnsd" / "cli.py").exists():
+        raise SystemExit(f"--dnsd-src {src}: no dnsd/cli.py there")
+    start = f"import sys; sys.path.insert(0, {str(src.resolve())!r}); from dnsd.cli import main; sys.exit(main())"
+    return [*argv[:3], sys.executable, "-c", start, *argv[4:]]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/tail.py", description=__doc__)
     ap.add_argument("--only", default=f"geotm,{FEED_ROW},knot",
@@ -93,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="runs per server; the table shows medians (default 5)")
     ap.add_argument("--config", default=str(ROOT / "config" / "example.yaml"), help="geotm config to mirror")
     ap.add_argument("--json", default=str(HERE / "results" / "tail.json"), help="raw results file")
+    ap.add_argument("--dnsd-src", default="",
+                    help="run the geotm rows from the dnsd package in this folder (e.g. `git archive OLD dnsd | "
+                         "tar -x -C DIR`), with this repo's Python and libraries: the 'before' of a before/after")
     args = ap.parse_args(argv)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt(f"signal {signum}")))
@@ -116,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             if feed is not None and s.name == FEED_ROW:
                 with_health_feed(tmp / s.name / "geotm.yaml", f"http://127.0.0.1:{feed.server_port}/v1/health",
                                  tmp / s.name)
+            if s.is_geotm and args.dnsd_src:
+                s.argv = older_dnsd(s.argv, Path(args.dnsd_src))
             child = peers.start(s, tmp / f"{s.name}.log", tmp / s.name)
             try:
                 peers.wait_answering(s, m)
