@@ -34,17 +34,28 @@ FEED_ROW = "geotm+feed"
 
 
 def serve_health_feed(m: bl.ZoneModel) -> http.server.ThreadingHTTPServer:
-    """A probes stand-in on a free loopback port: every replica online, a fresh document (200, no
-    ETag) on every poll, as a probes instance serves it. Runs in a thread of this process."""
+    """A probes stand-in on a free loopback port: every replica online, answered as probes answers
+    (an ETag; 304 when dnsd already has that document), so dnsd polls each second and saves its state
+    file every 5 s, as in production. Runs in a thread of this process."""
     endpoints = [{"registry": reg.name, "replica": rep.name, "status": "online", "reason": "bench",
                   "since": time.time()} for reg in m.registries for rep in reg.replicas]
+    body = json.dumps({"format": FEED_FORMAT, "instance": "bench", "generation": 1,
+                       "generated_at": time.time(), "endpoints": endpoints}).encode()
+    etag = '"bench-1"'
 
     class Feed(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as aiohttp's session would get from probes
+
         def do_GET(self):
-            body = json.dumps({"format": FEED_FORMAT, "instance": "bench", "generation": 1,
-                               "generated_at": time.time(), "endpoints": endpoints}).encode()
+            if self.headers.get("If-None-Match") == etag:
+                self.send_response(304)
+                self.send_header("ETag", etag)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
+            self.send_header("ETag", etag)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
