@@ -116,8 +116,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="run the geotm rows from the dnsd package in this folder (e.g. `git archive OLD dnsd | "
                          "tar -x -C DIR`), with this repo's Python and libraries: the 'before' of a before/after")
     args = ap.parse_args(argv)
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt(f"signal {signum}")))
+        signal.signal(sig, on_signal)
     wanted = [w.strip() for w in args.only.split(",") if w.strip()]
     servers = [s for s in peers.all_servers() if s.name in wanted]
     if FEED_ROW in wanted:

@@ -4,10 +4,13 @@ limit, geotm's ratios to each peer, the printed table) and of the many-source lo
 addresses). No peer server needed."""
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,10 +24,14 @@ sys.path.insert(0, str(BENCH))
 import benchlib as bl  # noqa: E402
 import dnsperfout as dp  # noqa: E402
 import manysrc  # noqa: E402
+import peerconfig  # noqa: E402
+import tail  # noqa: E402
 from measure import cpu_figures  # noqa: E402
 from report import build_rows, cpu_ratio_lines, limit_of  # noqa: E402
 
+from dnsd.config import load_config  # noqa: E402
 from dnsd.protocol import wire  # noqa: E402
+from dnsd.routing.health import FeedDocument, Status  # noqa: E402
 
 
 @pytest.mark.parametrize("server,load,limit", [
@@ -148,3 +155,46 @@ def test_manysrc_refuses_bad_arguments(tmp_path, argv):
     binary = manysrc.build(tmp_path)
     r = subprocess.run([str(binary), *argv], capture_output=True, text=True, timeout=10)
     assert r.returncode == 2 and r.stderr
+
+
+def test_tail_health_feed_stand_in_and_config(tmp_path):
+    """bench/tail.py's geotm+feed row: a valid config polling the stand-in, which serves every
+    replica online and answers 304 to its own ETag, as probes does."""
+    model = bl.load_model(ROOT / "config" / "example.yaml")
+    feed = tail.serve_health_feed(model)
+    try:
+        url = f"http://127.0.0.1:{feed.server_port}/v1/health"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            document = FeedDocument.from_json(json.loads(response.read()))
+            etag = response.headers["ETag"]
+        assert {key: h.status for key, h in document.endpoints.items()} == {
+            ("contoso", rep): Status.ONLINE for rep in ("eastus", "westeurope", "southeastasia")}
+        again = urllib.request.Request(url, headers={"If-None-Match": etag})
+        with pytest.raises(urllib.error.HTTPError) as not_modified:
+            urllib.request.urlopen(again, timeout=5)
+        assert not_modified.value.code == 304
+    finally:
+        feed.shutdown()
+    config_file = tmp_path / "geotm.yaml"
+    config_file.write_text(peerconfig.geotm_bench_config(ROOT / "config" / "example.yaml", tmp_path, 5353))
+    tail.with_health_feed(config_file, "http://127.0.0.1:9/v1/health", tmp_path)
+    health = load_config(config_file).health
+    assert health.feeds == ("http://127.0.0.1:9/v1/health",) and health.poll_interval == 1.0
+    assert health.state_file == str(tmp_path / "dnsd-health.json")
+
+
+def test_tail_runs_an_older_dnsd(tmp_path):
+    (tmp_path / "dnsd").mkdir()
+    (tmp_path / "dnsd" / "cli.py").write_text("")
+    argv = tail.older_dnsd(["taskset", "-c", "0", "/venv/bin/dnsd", "serve", "--config", "c.yaml"], tmp_path)
+    assert argv[:4] == ["taskset", "-c", "0", sys.executable] and argv[-3:] == ["serve", "--config", "c.yaml"]
+    assert repr(str(tmp_path.resolve())) in argv[5]
+    with pytest.raises(SystemExit):
+        tail.older_dnsd(argv, tmp_path / "nowhere")
+
+
+def test_tail_table_shows_medians():
+    runs = [{"p50_ms": 0.06, "p99_ms": p99, "p999_ms": p99 * 2, "server_cpu_cores": 0.3} for p99 in (0.1, 0.3, 0.2)]
+    table = tail.tail_table({"geotm": {"rate": 20000, "runs": runs}}).splitlines()
+    assert table[0].split() == ["server", "rate", "runs", "p50_ms", "p99_ms", "p999_ms", "srv_cpu"]
+    assert table[1].split() == ["geotm", "20000", "3", "0.060", "0.200", "0.400", "0.30"]
