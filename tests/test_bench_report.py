@@ -1,7 +1,8 @@
 """Checks of bench/run's CPU reporting (CPU per answered query, qps per busy core, which side was the
-limit, geotm's ratios to each peer, the printed table) and of the many-source load generator
+limit, geotm's ratios to each peer, the printed table), of the many-source load generator
 (bench/manysrc.c: its query file, and a short run against a Python responder counting source
-addresses). No peer server needed."""
+addresses) and of bench/tail.py's parts (the stand-in health feed, --dnsd-src, its table). No peer
+server needed."""
 from __future__ import annotations
 
 import json
