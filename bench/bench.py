@@ -21,6 +21,7 @@ sys.path[:0] = [str(HERE), str(ROOT)]  # bench's modules, and dnsd when it is no
 
 import benchlib as bl  # noqa: E402
 import dnsperfout  # noqa: E402
+import manysrc  # noqa: E402
 import peers  # noqa: E402
 from measure import CLIENTS, OUTSTANDING, WARMUP_S, measure, measure_latency  # noqa: E402
 from report import build_rows, print_report, versions  # noqa: E402
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=15, help="measured seconds per dnsperf run (default 15)")
     ap.add_argument("--runs", type=int, default=3, help="measured runs per server of the main mix and of the fixed-load latency run (default 3)")
     ap.add_argument("--variant-runs", type=int, default=1,
-                    help="runs of the ECS and VNet-source rows (default 1; 0 leaves them out)")
+                    help="runs of the ECS, VNet-source and 1,000-source rows (default 1; 0 leaves them out)")
     ap.add_argument("--only", default="", help="comma-separated servers: geotm,geotm-w2,knot,pdns,pdns-lua,gdnsd")
     ap.add_argument("--skip-install", action="store_true", help="do not apt-get install missing peers")
     ap.add_argument("--rate", type=int, default=0,
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": args.seconds, "runs": args.runs,
         "variant_runs": args.variant_runs, "warmup_s": WARMUP_S, "clients": CLIENTS, "outstanding": OUTSTANDING,
-        "ecs_subnet": bl.ECS_SUBNET, "vnet_source": bl.VNET_SOURCE, "versions": versions(), "servers": {},
+        "ecs_subnet": bl.ECS_SUBNET, "vnet_source": bl.VNET_SOURCE, "many_sources": manysrc.SOURCES,
+        "many_sources_first": manysrc.FIRST_SOURCE, "versions": versions(), "servers": {},
     }
     commands: list[str] = []
     rate = args.rate
@@ -96,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             mix[c] = mix.get(c, 0) + 1
         results["query_mix"] = mix
         results["query_file_lines"] = len(lines)
+        many = manysrc.build(tmp) if args.variant_runs > 0 else None
+        many_qfile = tmp / "queries.bin"
+        manysrc.write_query_file(lines, many_qfile)
         for s in servers:
             res = results["servers"].setdefault(s.name, {"desc": s.desc, "variants": {}})
             if not peers.have(s.binary) and not s.is_geotm:
@@ -131,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 res["loadavg_before"] = os.getloadavg()
                 measure(s, qfile, args.seconds, args.runs, args.variant_runs, res, commands)
+                if many is not None:
+                    manysrc.measure_many_sources(s, many, many_qfile, args.seconds, args.variant_runs, res, commands)
                 if not rate:
                     gq = results["servers"].get("geotm", {}).get("variants", {}).get("main", {}).get("runs", [])
                     qps = [r["qps"] for r in gq if "qps" in r]

@@ -82,7 +82,13 @@ def median(values: list[float]) -> float:
 # --------------------------------------------------------------------------------------------
 # The printed table, and its parser (for the optional end-to-end test).
 
-TABLE_HEADER = ("server", "qps", "srv_cpu", "mean_ms", "mean_ms@rate", "p99_ms@rate", "lost", "geotm/peer")
+TABLE_HEADER = ("server", "qps", "srv_cpu", "load_cpu", "us/query", "qps/core", "limit", "mean_ms",
+                "mean_ms@rate", "p99_ms@rate", "p999_ms@rate", "lost", "geotm/peer", "cpu_g/p")
+# (row key, cell format) per column after the server's name; parse_table reads them back
+_COLUMNS = (("qps", "{:.0f}"), ("cpu", "{:.2f}"), ("load_cpu", "{:.2f}"), ("us_per_query", "{:.2f}"),
+            ("qps_per_core", "{:.0f}"), ("limit", "{}"), ("mean_ms", "{:.3f}"), ("rate_mean_ms", "{:.3f}"),
+            ("p99_ms", "{:.3f}"), ("p999_ms", "{:.3f}"), ("lost", "{:d}"), ("ratio", "{:.2f}"),
+            ("cpu_ratio", "{:.2f}"))
 
 
 def format_table(rows: list[dict]) -> str:
@@ -93,16 +99,7 @@ def format_table(rows: list[dict]) -> str:
 
     body = [TABLE_HEADER]
     for r in rows:
-        body.append((
-            r["server"],
-            cell(r.get("qps"), "{:.0f}"),
-            cell(r.get("cpu"), "{:.2f}"),
-            cell(r.get("mean_ms"), "{:.3f}"),
-            cell(r.get("rate_mean_ms"), "{:.3f}"),
-            cell(r.get("p99_ms"), "{:.3f}"),
-            cell(r.get("lost"), "{:d}"),
-            cell(r.get("ratio"), "{:.2f}"),
-        ))
+        body.append((r["server"], *(cell(r.get(key), fmt) for key, fmt in _COLUMNS)))
     widths = [max(len(row[i]) for row in body) for i in range(len(TABLE_HEADER))]
     lines = []
     for i, row in enumerate(body):
@@ -121,19 +118,22 @@ def parse_table(text: str) -> list[dict]:
     else:
         raise ValueError("no table header in output")
     rows = []
+    n = len(_COLUMNS)
     for line in lines[i + 2:]:
         if not line.strip():
             break
         parts = line.split()
-        if len(parts) < 8:
+        if len(parts) < n + 1:
             break
-        name = " ".join(parts[:-7])
-        vals = parts[-7:]
-
-        def num(s, conv=float):
-            return None if s == "-" else conv(s)
-
-        rows.append({"server": name, "qps": num(vals[0]), "cpu": num(vals[1]), "mean_ms": num(vals[2]),
-                     "rate_mean_ms": num(vals[3]), "p99_ms": num(vals[4]), "lost": num(vals[5], int),
-                     "ratio": num(vals[6])})
+        row: dict = {"server": " ".join(parts[:-n])}
+        for (key, fmt), text_value in zip(_COLUMNS, parts[-n:]):
+            if text_value == "-":
+                row[key] = None
+            elif fmt == "{}":
+                row[key] = text_value
+            elif fmt == "{:d}":
+                row[key] = int(text_value)
+            else:
+                row[key] = float(text_value)
+        rows.append(row)
     return rows

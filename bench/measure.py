@@ -1,9 +1,10 @@
 """Load on a server: dnsperf runs pinned to the load core (the main mix and its ECS and VNet-source
-variants at full speed, then a fixed rate for per-query latency), with the server's CPU use over
-each run."""
+variants at full speed, then a fixed rate for per-query latency), plus the many-source row from our
+own load generator (manysrc.py), with the server's and the load generator's CPU use over each run."""
 from __future__ import annotations
 
 import os
+import resource
 import shlex
 import subprocess
 import time
@@ -45,6 +46,30 @@ def group_cpu_times(pgid: int) -> tuple[float, float]:
     return user / tick, system / tick
 
 
+def load_cpu_seconds() -> float:
+    """user + system CPU seconds of this process's finished children: read before and after a load
+    generator run, the difference is that run's own CPU (it is the only child reaped in between)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_figures(server_s: float, load_s: float, wall_s: float, answered: int | None,
+                run_s: float | None = None) -> dict:
+    """A run's CPU figures: cores busy (server, load generator), server CPU per answered query (us)
+    and answered queries per busy server core. `run_s`: the load generator's own run time, when it
+    reports one: the server's busy share is over that (dnsperf then waits up to its 5 s timeout for
+    lost queries, when the server is idle); the load generator's over the whole wall time (dnsperf
+    keeps spinning while it waits)."""
+    server_over = run_s if run_s else wall_s
+    return {"server_cpu_s": server_s, "load_cpu_s": load_s,
+            # the server's CPU use during the run (all its processes): near 1.0 core it was the limit
+            "server_cpu_cores": server_s / server_over if server_over > 0 else None,
+            # the load generator's (pinned to one core): near 1.0 core it was the limit
+            "load_cpu_cores": load_s / wall_s if wall_s > 0 else None,
+            "cpu_us_per_query": server_s / answered * 1e6 if answered and server_s > 0 else None,
+            "qps_per_core": answered / server_s if answered and server_s > 0 else None}
+
+
 def dnsperf_argv(port: int, qfile: Path, seconds: float, extra: list[str]) -> list[str]:
     return ["taskset", "-c", LOAD_CORE, "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile),
             "-l", f"{seconds:g}", "-c", str(CLIENTS), "-q", str(OUTSTANDING), *extra]
@@ -68,7 +93,8 @@ VARIANTS = {
     "ecs": ["-E", f"8:{bl.ecs_option_hex(bl.ECS_SUBNET)}"],
     "vnet": ["-a", bl.VNET_SOURCE],
 }
-VARIANT_LABEL = {"main": "", "ecs": " +ecs", "vnet": " vnet-src"}
+# row kinds in table order; "src1k" is manysrc.py's (not dnsperf's)
+VARIANT_LABEL = {"main": "", "ecs": " +ecs", "vnet": " vnet-src", "src1k": " 1k-src"}
 
 
 def measure(s: Server, qfile: Path, seconds: float, runs: int, variant_runs: int, result: dict,
@@ -85,17 +111,16 @@ def measure(s: Server, qfile: Path, seconds: float, runs: int, variant_runs: int
             if i == 0:
                 commands.append(shlex.join(warm) + "    # warm-up before every measured run, discarded")
                 commands.append(shlex.join(argv))
-            cpu0, t0 = group_cpu_seconds(s.child.pid), time.monotonic()
+            cpu0, load0, t0 = group_cpu_seconds(s.child.pid), load_cpu_seconds(), time.monotonic()
             rc, out = run_dnsperf(argv, seconds + 60)
-            cpu1, t1 = group_cpu_seconds(s.child.pid), time.monotonic()
+            cpu1, load1, t1 = group_cpu_seconds(s.child.pid), load_cpu_seconds(), time.monotonic()
             try:
                 parsed = dnsperfout.parse_dnsperf(out)
             except ValueError:
                 parsed = {"error": f"dnsperf exit {rc}", "output": out[-2000:]}
             parsed["argv"] = argv
-            # the server's CPU use during the run (all its processes), to tell a server-bound
-            # figure (near 1.0 core) from a dnsperf-bound one
-            parsed["server_cpu_cores"] = (cpu1 - cpu0) / (t1 - t0) if t1 > t0 else None
+            parsed.update(cpu_figures(cpu1 - cpu0, load1 - load0, t1 - t0, parsed.get("queries_completed"),
+                                      parsed.get("run_time_s")))
             vres["runs"].append(parsed)
             bl.log(f"{s.name} {variant} run {i + 1}/{n}: {parsed.get('qps', 'FAILED')} qps, "
                 f"lost {parsed.get('queries_lost', '-')}")
@@ -118,9 +143,9 @@ def measure_latency(s: Server, qfile: Path, seconds: float, runs: int, rate: int
         if i == 0:
             commands.append(shlex.join(warm) + "    # warm-up before every latency run, discarded")
             commands.append(shlex.join(argv) + f" > {outfile.name}    # fixed load, per-query latencies from -v")
-        cpu0, t0 = group_cpu_seconds(s.child.pid), time.monotonic()
+        cpu0, load0, t0 = group_cpu_seconds(s.child.pid), load_cpu_seconds(), time.monotonic()
         rc, out = run_dnsperf(argv, seconds + 60, outfile)
-        cpu1, t1 = group_cpu_seconds(s.child.pid), time.monotonic()
+        cpu1, load1, t1 = group_cpu_seconds(s.child.pid), load_cpu_seconds(), time.monotonic()
         outfile.unlink(missing_ok=True)
         lat, codes = dnsperfout.parse_verbose_latencies(out)
         try:
@@ -133,10 +158,10 @@ def measure_latency(s: Server, qfile: Path, seconds: float, runs: int, rate: int
             "p50_ms": dnsperfout.percentile(lat, 50) * 1000 if lat else None,
             "p99_ms": dnsperfout.percentile(lat, 99) * 1000 if lat else None,
             "p999_ms": dnsperfout.percentile(lat, 99.9) * 1000 if lat else None,
-            # the server's CPU at this rate: at a rate every server sustains, CPU per query compares
-            # like with like (at saturation a faster server also saves the kernel's wake-ups)
-            "server_cpu_cores": (cpu1 - cpu0) / (t1 - t0) if t1 > t0 else None,
         }
+        # the server's CPU at this rate: at a rate every server sustains, CPU per query compares like
+        # with like (at saturation a faster server also saves the kernel's wake-ups)
+        run.update(cpu_figures(cpu1 - cpu0, load1 - load0, t1 - t0, len(lat), summary.get("run_time_s")))
         run["saturated"] = bool(summary.get("qps") and summary["qps"] < 0.95 * rate)
         out_runs.append(run)
         bl.log(f"{s.name} latency run {i + 1} at {rate} qps: mean {_ms(run['mean_ms'])} ms, p99 {_ms(run['p99_ms'])} ms")
@@ -145,6 +170,9 @@ def measure_latency(s: Server, qfile: Path, seconds: float, runs: int, rate: int
         "rate": rate, "runs": out_runs,
         "mean_ms": dnsperfout.median([r["mean_ms"] for r in good]) if good else None,
         "p99_ms": dnsperfout.median([r["p99_ms"] for r in good]) if good else None,
+        "p999_ms": dnsperfout.median([r["p999_ms"] for r in good]) if good else None,
+        "cpu_us_per_query": dnsperfout.median([r["cpu_us_per_query"] for r in good if r["cpu_us_per_query"]])
+        if good else None,
         "saturated": any(r["saturated"] for r in out_runs),
     }
 

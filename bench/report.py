@@ -1,13 +1,18 @@
-"""What bench/run reports: the servers' versions, the table rows (medians per server and row kind,
-geotm's ratio to each peer) and the printed summary with the commands that made it."""
+"""What bench/run reports: the servers' versions, the table rows (medians per server and row kind:
+qps, CPU per answered query, qps per busy server core, which side was the limit, geotm's ratio to
+each peer in qps and in CPU per query) and the printed summary with the commands that made it."""
 from __future__ import annotations
 
 import re
 import subprocess
 
 import dnsperfout
-from measure import LOAD_CORE, VARIANT_LABEL, VARIANTS
+from measure import LOAD_CORE, VARIANT_LABEL
 from peers import SERVER_CORE
+
+# a core at least this busy during a full-speed run was the limit (the rest of a second goes to
+# wake-ups and the machine's other work)
+BUSY = 0.9
 
 
 def versions() -> dict:
@@ -24,36 +29,81 @@ def versions() -> dict:
     return out
 
 
+def limit_of(server_cores: float | None, load_cores: float | None) -> str | None:
+    """Which side held a full-speed run back: "server" (its core busy), "load" (the load generator's
+    core saturated while the server's was not: the qps is the load generator's, compare CPU per query
+    instead), "neither" (both below: the machine), None when unknown."""
+    if server_cores is None:
+        return None
+    if server_cores >= BUSY:
+        return "server"
+    if load_cores is None:
+        return None
+    return "load" if load_cores >= BUSY else "neither"
+
+
+def _median_of(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return dnsperfout.median(values) if values else None
+
+
 def build_rows(results: dict) -> list[dict]:
     rows = []
-    geotm_qps: dict[str, float] = {}
+    geotm: dict[str, dict] = {}  # row kind -> geotm's row (for the ratios)
     for name, res in results["servers"].items():
         for variant, v in res.get("variants", {}).items():
             qps = [r["qps"] for r in v["runs"] if "qps" in r]
             v["median_qps"] = dnsperfout.median(qps) if qps else None
-            if name == "geotm" and qps:
-                geotm_qps[variant] = v["median_qps"]
     for name, res in results["servers"].items():
-        for variant in VARIANTS:
+        for variant in VARIANT_LABEL:
             v = res.get("variants", {}).get(variant)
             if not v or not v["runs"]:
                 continue
             runs = [r for r in v["runs"] if "qps" in r]
-            row = {"server": name + VARIANT_LABEL[variant], "qps": v.get("median_qps"),
+            row = {"server": name + VARIANT_LABEL[variant], "kind": variant, "qps": v.get("median_qps"),
                    "mean_ms": dnsperfout.median([r["avg_latency_s"] * 1000 for r in runs if "avg_latency_s" in r]) if runs
                    else None,
                    "lost": sum(r.get("queries_lost", 0) for r in runs) if runs else None,
-                   "cpu": dnsperfout.median([r["server_cpu_cores"] for r in runs if r.get("server_cpu_cores") is not None])
-                   if runs else None,
-                   "ratio": None, "rate_mean_ms": None, "p99_ms": None}
+                   "cpu": _median_of(runs, "server_cpu_cores"),
+                   "load_cpu": _median_of(runs, "load_cpu_cores"),
+                   "us_per_query": _median_of(runs, "cpu_us_per_query"),
+                   "qps_per_core": _median_of(runs, "qps_per_core"),
+                   "ratio": None, "cpu_ratio": None, "rate_mean_ms": None, "p99_ms": None, "p999_ms": None}
+            row["limit"] = limit_of(row["cpu"], row["load_cpu"])
             if variant == "main" and "latency" in res:
                 row["rate_mean_ms"] = res["latency"].get("mean_ms")
                 row["p99_ms"] = res["latency"].get("p99_ms")
+                row["p999_ms"] = res["latency"].get("p999_ms")
+                row["rate_us_per_query"] = res["latency"].get("cpu_us_per_query")
                 row["saturated"] = res["latency"].get("saturated")
-            if not name.startswith("geotm") and geotm_qps.get(variant) and row["qps"]:
-                row["ratio"] = geotm_qps[variant] / row["qps"]
+            if name == "geotm":
+                geotm[variant] = row
             rows.append(row)
+    for row in rows:
+        ours = geotm.get(row["kind"])
+        if ours is None or row["server"].startswith("geotm"):
+            continue
+        if ours["qps"] and row["qps"]:
+            row["ratio"] = ours["qps"] / row["qps"]
+        if ours["us_per_query"] and row["us_per_query"]:
+            # geotm's CPU per answered query over this server's: below 1, geotm is cheaper per query
+            row["cpu_ratio"] = ours["us_per_query"] / row["us_per_query"]
     return rows
+
+
+def cpu_ratio_lines(rows: list[dict]) -> list[str]:
+    """'geotm CPU/query = 1.12 x knot' for every peer row with both figures."""
+    out = []
+    for row in rows:
+        if row.get("cpu_ratio") is None:
+            continue
+        kind = row["kind"]
+        label = VARIANT_LABEL[kind].strip()
+        peer = row["server"][: len(row["server"]) - len(VARIANT_LABEL[kind])]
+        ours = f"geotm {label}".strip()
+        out.append(f"{ours} CPU/query = {row['cpu_ratio']:.2f} x {peer} "
+                   f"({row['us_per_query'] * row['cpu_ratio']:.2f} us against {row['us_per_query']:.2f} us)")
+    return out
 
 
 def print_report(results: dict, json_path: str) -> None:
@@ -69,11 +119,20 @@ def print_report(results: dict, json_path: str) -> None:
     print()
     for name in failed:
         print(f"FAILED {name}: {results['servers'][name].get('error')}")
+    for line in cpu_ratio_lines(rows):
+        print(line)
     sat = [r["server"] for r in rows if r.get("saturated")]
     if sat:
         print(f"note: {', '.join(sat)} could not sustain {rate} qps in the latency run: its latency is queueing")
-    print("ratio = geotm qps / this server's qps in the same row kind (main, +ecs, vnet-src); "
-          "srv_cpu = server cores busy during the measured runs (below ~0.95: dnsperf-bound)")
+    bound = [r["server"] for r in rows if r.get("limit") == "load"]
+    if bound:
+        print(f"load-generator-limited (limit=load): {', '.join(bound)}: their qps is the load generator's; "
+              "compare us/query and qps/core")
+    print(f"srv_cpu, load_cpu = cores busy (server; dnsperf or manysrc) during the measured runs; us/query = "
+          f"server CPU per answered query; qps/core = answered queries per busy server core; limit = which "
+          f"side was at >= {BUSY} core (load: the load generator, not the server); geotm/peer = geotm qps / "
+          f"this row's qps, cpu_g/p = geotm us/query / this row's (below 1: geotm cheaper), same row kind; "
+          f"@rate = the fixed-rate run")
     print()
     print("commands:")
     for c in results["commands"]:

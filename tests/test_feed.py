@@ -3,12 +3,14 @@ errors, expiry (fail open), quorum across vantage points, persistence across res
 from __future__ import annotations
 
 import json
+import threading
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from dnsd.routing import feed as feed_module
 from dnsd.routing.feed import HealthFeed
 from dnsd.routing.health import EndpointHealth, FeedDocument, Status
 from dnsd.model import HealthFeedSettings
@@ -251,6 +253,32 @@ async def test_state_survives_a_restart(probes_servers, tmp_path):
     clock.now += 20.0                       # but it still expires by the TTL
     restarted.refresh()
     assert status_of(restarted_applied) is Status.ONLINE
+
+
+async def test_state_is_written_off_the_event_loop(probes_servers, tmp_path, monkeypatch):
+    """The poll loop's state save: the same file as save_state, its write and fsync in another thread."""
+    server = probes_servers[0]
+    server.serve(document(1, eastus="degraded", westeurope="online"), '"1"')
+    clock, applied = Clock(), []
+    written_by = []
+    write = feed_module.write_text_atomically
+
+    def recording_write(path, text):
+        written_by.append(threading.get_ident())
+        write(path, text)
+
+    monkeypatch.setattr(feed_module, "write_text_atomically", recording_write)
+    on_loop = make_feed([server.url], clock, applied, state_file=str(tmp_path / "sync.json"))
+    off_loop = make_feed([server.url], clock, applied, state_file=str(tmp_path / "thread.json"))
+    async with aiohttp.ClientSession() as session:
+        await poll(on_loop, session)
+        await poll(off_loop, session)
+    on_loop.save_state(force=True)
+    await off_loop.save_state_off_loop(force=True)
+    assert written_by[0] == threading.get_ident() and written_by[1] != threading.get_ident()
+    assert (tmp_path / "thread.json").read_text() == (tmp_path / "sync.json").read_text()
+    await off_loop.save_state_off_loop()                     # not due: 5 s since the last save
+    assert len(written_by) == 2
 
 
 async def test_unreadable_state_file_is_ignored(tmp_path):

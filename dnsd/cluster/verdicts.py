@@ -50,7 +50,7 @@ class VerdictFollower(PrefixFollower):
                 if document is not None:
                     self.feed.set_cluster_verdicts(instance, document)
         self.feed.refresh()
-        self.feed.save_state(force=True)
+        await self.feed.save_state_off_loop(force=True)  # the fsync in a thread: answering goes on
 
     def _lost(self) -> None:
         self.feed.cluster_unreachable()

@@ -14,7 +14,7 @@ import aiohttp
 import structlog
 
 from dnsd.routing.feedaccess import FeedAccessError, FeedTrust
-from dnsd.common.files import write_json_atomically
+from dnsd.common.files import json_text, write_text_atomically
 from dnsd.routing.health import RECOVERING, SUSPECT, EndpointHealth, FeedDocument, HealthSnapshot, Status
 from dnsd.model import HealthFeedSettings
 from dnsd.common.logs import LogGate
@@ -94,10 +94,35 @@ class HealthFeed:
             log.warning("health_state_unreadable", path=path, error=str(err))
 
     def save_state(self, force: bool = False) -> None:
+        due = self._state_due(force)
+        if due is not None:
+            path, text, now = due
+            try:
+                write_text_atomically(path, text)
+            except OSError as err:
+                log.warning("health_state_not_saved", path=path, error=str(err))
+            else:
+                self._last_saved = now
+
+    async def save_state_off_loop(self, force: bool = False) -> None:
+        """save_state with the file write and its fsync (milliseconds on a disk, every 5 s while
+        polling) in a thread, so answering never waits for the disk."""
+        due = self._state_due(force)
+        if due is not None:
+            path, text, now = due
+            try:
+                await asyncio.to_thread(write_text_atomically, path, text)
+            except OSError as err:
+                log.warning("health_state_not_saved", path=path, error=str(err))
+            else:
+                self._last_saved = now
+
+    def _state_due(self, force: bool) -> tuple[str, str, float] | None:
+        """(path, the state file's text, now) when a save is due: forced, or 5 s since the last."""
         path = self.settings.state_file
         now = self.clock()
         if not path or (not force and now - self._last_saved < 5.0):
-            return
+            return None
         data = {"format": STATE_FORMAT,
                 "feeds": [{"url": f.url, "fetched_at": f.fetched_at, "document": f.document.to_json()}
                           for f in self.feeds if f.document is not None],
@@ -105,11 +130,7 @@ class HealthFeed:
                 "cluster_feeds": [{"instance": instance, "fetched_at": now if f.leased else f.fetched_at,
                                    "document": f.document.to_json()}
                                   for instance, f in self.cluster_feeds.items() if f.document is not None]}
-        try:
-            write_json_atomically(path, data)
-            self._last_saved = now
-        except OSError as err:
-            log.warning("health_state_not_saved", path=path, error=str(err))
+        return path, json_text(data), now
 
     # -- combining ------------------------------------------------------------------------------
 
@@ -257,5 +278,5 @@ class HealthFeed:
                 started = time.monotonic()
                 results = await asyncio.gather(*(self.fetch(session, feed) for feed in self.feeds))
                 changed = self.refresh()
-                self.save_state(force=changed or any(results))
+                await self.save_state_off_loop(force=changed or any(results))
                 await asyncio.sleep(max(0.05, self.settings.poll_interval - (time.monotonic() - started)))
