@@ -127,3 +127,18 @@ def test_a_source_that_is_no_address_is_answered_without_the_shared_cache():
     reply = engine.handle(make_query("contoso.azurecr.test").to_wire(), "not-an-address", False)
     assert reply[3] & 0xF == 2  # SERVFAIL, as before: the bug costs one answer
     assert engine.client_classes == {"not-an-address": None} and engine.shared == {}
+
+
+@pytest.mark.parametrize("with_release", [True, False])
+def test_a_full_cache_is_replaced_and_handed_to_release(monkeypatch, with_release):
+    """A full cache is not cleared in one stall on the query path: the engine starts a new dict and
+    hands the full one to `release` (the service frees it in slices); without one it is cleared."""
+    monkeypatch.setattr(runtime, "PACKET_CACHE_SIZE", 3)
+    engine = engine_from()
+    released: list[dict] = []
+    engine.release = released.extend if with_release else None
+    names = [f"n{i}.azurecr.test" for i in range(5)]
+    for name in names:
+        engine.handle(make_query(name).to_wire(), "127.0.0.5", False)
+    assert len(engine.cache) == 2 and len(engine.shared) == 2  # 3 kept, then a new dict for the 4th and 5th
+    assert [len(full) for full in released] == ([3, 3] if with_release else [])

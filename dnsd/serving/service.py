@@ -108,6 +108,7 @@ class Dnsd:
         self._flushes_seen = _file_size(flush_file)
         self.engine = QueryEngine(new_snapshot(config, overrides=self.overrides.current()),
                                   self._new_forwarder(config))
+        self.engine.release = self._free_later  # full packet caches freed in slices, as a swap's
         self.feed: HealthFeed | None = None
         self.all_down_activations: dict[str, int] = {}
         self.reloads = {"ok": 0, "failed": 0}
