@@ -98,7 +98,7 @@ class BatchedUdp:
                 replies.append((slot, reply))
             dropped = channel.send(replies)
             if dropped:
-                self._dropped(misses[0][2] if misses else "", dropped)
+                self._dropped(None, dropped)  # the last replies of the batch, to whichever clients
             if received < BATCH:  # the socket is drained: spare the recvmmsg that would say EAGAIN
                 return
 
@@ -124,7 +124,7 @@ class BatchedUdp:
         except OSError as exc:
             log.debug("udp_error", error=str(exc))
 
-    def _dropped(self, client: str, replies: int) -> None:
+    def _dropped(self, client: str | None, replies: int) -> None:
         suppressed = self._context.udp_drops.admit()
         if suppressed is not None:
             log.warning("udp_reply_dropped", client=client, reason="send buffer full", replies=replies,
