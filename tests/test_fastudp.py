@@ -9,6 +9,7 @@ import asyncio
 import json
 import shutil
 import socket
+import struct
 import sysconfig
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from dnsd.protocol.udp import BATCH_ENV, batched_io_unavailable
 from dnsd.routing.health import EndpointHealth, HealthSnapshot, Status
 from dnsd.serving.runtime import QueryEngine, Snapshot, new_snapshot
 from tests import harness
-from tests.dnstest import engine_from, example_dict, isolated_example, make_query
+from tests.dnstest import engine_from, example_dict, isolated_example, make_query, variant
 
 try:
     from tests.test_server_io import ipv6_loopback
@@ -46,6 +47,14 @@ def _chaos() -> bytes:
     return dns.message.make_query("version.bind", "TXT", rdclass=dns.rdataclass.CH).to_wire()
 
 
+def _padded(size: int) -> bytes:
+    """A query made big by EDNS padding (option 12): the listener must read it whole."""
+    plain = _wire(make_query("contoso.azurecr.test", edns=False))
+    option = struct.pack("!HH", 12, size) + b"\0" * size
+    opt = b"\0" + struct.pack("!HHIH", 41, 1232, 0, len(option)) + option  # root, OPT, size, TTL, rdata
+    return plain[:10] + b"\x00\x01" + plain[12:] + opt  # ARCOUNT 1
+
+
 def _as_response() -> bytes:
     data = bytearray(_wire(make_query("contoso.azurecr.test")))
     data[2] |= 0x80  # QR: a response, never answered
@@ -64,6 +73,10 @@ QUERIES = [
     ("privatelink CNAME",       _wire(make_query("contoso.privatelink.azurecr.test"))),
     ("apex ANY, 512 bytes",     _wire(make_query("azurecr.test", "ANY", payload=512))),
     ("apex ANY, no EDNS",       _wire(make_query("azurecr.test", "ANY", edns=False))),
+    ("big TXT, EDNS 4096",      _wire(make_query("big.contoso.azurecr.test", "TXT", payload=4096))),
+    ("big TXT, EDNS 600 (TC)",  _wire(make_query("big.contoso.azurecr.test", "TXT", payload=600))),
+    ("big TXT, no EDNS (TC)",   _wire(make_query("big.contoso.azurecr.test", "TXT", edns=False))),
+    ("a 9 kB query",            _padded(9000)),
     ("NXDOMAIN",                _wire(make_query("nothing.azurecr.test"))),
     ("outside the zone",        _wire(make_query("example.com"))),
     ("AXFR",                    _wire(make_query("azurecr.test", "AXFR"))),
@@ -75,6 +88,15 @@ QUERIES = [
     ("two bytes",               b"\x12\x34"),
     ("a response",              _as_response()),
 ]
+
+
+def _config() -> dict:
+    """The example, plus a ~1 kB TXT answer (truncated for clients offering less than that)."""
+    zone = example_dict()["zone"]
+    zone["soa"]["serial"] = 2026120201  # not `auto` (the load time): every server gives the same SOA
+    big = {"name": "big.contoso", "type": "TXT", "ttl": 300, "values": [f"{i}" + "x" * 160 for i in range(6)]}
+    zone["records"] = [*zone["records"], big]
+    return variant(zone=zone)
 
 
 def _with_id(data: bytes, qid: int) -> bytes:
@@ -105,7 +127,7 @@ CLIENTS = ["127.0.0.1"] + (["::1"] if ipv6_loopback() else [])
 async def test_replies_and_counts_are_the_engines(udp_io, client):
     """Every query three times (a miss, a hit, a hit with another ID): the bytes the engine's handle()
     gives for it, and the engine counts what a reference engine asked directly counts."""
-    engine, reference = engine_from(), engine_from()
+    engine, reference = engine_from(_config()), engine_from(_config())
     server = DnsServer(engine.handle, [(client, 0)], packet_cache=engine)
     await server.start()
     try:
@@ -236,9 +258,7 @@ async def test_start_up_says_which_udp_io(monkeypatch, udp_io_setting, batched):
 def test_real_dnsd_answers_the_same_both_ways(tmp_path, monkeypatch):
     """The real server, once batched and once on asyncio (GEOTM_UDP_BATCH=0): the same bytes for every
     query of the table, asked three times; its start-up log says which way it serves."""
-    zone = example_dict()["zone"]
-    zone["soa"]["serial"] = 2026120201  # not `auto` (the load time): both servers give the same SOA
-    config = isolated_example(tmp_path, zone=zone)
+    config = isolated_example(tmp_path, zone=_config()["zone"])
     monkeypatch.delenv(BATCH_ENV, raising=False)
     if batched_io_unavailable() is not None:
         pytest.skip(f"batched UDP I/O unavailable: {batched_io_unavailable()}")
