@@ -1,12 +1,16 @@
-"""Rebuild cost: how long config load, table compile and a health swap take for 1, 100 and 1,000
-registries of 3-6 replicas, and whether queries keep flowing while a real dnsd reloads.
+"""Rebuild cost: how long config load, table compile and a health swap take for registries (3-6
+replicas each) x client networks, and whether queries keep flowing while a real dnsd reloads and while
+replicas are drained and forced down through its admin API.
 
-    .venv/bin/python bench/rebuild.py            # table of timings (medians of 3)
-    .venv/bin/python bench/rebuild.py --live     # also: reload a running dnsd under query load
+    .venv/bin/python bench/rebuild.py            # table of timings (health swap: medians of 3)
+    .venv/bin/python bench/rebuild.py --live     # also: reload, drain and force down in a running dnsd under load
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
+import json
 import random
 import shutil
 import signal
@@ -16,9 +20,13 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
+from types import MappingProxyType
 
+import dns.edns
 import dns.message
+import structlog
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,22 +35,45 @@ sys.path.insert(0, str(ROOT))
 from dnsd import names  # noqa: E402
 from dnsd.common.children import Child, free_port  # noqa: E402
 from dnsd.config import parse_config_text, read_document  # noqa: E402
+from dnsd.model import ClientNetwork  # noqa: E402
 from dnsd.routing.health import EndpointHealth, HealthSnapshot, Status  # noqa: E402
-from dnsd.serving.runtime import build_plans, new_snapshot  # noqa: E402
+from dnsd.serving.runtime import build_plans  # noqa: E402
+from dnsd.serving.service import Dnsd  # noqa: E402
 
 EXAMPLE = ROOT / "config" / "example.yaml"
 REGIONS = ["eastus", "westus", "westeurope", "northeurope", "southeastasia", "japaneast"]
 
 
-def config_text(registries: int, seed: int = 7) -> str:
-    """A config with `registries` registries of 3-6 replicas each, a VNet view holding a tenth of them."""
+NETWORK_BASE = 0x14000000  # 20.0.0.0: client network i is the /24 at NETWORK_BASE + 256 i
+
+
+def network_cidr(index: int) -> str:
+    address = NETWORK_BASE + 256 * index
+    return f"{address >> 24}.{(address >> 16) & 255}.{(address >> 8) & 255}.0/24"
+
+
+def network_region(index: int) -> str:
+    return REGIONS[(index * 7919) % len(REGIONS)]  # spread over the regions, the same on every run
+
+
+def client_networks(count: int) -> tuple[ClientNetwork, ...]:
+    """`count` client networks (/24s) spread over the regions, built without YAML (timing table)."""
+    import ipaddress  # start-up: only the timing table builds networks directly
+    return tuple(ClientNetwork(ipaddress.ip_network(network_cidr(i)), network_region(i)) for i in range(count))
+
+
+def config_text(registries: int, seed: int = 7, networks: int = 0, admin: tuple[int, str] | None = None) -> str:
+    """A config with `registries` registries of 3-6 replicas each, a VNet view holding a tenth of them,
+    `networks` client networks (else the example's), and the admin API on (port, token file) if given."""
     rng = random.Random(seed)
     data = read_document(EXAMPLE)
     data["regions"] = REGIONS
     data["latency_ms"] = {a: {b: 20 + 30 * abs(i - j) for j, b in enumerate(REGIONS) if j > i}
                           for i, a in enumerate(REGIONS) if i < len(REGIONS) - 1}
     data["health"] = {}
-    data["admin"] = {"listen": "off"}
+    data["admin"] = {"listen": "off"} if admin is None else {"listen": f"127.0.0.1:{admin[0]}", "token_file": admin[1]}
+    if networks:
+        data["clients"]["networks"] = {network_cidr(i): network_region(i) for i in range(networks)}
     data["registries"] = {}
     endpoints = {}
     address = 0x0A640000  # 10.100.0.0
@@ -72,19 +103,39 @@ def timed(function, runs: int = 3) -> tuple[float, object]:
     return statistics.median(times), result
 
 
-def measure(counts: list[int], runs: int) -> list[dict]:
-    rows = []
-    for count in counts:
-        text = config_text(count)
-        load_s, config = timed(lambda: parse_config_text(text, f"{count}.yaml"), runs)
-        compile_s, snapshot = timed(lambda: new_snapshot(config), runs)
+def parse_grid(text: str) -> list[tuple[int, int]]:
+    """"1x10000,1000x100000" -> [(registries, networks), ...]"""
+    return [(int(a), int(b)) for a, b in (cell.lower().split("x") for cell in text.split(","))]
+
+
+def measure(grid: list[tuple[int, int]], runs: int) -> list[dict]:
+    """Per (registries, networks): YAML load (registries only), compile (a Dnsd started: 1 run, it is per
+    reload, off the loop), and a probe verdict about one replica (Dnsd.apply_health: health known for
+    every replica, one of them flips; what the event loop spends) and every plan rebuilt (build_plans):
+    medians of `runs`. The client networks are put into the parsed config directly (100k of them in
+    YAML would time the parser, not the rebuild)."""
+    structlog.configure(logger_factory=structlog.ReturnLoggerFactory())  # routing events: built, not printed
+    rows, configs = [], {}
+    for count, networks in grid:
+        if count not in configs:
+            text = config_text(count)
+            configs[count] = timed(lambda: parse_config_text(text, f"{count}.yaml"), runs)
+        load_s, parsed = configs[count]
+        config = dataclasses.replace(parsed, topology=dataclasses.replace(parsed.topology,
+                                                                          client_networks=client_networks(networks)))
+        compile_s, server = timed(lambda: Dnsd(config), 1)
+        online = HealthSnapshot(1, MappingProxyType({(reg.name, rep.name): EndpointHealth(Status.ONLINE, "HTTP 200")
+                                                     for reg in config.registries for rep in reg.replicas}))
+        server.apply_health(online)
         first = config.registries[0]
-        degraded = HealthSnapshot().with_status(first.name, first.replicas[0].name,
-                                                EndpointHealth(Status.DEGRADED, "bench", 0.0))
-        swap_s, _ = timed(lambda: build_plans(config, degraded, snapshot.overrides), runs)
-        entries = sum(len(table) for table in snapshot.compiled.exact)
-        rows.append({"registries": count, "replicas": sum(len(r.replicas) for r in config.registries),
-                     "answers": entries, "load_s": load_s, "compile_s": compile_s, "health_swap_s": swap_s})
+        degraded = online.with_status(first.name, first.replicas[0].name, EndpointHealth(Status.DEGRADED, "bench"))
+        verdicts = itertools.cycle((degraded, online))  # every run a real change, alternately
+        swap_s, _ = timed(lambda: server.apply_health(next(verdicts)), runs)
+        all_plans_s, _ = timed(lambda: build_plans(config, degraded, server.snapshot.overrides), runs)
+        entries = sum(len(table) for table in server.snapshot.compiled.exact)
+        rows.append({"registries": count, "networks": networks, "replicas": sum(len(r.replicas) for r in config.registries),
+                     "answers": entries, "load_s": load_s, "compile_s": compile_s, "health_swap_s": swap_s,
+                     "all_plans_s": all_plans_s})
     return rows
 
 
@@ -140,16 +191,19 @@ class LiveDnsd:
         self.process.stop(grace=15)
 
 
-def query_wires(registries: int, zone: str, count: int = 512) -> list[bytes]:
+def query_wires(registries: int, zone: str, count: int = 512, networks: int = 0) -> list[bytes]:
     """Distinct questions (global, traffic-manager and regional names, A/AAAA, a missing name) so the
-    packet cache, emptied by every swap, does not answer them all."""
+    packet cache, emptied by every swap, does not answer them all; with `networks`, each with an ECS
+    subnet in one of the config's client networks, so routing looks the client up among them."""
     rng = random.Random(11)
     wires = []
     for index in range(count):
         reg = f"reg{rng.randrange(registries):04d}"
         name = rng.choice([names.global_name(reg, zone), names.traffic_manager_name(reg, zone),
                            f"nope{index}.{zone}", names.regional_name(reg, rng.choice(REGIONS), zone)])
-        wires.append(dns.message.make_query(name, rng.choice(["A", "A", "AAAA"])).to_wire())
+        options = [dns.edns.ECSOption(network_cidr(rng.randrange(networks)).split("/")[0], 24)] if networks else []
+        wires.append(dns.message.make_query(name, rng.choice(["A", "A", "AAAA"]), use_edns=0 if options else None,
+                                            options=options or None).to_wire())
     return wires
 
 
@@ -284,40 +338,124 @@ def live_reload(count: int, reloads: int = 2, rate: float = 1000.0, baseline_s: 
             "all": summarize(records, None)}
 
 
+class AdminApi:
+    """The admin API of a LiveDnsd: set and remove overrides, each call timed (the change is applied
+    before the reply, so the time is how long it took to take effect)."""
+
+    def __init__(self, port: int, token: str):
+        self.base, self.token = f"http://127.0.0.1:{port}", token
+
+    def call(self, method: str, path: str, body: dict | None = None) -> float:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method,
+                                         headers={"Authorization": f"Bearer {self.token}",
+                                                  "Content-Type": "application/json"})
+        started = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            reply.read()
+        return time.perf_counter() - started
+
+
+def live_changes(count: int, networks: int, changes: int = 6, rate: float = 1000.0, baseline_s: float = 2.0) -> dict:
+    """Drain and force down (a health verdict's path: new routing plans) replicas of a running dnsd with
+    `count` registries and `networks` client networks, `changes` times, each undone after 0.3 s, under a
+    paced query stream; latency of the queries sent while a change was being applied."""
+    workdir = Path(tempfile.mkdtemp(prefix="geotm-changes-"))
+    token_path = workdir / "admin.token"
+    token_path.write_text("bench-token-" + "x" * 32 + "\n")
+    admin_port = free_port()
+    path = workdir / "big.yaml"
+    path.write_text(config_text(count, networks=networks, admin=(admin_port, str(token_path))))
+    registries = parse_config_text(config_text(count), "registries.yaml").registries  # the same registries
+    rng = random.Random(5)
+    server = LiveDnsd(path, workdir)
+    api = AdminApi(admin_port, token_path.read_text().strip())
+    windows: list[tuple[float, float]] = []
+    applied: list[float] = []
+    try:
+        server.wait_ready(timeout=300)
+        load = PacedLoad(server.port, query_wires(count, server.zone, networks=networks), rate).start()
+        time.sleep(baseline_s)
+        quiet_end = time.perf_counter()
+        for attempt in range(changes):
+            registry = rng.choice(registries)
+            replica = rng.choice(registry.replicas).name
+            kind = "drain" if attempt % 2 == 0 else "force_down"
+            for method, where, body in (("POST", "/v1/overrides", {"registry": registry.name, "replica": replica,
+                                                                  "kind": kind, "reason": "bench", "force": True}),
+                                        ("DELETE", f"/v1/overrides/{registry.name}/{replica}", None)):
+                started = time.perf_counter()
+                applied.append(api.call(method, where, body))
+                windows.append((started, time.perf_counter()))
+                time.sleep(0.3)
+        records = load.finish()
+    finally:
+        server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+    return {"registries": count, "networks": networks, "rate": rate, "changes": len(applied),
+            "apply_ms": [round(s * 1000, 1) for s in applied],
+            "quiet": summarize(records, [(0.0, quiet_end)]), "during": summarize(records, windows),
+            "all": summarize(records, None)}
+
+
+def print_latency_rows(result: dict, labels: tuple[str, ...]) -> None:
+    print(f"{'':>16} {'queries':>8} {'lost':>5} {'p50':>8} {'p99':>8} {'max':>8}")
+    for label, title in labels:
+        row = result[label]
+        print(f"{title:>16} {row['queries']:>8} {row['lost']:>5} "
+              f"{row['p50_ms']:>6.2f}ms {row['p99_ms']:>6.2f}ms {row['max_ms']:>6.1f}ms")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--counts", default="1,100,1000")
+    parser.add_argument("--grid", default="1x10000,100x10000,10x100000,100x100000,1000x100000",
+                        help="registries x client networks of the timing table")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--live", action="store_true")
+    parser.add_argument("--counts", default="1000", help="registries of the --live reload (the last one counts)")
     parser.add_argument("--reloads", type=int, default=2, help="reloads under load (--live)")
+    parser.add_argument("--live-grid", default="10x100000,100x100000",
+                        help="registries x client networks of the --live drains and forced-down replicas")
+    parser.add_argument("--changes", type=int, default=6, help="drains/force-downs (each undone) per --live-grid cell")
     parser.add_argument("--rate", type=float, default=1000.0, help="queries per second during --live")
-    parser.add_argument("--p99-target-ms", type=float, default=5.0, help="--live fails above this")
+    parser.add_argument("--p99-target-ms", type=float, default=5.0, help="--live reload fails above this")
     parser.add_argument("--live-only", action="store_true", help="skip the timing table")
     args = parser.parse_args()
-    rows = [] if args.live_only else measure([int(c) for c in args.counts.split(",")], args.runs)
+    rows = [] if args.live_only else measure(parse_grid(args.grid), args.runs)
     if rows:
-        print(f"{'registries':>10} {'replicas':>8} {'answers':>8} {'load':>9} {'compile':>9} {'health swap':>12}")
+        print(f"{'registries':>10} {'networks':>8} {'replicas':>8} {'answers':>8} {'load':>9} {'compile':>9} "
+              f"{'health swap':>12} {'all plans':>10}")
     for row in rows:
-        print(f"{row['registries']:>10} {row['replicas']:>8} {row['answers']:>8} {row['load_s']*1000:>7.0f}ms "
-              f"{row['compile_s']*1000:>7.0f}ms {row['health_swap_s']*1000:>10.2f}ms")
+        print(f"{row['registries']:>10} {row['networks']:>8} {row['replicas']:>8} {row['answers']:>8} "
+              f"{row['load_s']*1000:>7.0f}ms {row['compile_s']*1000:>7.0f}ms {row['health_swap_s']*1000:>10.2f}ms "
+              f"{row['all_plans_s']*1000:>8.2f}ms")
     if rows:
-        print("load = YAML + validation; compile = every answer pre-packed; health swap = new routing plans "
-              "(what a probe verdict costs). A config reload costs load + compile, off the event loop.")
-    if args.live:
+        print("load = YAML + validation (registries); compile = a dnsd started: every answer pre-packed, networks "
+              "matched (1 run); health swap = Dnsd.apply_health for one replica's verdict (new plans for the registries "
+              "it changes, the swap, its routing event: what a probe verdict costs the event loop); all plans = every registry's plan rebuilt (a verdict about every replica). A config reload costs load + compile, "
+              "off the event loop.")
+    if not args.live:
+        return 0
+    ok = True
+    if args.changes > 0:
+        for count, networks in parse_grid(args.live_grid):
+            result = live_changes(count, networks, args.changes, args.rate)
+            print(f"live: {result['changes']} changes (drain / force down, and undo) in a {count}-registry, "
+                  f"{networks}-network dnsd under {result['rate']:g} queries/s (paced, open loop); each applied in "
+                  f"{', '.join(f'{ms:g}' for ms in result['apply_ms'])} ms:")
+            print_latency_rows(result, (("quiet", "quiet"), ("during", "during change"), ("all", "whole run")))
+            ok = ok and not result["all"]["lost"]
+    if args.reloads > 0:
         result = live_reload(int(args.counts.split(",")[-1]), args.reloads, args.rate)
         print(f"live: {result['reloads']} reloads ({result['failed']} failed) of a {result['registries']}-registry "
               f"config, taking {', '.join(f'{s:.1f}' for s in result['reload_s'])} s, under {result['rate']:g} "
               "queries/s (paced, open loop):")
-        print(f"{'':>16} {'queries':>8} {'lost':>5} {'p50':>8} {'p99':>8} {'max':>8}")
-        for label in ("quiet", "during"):
-            row = result[label]
-            print(f"{label + (' reload' if label == 'during' else ''):>16} {row['queries']:>8} {row['lost']:>5} "
-                  f"{row['p50_ms']:>6.2f}ms {row['p99_ms']:>6.2f}ms {row['max_ms']:>6.1f}ms")
+        print_latency_rows(result, (("quiet", "quiet"), ("during", "during reload")))
         during = result["during"]
-        ok = result["reloads"] == args.reloads and not during["lost"] and during["p99_ms"] < args.p99_target_ms
-        print(f"target: p99 during reload under {args.p99_target_ms:g} ms, nothing lost: {'met' if ok else 'MISSED'}")
-        return 0 if ok else 1
-    return 0
+        met = result["reloads"] == args.reloads and not during["lost"] and during["p99_ms"] < args.p99_target_ms
+        print(f"target: p99 during reload under {args.p99_target_ms:g} ms, nothing lost: {'met' if met else 'MISSED'}")
+        ok = ok and met
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

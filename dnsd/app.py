@@ -32,6 +32,7 @@ from dnsd.protocol.listening import ListenerSettings
 from dnsd.protocol.server import DnsServer
 from dnsd.serving.service import Dnsd, replica_keys
 from dnsd.serving.stats import SHARE_SAMPLE
+from dnsd.serving.workerstats import WorkerCounters
 
 log = structlog.get_logger(__name__)
 
@@ -66,8 +67,9 @@ async def start_admin(dnsd: Dnsd, config: Config) -> web.AppRunner:
 
 async def housekeeping(dnsd: Dnsd, worker: WorkerRole | None = None, period: float = 1.0) -> None:
     """Expire overrides (each second), follow worker 0's override file and forwarding-cache flushes
-    (followers), the forwarder's own (expired entries, log summaries), and sample answer counts for the
-    recent shares (every 10 s)."""
+    (followers), the forwarder's own (expired entries, log summaries), publish this worker's counters
+    for worker 0 (each second, under --workers), and sample answer counts for the recent shares
+    (every 10 s; worker 0 samples every worker's)."""
     last_sample = 0.0
     while True:
         if worker is not None and worker.follower:
@@ -76,12 +78,30 @@ async def housekeeping(dnsd: Dnsd, worker: WorkerRole | None = None, period: flo
         else:
             dnsd.expire_overrides()
         dnsd.forward_housekeeping()
+        publish_counters(dnsd)
         now = time.monotonic()
         if now - last_sample >= SHARE_SAMPLE:
-            dnsd.engine.stats.sample(now)
+            every_worker = dnsd.worker_counters is not None and not dnsd.worker_counters.index
+            dnsd.engine.stats.sample(now, dnsd.query_totals().counts if every_worker else None)
             last_sample = now
         dnsd.engine.flush_logs()  # summaries of rate-limited per-query events, also after a flood ends
         await asyncio.sleep(period)
+
+
+def publish_counters(dnsd: Dnsd) -> None:
+    """Under --workers: write this worker's counters where worker 0 adds them up (and where a restarted
+    worker finds its predecessor's). A failed write is retried each second, logged once per streak."""
+    counters = dnsd.worker_counters
+    if counters is None:
+        return
+    try:
+        counters.publish(dnsd.live_totals())
+        counters.failing = False
+    except OSError as err:
+        if not counters.failing:
+            log.warning("worker_counters_unwritten", file=counters.path, error=str(err),
+                        effect="worker 0's totals lag this worker's until a write succeeds")
+        counters.failing = True
 
 
 def instance_name(listen: list[tuple[str, int]]) -> str:
@@ -173,6 +193,8 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None, wor
     offloop.keep_built()  # the serving tables: no GC pass walks them again
     if worker is not None:
         structlog.contextvars.bind_contextvars(worker=worker.index)
+        if worker.state_dir:
+            dnsd.worker_counters = WorkerCounters(worker.state_dir, worker.index)
     tasks = TaskSet()
     tasks.start(housekeeping(dnsd, worker), name="housekeeping")
     tasks.start(watch_geoip(dnsd), name="geoip watch")
@@ -222,6 +244,7 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None, wor
         if admin_runner:
             await admin_runner.cleanup()
         await server.stop()
+        publish_counters(dnsd)  # the last answers' counts too
         await dnsd.close_forwarders()  # after the listeners: no new lookups start
         if cluster is not None:
             await registered.withdraw()  # a clean stop leaves the list now, not at the lease's end

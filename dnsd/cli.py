@@ -262,6 +262,12 @@ def render_admin_answer(command: str, body: dict) -> str:
                 lines.append(f"  {rep['name']:<16} {rep['status']:<9} {serving:<12} {rep['reason']}{extra}")
         if "cluster" in body:
             lines += _cluster_lines(body["cluster"])
+        if "forwarding" in body:
+            from dnsd.ops.statuspage import forwarding_summary  # start-up: only for a dnsd that forwards
+            lines.append("forwarding: " + forwarding_summary(body["forwarding"]))
+            lines += [f"  upstream {up['address']}: srtt {up['srtt_ms']:g} ms, {up['queries']} queries, "
+                      f"{up['answers']} answers" + "".join(f", {kind} {n}" for kind, n in up["errors"].items())
+                      for up in body["forwarding"]["upstreams"]]
         return "\n".join(lines)
     if command in OVERRIDE_KINDS:
         until = (f" until {time.strftime('%H:%M:%S', time.localtime(body['expires_at']))}"

@@ -340,6 +340,10 @@ class ForwardCache:
     max_ttl: int = 3600  # cap of every cached TTL
     max_negative_ttl: int = 1800  # cap of NXDOMAIN/NODATA lifetimes (RFC 2308: min(SOA TTL, MINIMUM))
     serve_stale: float = 0.0  # seconds past expiry an answer may stand in (TTL 30) while every upstream fails; 0: off
+    # With serve_stale on: a client whose lookup has not finished this long after it asked gets the
+    # stale answer now, while the lookup goes on and refreshes the cache (RFC 8767 section 5's client
+    # response timer, 1.8 s suggested there)
+    stale_answer_after: float = 1.8
 
 
 @dataclass(frozen=True, slots=True)

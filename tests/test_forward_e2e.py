@@ -5,6 +5,7 @@ for a host outside forward.clients; the operator side is the real `dnsd` command
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -186,7 +187,8 @@ FORWARD_FAMILIES = ("geotm_forward_queries_total", "geotm_forward_cache_hits_tot
 
 
 def test_forward_metrics_need_the_token(knot_dnsd):
-    ask(knot_dnsd, "www.example.net.")
+    ask(knot_dnsd, "metrics.example.net.")
+    ask(knot_dnsd, "metrics.example.net.")  # from the cache, whichever tests ran before in this process
     detailed = metrics(knot_dnsd.admin_port, TOKEN)
     public = metrics(knot_dnsd.admin_port, None)
     for family in FORWARD_FAMILIES:
@@ -194,6 +196,36 @@ def test_forward_metrics_need_the_token(knot_dnsd):
     assert "geotm_forward" not in public and "geotm_replica_status" in public
     hits = [line for line in detailed.splitlines() if line.startswith("geotm_forward_cache_hits_total ")]
     assert float(hits[0].split()[1]) >= 1
+
+
+def admin_get(admin_port: int, path: str, token: str | None = TOKEN) -> str:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{admin_port}{path}", headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read().decode()
+
+
+def test_status_shows_forwarding_its_upstream_and_cache(knot, knot_dnsd):
+    """/v1/status, the status page and `dnsd status` say what forwarding did; the public page does not."""
+    before = json.loads(admin_get(knot_dnsd.admin_port, "/v1/status"))["forwarding"]
+    for _ in range(3):
+        ask(knot_dnsd, "status.example.net.")  # NXDOMAIN from Knot: one lookup, then the cache
+    forwarding = json.loads(admin_get(knot_dnsd.admin_port, "/v1/status"))["forwarding"]
+    assert forwarding["clients"] == ["127.0.0.1/32"]
+    assert forwarding["queries"] - before["queries"] == 3
+    assert forwarding["cache_hits"] - before["cache_hits"] == 2
+    assert forwarding["cache_misses"] - before["cache_misses"] == 1
+    [upstream] = forwarding["upstreams"]
+    assert upstream["address"] == f"127.0.0.1:{knot.port}" and upstream["srtt_ms"] > 0
+    assert upstream["answers"] - ([u["answers"] for u in before["upstreams"]] or [0])[0] == 1
+    assert forwarding["cache"]["entries"] >= 1
+    page = admin_get(knot_dnsd.admin_port, "/details")
+    assert "Forwarding" in page and f"127.0.0.1:{knot.port}" in page
+    public = admin_get(knot_dnsd.admin_port, "/", token=None)
+    assert "Forwarding" not in public and str(knot.port) not in public
+    printed = dnsd_cli(knot_dnsd.config, "status")
+    assert printed.returncode == 0, printed.stderr
+    assert "forwarding: " in printed.stdout and f"upstream 127.0.0.1:{knot.port}: srtt" in printed.stdout
 
 
 # -- a scripted hostile upstream ----------------------------------------------------------------------

@@ -195,8 +195,11 @@ class Switch:
     def __init__(self, *records: str) -> None:
         self.records = records
         self.failing = False
+        self.delay = 0.0  # seconds before each answer
 
     async def __call__(self, data: bytes, over_tcp: bool):
+        if self.delay:
+            await asyncio.sleep(self.delay)
         return None if self.failing else [(reply_to(data, *self.records), "same")]
 
 
@@ -221,6 +224,36 @@ async def test_all_upstreams_failing(stale_for, later, rcode, ttl):
     assert msg.rcode() == rcode
     assert (msg.answer[0].ttl if msg.answer else None) == ttl
     assert (fwd.stats.stale_served, fwd.stats.servfail) == ((1, 0) if ttl else (0, 1))
+
+
+SLOW_UPSTREAM_CASES = [
+    # (serve_stale, upstream delay, TTL the client gets, then the TTL a second client gets)
+    (0, 0.3, 300, 300),        # stale off: the client waits for the fresh answer
+    (3600, 0.05, 300, 300),    # the upstream answers within stale_answer_after: fresh
+    (3600, 0.3, 30, 300),      # it does not: stale at once, and the lookup still refreshes the cache
+]
+
+
+@pytest.mark.parametrize("stale_for, delay, first_ttl, then_ttl", SLOW_UPSTREAM_CASES)
+async def test_a_slow_upstream_and_the_client_response_timer(stale_for, delay, first_ttl, then_ttl):
+    """RFC 8767 section 5: with serve-stale on, a client waits at most stale_answer_after for an expired name."""
+    clock = Clock()
+    switch = Switch(A_300)
+    async with FakeUpstream(switch) as up:
+        fwd = Forwarder(settings(up.port, serve_stale=stale_for, stale_answer_after=0.15, try_timeout=1.0),
+                        in_zone, clock=clock)
+        await ask(fwd)
+        clock.now += 400  # expired
+        switch.delay = delay
+        started = asyncio.get_running_loop().time()
+        first = await ask(fwd)
+        waited = asyncio.get_running_loop().time() - started
+        await asyncio.sleep(delay + 0.1)  # the lookup finishes
+        then = await ask(fwd)
+    assert (first.answer[0].ttl, then.answer[0].ttl) == (first_ttl, then_ttl)
+    assert (waited < delay) == (first_ttl == 30)
+    assert up.udp_queries == 2  # the first answer's, and one refresh
+    assert fwd.stats.stale_served == (1 if first_ttl == 30 else 0)
 
 
 async def test_concurrent_misses_share_one_upstream_query():

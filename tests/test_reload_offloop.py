@@ -1,6 +1,7 @@
 """How a reload keeps the event loop answering (dnsd.serving.offloop, Dnsd.reload): the build runs in a niced
 thread of its own with a short GIL switch interval and no cyclic-GC pass over the big heap, health
-that changes during the build is kept, and the old tables are freed in slices."""
+that changes during the build is kept, and the old tables are freed in slices; so is what a health or
+override swap leaves behind (the emptied packet caches)."""
 from __future__ import annotations
 
 import asyncio
@@ -115,3 +116,20 @@ async def test_old_tables_are_emptied_in_slices_after_the_swap(big, monkeypatch)
     shrinking = [size for size in sizes_seen if size > 0]
     assert len(shrinking) >= 10 and shrinking == sorted(shrinking, reverse=True)
     assert all(a - b <= offloop.RELEASE_SLICE for a, b in zip(shrinking, shrinking[1:]))
+
+
+async def test_a_health_swap_frees_the_old_packet_cache_in_slices_between_queries(tmp_path):
+    path = tmp_path / "small.yaml"
+    path.write_text(config_text(3))
+    dnsd = Dnsd(load_config(path))
+    old_cache = dnsd.engine.cache
+    old_cache.update({(i.to_bytes(4, "big"), "127.0.0.1", False): (b"", (), None)
+                      for i in range(3 * offloop.RELEASE_SLICE)})
+    first = dnsd.snapshot.config.registries[0]
+    dnsd.apply_health(dnsd.snapshot.health.with_status(first.name, first.replicas[0].name,
+                                                       EndpointHealth(Status.DEGRADED, "test")))
+    assert dnsd.engine.cache == {} and dnsd.engine.cache is not old_cache
+    assert len(old_cache) == 3 * offloop.RELEASE_SLICE   # not freed in one go inside the swap
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not old_cache

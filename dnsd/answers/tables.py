@@ -57,6 +57,9 @@ class CompiledZone:
     negative_cache: dict[int, PackedAnswer]  # NXDOMAIN body per qname wire length (filled lazily)
     geo: GeoTable | None = None  # clients.geoip compiled: region r is network index default_network + 1 + r
     located: tuple[tuple[str, str], ...] = ()  # per network index: (region, source) for the metrics
+    # per network index: its region's index in RoutingPlan.by_region (topology.regions, the default's
+    # entry after them), so plans choose per region and a health change never walks the networks
+    network_regions: tuple[int, ...] = ()
 
     def in_zone(self, key: bytes) -> bool:
         zone_key, i, n = self.zone_key, 0, len(key)
@@ -128,10 +131,21 @@ def compile_zone(zd: ZoneData, geo: GeoTable | None = None) -> CompiledZone:
     located = tuple((cn.region, "networks") for cn in networks) + ((topology.default_region or "", "default"),)
     if topology.geoip is not None:
         located += tuple((region, "database") for region in topology.regions)
-    return CompiledZone(zd=zd, zone_key=name_key(zd.zone), view_matcher=view_matcher, trusted_matcher=trusted_matcher,
+    return CompiledZone(network_regions=network_regions(topology), zd=zd, zone_key=name_key(zd.zone), view_matcher=view_matcher, trusted_matcher=trusted_matcher,
                         network_matcher=network_matcher, default_network=len(networks),
                         exact=tuple(exact), other=tuple(other), negative_cache={},
                         geo=geo if topology.geoip is not None else None, located=located)
+
+
+def network_regions(topology) -> tuple[int, ...]:
+    """Region index per network index: each client network's region, then the default entry
+    (len(regions)), then with clients.geoip region r for GeoIP region r."""
+    index = {region: i for i, region in enumerate(topology.regions)}
+    default = len(topology.regions)
+    regions = tuple(index[cn.region] for cn in topology.client_networks) + (default,)
+    if topology.geoip is not None:
+        regions += tuple(range(len(topology.regions)))
+    return regions
 
 
 def trusted_resolver_entries(views) -> list[tuple[object, frozenset[int]]]:

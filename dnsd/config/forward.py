@@ -107,7 +107,8 @@ def _cache(r: Reader, node: Node | None) -> ForwardCache | None:
                   max_bytes=r.integer(m.get("max_bytes"), 65_536, MAX_BYTES, d.max_bytes),
                   min_ttl=r.ttl(m.get("min_ttl"), d.min_ttl), max_ttl=r.ttl(m.get("max_ttl"), d.max_ttl),
                   max_negative_ttl=r.ttl(m.get("max_negative_ttl"), d.max_negative_ttl),
-                  serve_stale=r.duration(m.get("serve_stale"), d.serve_stale))
+                  serve_stale=r.duration(m.get("serve_stale"), d.serve_stale),
+                  stale_answer_after=r.duration(m.get("stale_answer_after"), d.stale_answer_after))
     if None in values.values():
         return None
     if values["min_ttl"] > values["max_ttl"]:

@@ -13,7 +13,9 @@ Per query (a wire.Query from parse_query; the caller has answered BADVERS and ma
     answer_later: the same refusals again (no caller can skip them), then: the lookup for this key
                 under way? join it (coalescing) : start one, unless
                 max_in_flight lookups run (then stale or SERVFAIL) -> reply from its entry;
-                no entry -> stale entry within cache.serve_stale (TTL 30, RFC 8767) or SERVFAIL
+                no entry -> stale entry within cache.serve_stale (TTL 30, RFC 8767) or SERVFAIL;
+                with a stale entry, a lookup still under way after cache.stale_answer_after gets
+                the stale answer too (RFC 8767's client response timer) and goes on to refresh it
     lookup:     upstreams by SRTT (lowest first; the others' SRTT decays a little each time they are
                 passed over, so slower ones are re-measured now and then) -> per try: fresh random
                 ID (secrets), fresh socket (kernel-random port), our OPT (udp 1232, DO as the

@@ -106,6 +106,7 @@ class Forwarder:
         self.upstreams = Upstreams(settings.upstreams)
         cache = settings.cache
         self.cache = Cache(cache.max_entries, cache.max_bytes, cache.serve_stale, clock)
+        self._stale_answer_after = cache.stale_answer_after
         self.lifetimes = Lifetimes(cache.min_ttl, cache.max_ttl, cache.max_negative_ttl)
         self.allowed: PrefixMatcher[bool] = PrefixMatcher(
             (ipaddress.ip_network(network), True) for network in settings.clients)
@@ -176,7 +177,8 @@ class Forwarder:
 
     async def answer_later(self, query: Query, client_ip: str, max_udp_size: int | None) -> bytes:
         """The reply for a query answer_now() returned None for: joins the lookup of the same key under
-        way or starts one; SERVFAIL (or a stale answer, when enabled) when every upstream fails. The
+        way or starts one; SERVFAIL (or a stale answer, when enabled) when every upstream fails; with a
+        stale entry, its answer after cache.stale_answer_after while the lookup goes on (RFC 8767 §5). The
         refusals are checked again (a few dict lookups), so no caller can skip them."""
         try:
             refusal = self._refusal(query, client_ip)
@@ -194,7 +196,10 @@ class Forwarder:
                 else:
                     lookup = self._start_lookup(key, query)
                 try:  # shielded: a client that stops waiting must not cancel the others' lookup
-                    entry = await asyncio.shield(lookup)
+                    waited = self._stale_answer_after if self.cache.stale(key, self.clock()) else None
+                    entry = await asyncio.wait_for(asyncio.shield(lookup), waited)
+                except TimeoutError:  # a stale answer now; the lookup goes on and refreshes the cache
+                    return self._failed(key, query, max_udp_size)
                 except asyncio.CancelledError:
                     if not lookup.cancelled() or asyncio.current_task().cancelling():
                         raise  # this client was cancelled, not (only) the lookup

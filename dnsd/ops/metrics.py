@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 
 from dnsd.routing.health import Status
 from dnsd.serving.stats import LATENCY_BOUNDS, qtype_label
+from dnsd.serving.workerstats import Totals
 from dnsd.answers.answer import RCODE_NAMES
 from dnsd.protocol.rrl import CLASS_NAMES
 from dnsd.forward.upstreams import ERROR_KINDS, LATENCY_BUCKETS
@@ -80,28 +81,28 @@ class DnsdCollector(Collector):
             yield age
             yield errors
 
-        stats = dnsd.engine.stats
+        totals = dnsd.query_totals()  # under --workers: every worker's, added up
         queries = CounterMetricFamily("geotm_queries", "DNS queries answered, by name kind, qtype, rcode, view "
                                       "and the replica the global name chose", labels=["kind", "qtype", "rcode",
                                                                                        "view", "registry", "replica"])
-        for (view, kind, qtype, rcode, registry, replica), count in sorted(list(stats.counts.items())):
+        for (view, kind, qtype, rcode, registry, replica), count in sorted(totals.counts.items()):
             queries.add_metric([kind, qtype_label(qtype), RCODE_NAMES.get(rcode, str(rcode)), view or "-",
                                 registry, replica], count)
         yield queries
         dropped = CounterMetricFamily("geotm_queries_dropped", "Packets not answered (responses, runts)")
-        dropped.add_metric([], stats.dropped)
+        dropped.add_metric([], totals.dropped)
         yield dropped
-        yield from _tcp_metrics(dnsd)
-        yield from _rrl_metrics(dnsd)
-        yield from _forward_metrics(dnsd)
-        yield from _geoip_metrics(dnsd)
+        yield from _tcp_metrics(dnsd, totals)
+        yield from _rrl_metrics(dnsd, totals)
+        yield from _forward_metrics(dnsd, totals)
+        yield from _geoip_metrics(dnsd, totals)
         buckets, cumulative = [], 0
-        for bound, count in zip(LATENCY_BOUNDS + (float("inf"),), stats.latency_counts):
+        for bound, count in zip(LATENCY_BOUNDS + (float("inf"),), totals.latency_counts):
             cumulative += count
             buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
         latency = HistogramMetricFamily("geotm_answer_seconds", "Time from receiving a query to its reply "
                                         "being ready (inside dnsd, socket time excluded)")
-        latency.add_metric([], buckets, stats.latency_sum)
+        latency.add_metric([], buckets, totals.latency_sum)
         yield latency
 
         overrides = GaugeMetricFamily("geotm_overrides_active", "Operator overrides in force",
@@ -137,8 +138,9 @@ def _cluster_metrics(dnsd: Dnsd) -> Iterator[Metric]:
     yield connected
 
 
-def _tcp_metrics(dnsd: Dnsd) -> Iterator[Metric]:
-    """The DNS listeners' TCP admission: open connections and sources, the cap, refusals, evictions."""
+def _tcp_metrics(dnsd: Dnsd, totals: Totals) -> Iterator[Metric]:
+    """The DNS listeners' TCP admission: open connections and sources, the cap (this process's), refusals,
+    evictions (every worker's)."""
     admission = dnsd.tcp_admission()
     if admission is None:
         return
@@ -155,35 +157,39 @@ def _tcp_metrics(dnsd: Dnsd) -> Iterator[Metric]:
         yield gauge
     refused = CounterMetricFamily("geotm_tcp_connections_refused", "TCP connections closed right after accept",
                                   labels=["reason"])
-    refused.add_metric(["per_source_limit"], tcp.refused_per_source)
-    refused.add_metric(["connection_limit"], tcp.refused_full)
+    counted = totals.tcp
+    refused.add_metric(["per_source_limit"], counted.get("refused_per_source", 0))
+    refused.add_metric(["connection_limit"], counted.get("refused_full", 0))
     yield refused
     for name, help_text, value in (
-            ("geotm_tcp_connections_accepted", "TCP connections given a slot", tcp.accepted),
+            ("geotm_tcp_connections_accepted", "TCP connections given a slot", counted.get("accepted", 0)),
             ("geotm_tcp_connections_evicted", "Longest-idle TCP connections closed to make room for a new one",
-             tcp.evicted),
+             counted.get("evicted", 0)),
             ("geotm_tcp_connections_closed_under_load", "TCP connections closed after the short idle timeout "
-                                                        "near the cap", tcp.closed_under_load),
-            ("geotm_tcp_accept_paused", "Times accept() failed for want of file descriptors", tcp.accept_paused)):
+                                                        "near the cap", counted.get("closed_under_load", 0)),
+            ("geotm_tcp_accept_paused", "Times accept() failed for want of file descriptors",
+             counted.get("accept_paused", 0))):
         counter = CounterMetricFamily(name, help_text)
         counter.add_metric([], value)
         yield counter
 
 
-def _rrl_metrics(dnsd: Dnsd) -> Iterator[Metric]:
-    """Response rate limiting of UDP answers; zeros when server.rate_limit is off."""
+def _rrl_metrics(dnsd: Dnsd, totals: Totals) -> Iterator[Metric]:
+    """Response rate limiting of UDP answers (counters: every worker's; the table: this process's);
+    zeros when server.rate_limit is off."""
     rrl = dnsd.rrl
     dropped = CounterMetricFamily("geotm_rrl_dropped", "UDP answers not sent by response rate limiting, "
                                   "by response class", labels=["response_class"])
     slipped = CounterMetricFamily("geotm_rrl_slipped", "UDP answers sent as an empty TC=1 reply by response "
                                   "rate limiting (the client may retry over TCP), by response class",
                                   labels=["response_class"])
+    counted = totals.rrl
     for index, name in enumerate(CLASS_NAMES):
-        dropped.add_metric([name], rrl.dropped[index] if rrl else 0)
-        slipped.add_metric([name], rrl.slipped[index] if rrl else 0)
+        dropped.add_metric([name], _at(counted.get("dropped"), index))
+        slipped.add_metric([name], _at(counted.get("slipped"), index))
     episodes = CounterMetricFamily("geotm_rrl_limited_prefixes", "Times a client prefix started being rate "
                                    "limited (one rate_limited log event each)")
-    episodes.add_metric([], rrl.limited_prefixes if rrl else 0)
+    episodes.add_metric([], _at(counted.get("limited_prefixes"), 0))
     table = GaugeMetricFamily("geotm_rrl_table_entries", "Rate-limit buckets held (at most table_size)")
     table.add_metric([], len(rrl.buckets) if rrl else 0)
     yield from (dropped, slipped, episodes, table)
@@ -205,25 +211,26 @@ FORWARD_COUNTERS = (
 )
 
 
-def _forward_metrics(dnsd: Dnsd) -> Iterator[Metric]:
-    """The forwarder of names outside the zone: nothing while forwarding is off."""
+def _forward_metrics(dnsd: Dnsd, totals: Totals) -> Iterator[Metric]:
+    """The forwarder of names outside the zone: nothing while forwarding is off. Its counters are every
+    worker's; the cache, lookups under way and the upstreams' figures this process's."""
     forwarder = dnsd.forwarder
     if forwarder is None:
         return
-    stats = forwarder.stats
+    counted = totals.forward
     for attribute, name, help_text in FORWARD_COUNTERS:
         counter = CounterMetricFamily(name, help_text)
-        counter.add_metric([], getattr(stats, attribute))
+        counter.add_metric([], counted.get(attribute, 0))
         yield counter
     refused = CounterMetricFamily("geotm_forward_refused", "Queries the forwarder refused, by reason (client: "
                                   "not in forward.clients)", labels=["reason"])
-    for reason, value in (("client", stats.refused_client), ("in_zone", stats.refused_in_zone),
-                          ("other", stats.refused_other)):
+    for reason, value in (("client", counted.get("refused_client", 0)),
+                          ("in_zone", counted.get("refused_in_zone", 0)), ("other", counted.get("refused_other", 0))):
         refused.add_metric([reason], value)
     yield refused
     waiting = CounterMetricFamily("geotm_forward_waiting_overloaded", "Forwarded queries answered SERVFAIL at "
                                   "once: too many clients already waiting for upstreams")
-    waiting.add_metric([], dnsd.engine.stats.forward_overloaded)
+    waiting.add_metric([], totals.forward_overloaded)
     yield waiting
     for name, help_text, value in (
             ("geotm_forward_cache_entries", "Answers in the forwarding cache", len(forwarder.cache)),
@@ -264,13 +271,13 @@ def _forward_metrics(dnsd: Dnsd) -> Iterator[Metric]:
             buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
         latency.add_metric([address], buckets, up.latency_sum)
     yield from (queries, answers, errors, srtt, latency)
-def _geoip_metrics(dnsd: Dnsd) -> Iterator[Metric]:
+def _geoip_metrics(dnsd: Dnsd, totals: Totals) -> Iterator[Metric]:
     """Where performance routing placed clients, and by what; the GeoIP database in use (when any)."""
     located = CounterMetricFamily("geotm_client_region_answers", "Answers whose replica performance routing "
                                   "chose by the client's region: that region, and the source that placed the "
                                   "client there (networks: clients.networks; database: the GeoIP database; "
                                   "default: default_region)", labels=["region", "source"])
-    for (region, source), count in sorted(list(dnsd.engine.stats.located.items())):
+    for (region, source), count in sorted(totals.located.items()):
         located.add_metric([region or "-", source], count)
     yield located
     geo = dnsd.engine.snapshot.compiled.geo
@@ -289,6 +296,10 @@ def _geoip_metrics(dnsd: Dnsd) -> Iterator[Metric]:
         gauge = GaugeMetricFamily(name, help_text)
         gauge.add_metric([], value)
         yield gauge
+
+
+def _at(values: list[int] | None, index: int) -> int:
+    return values[index] if values and index < len(values) else 0
 
 
 def make_registry(dnsd: Dnsd, public: bool = False) -> CollectorRegistry:

@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING
 
 from dnsd.routing.overrides import Override
+from dnsd.serving.workerstats import Totals, WorkerReport, combined
 
 if TYPE_CHECKING:
     from dnsd.serving.service import Dnsd
@@ -21,7 +22,10 @@ def status_document(dnsd: Dnsd) -> dict:
     snapshot = dnsd.engine.snapshot
     now = time.time()
     registries = []
-    shares = dnsd.engine.stats.recent_shares()
+    reports = dnsd.worker_reports()
+    totals = combined(reports)
+    every_worker = dnsd.worker_counters is not None and not dnsd.worker_counters.index
+    shares = dnsd.engine.stats.recent_shares(totals.counts if every_worker else None)
     for plan in snapshot.plans:
         reg = plan.registry
         replicas = []
@@ -44,7 +48,39 @@ def status_document(dnsd: Dnsd) -> dict:
                                   "age_seconds": round(now - f.fetched_at, 1) if f.fetched_at else None}
                                  for f in feed.feeds] if feed else [],
                        "expired": bool(feed and feed.expired)},
-            "registries": registries, **({"cluster": cluster_json(dnsd)} if dnsd.members is not None else {})}
+            "queries": queries_json(totals, reports if dnsd.worker_counters is not None else None),
+            "registries": registries, **({"cluster": cluster_json(dnsd)} if dnsd.members is not None else {}),
+            **({"forwarding": forwarding_json(dnsd, totals)} if dnsd.forwarder is not None else {})}
+
+
+def forwarding_json(dnsd: Dnsd, totals: Totals) -> dict:
+    """Names outside the zone: who may use it, the upstreams in the order they are tried (SRTT) with
+    their figures, and the cache. Counters are every worker's; the rest this process's."""
+    forwarder = dnsd.forwarder
+    assert forwarder is not None
+    settings, counted = forwarder.settings, totals.forward
+    upstreams = [{"address": up.address, "srtt_ms": round(up.srtt * 1000, 2), "queries": up.stats.queries,
+                  "answers": up.stats.answers, "errors": {kind: n for kind, n in up.stats.errors.items() if n}}
+                 for up in forwarder.upstreams.ranked()]
+    cache = forwarder.cache
+    return {"clients": [str(net) for net in settings.clients], "resolv_conf": settings.resolv_conf,
+            "upstreams": upstreams,
+            "queries": counted.get("queries", 0), "cache_hits": counted.get("cache_hits", 0),
+            "cache_misses": counted.get("cache_misses", 0), "stale_served": counted.get("stale_served", 0),
+            "servfail": counted.get("servfail", 0), "refused_clients": counted.get("refused_client", 0),
+            "cache": {"entries": len(cache), "bytes": cache.bytes, "max_entries": cache.max_entries,
+                      "max_bytes": cache.max_bytes, "serve_stale_seconds": settings.cache.serve_stale},
+            "in_flight": forwarder.in_flight, "waiting": dnsd.engine.forward_pending}
+
+
+def queries_json(totals: Totals, reports: list[WorkerReport] | None) -> dict:
+    """Queries answered and dropped since start (every worker's); under --workers, each worker's too
+    (a restarted worker's include its predecessors')."""
+    doc: dict = {"answered": totals.answered, "dropped": totals.dropped}
+    if reports is not None:
+        doc["workers"] = [{"worker": r.index, "pid": r.pid, "answered": r.totals.answered, "dropped": r.totals.dropped,
+                           "age_seconds": round(r.age_seconds, 1)} for r in reports]
+    return doc
 
 
 def cluster_json(dnsd: Dnsd) -> dict:

@@ -1,6 +1,7 @@
-"""The read-only HTML status page: per registry a row per replica (status, reason, age, override,
-recent share of global answers) and a timeline of recent changes. Rendered from the status document (dnsd.ops.status) alone;
-the public variant from health_only(), which keeps health and drops every detail."""
+"""The read-only HTML status page: queries answered (every worker's), per registry a row per replica
+(status, reason, age, override, recent share of global answers) and a timeline of recent changes.
+Rendered from the status document (dnsd.ops.status) alone; the public variant from health_only(),
+which keeps health and drops every detail."""
 from __future__ import annotations
 
 import datetime
@@ -58,6 +59,16 @@ def _timeline_text(event: dict) -> str:
     if kind == "config_reload_failed":
         return f"config reload FAILED ({event.get('problems')} problems), old config kept"
     return kind
+
+
+def _queries_text(queries: dict) -> str:
+    """Answered and dropped since start; under --workers, each worker's share."""
+    text = f"{queries['answered']} queries answered, {queries['dropped']} dropped since start"
+    workers = queries.get("workers")
+    if workers:
+        text += f" by {len(workers)} workers (" + ", ".join(
+            f"worker {w['worker']}: {w['answered']}" for w in workers) + ")"
+    return text
 
 
 def global_role(rep: dict) -> str:
@@ -147,6 +158,8 @@ def render_status_page(doc: dict, details: bool = True) -> str:
     parts = _head()
     parts.append(f"<div class='meta'>config {escape(doc['config']['version'])} from "
                  f"{escape(doc['config']['source'])} · generation {doc['generation']}</div>")
+    if "queries" in doc:
+        parts.append(f"<div class='meta'>{_queries_text(doc['queries'])}</div>")
     health = doc["health"]
     if health["expired"]:
         parts.append("<div class='banner bad'>Health expired: no probe verdict within the TTL — "
@@ -181,5 +194,29 @@ def render_status_page(doc: dict, details: bool = True) -> str:
                 f"<td>{_age(rep['age_seconds'])}</td><td>{override_html}</td><td>{serving}</td>"
                 f"<td><span class='bar'><span style='width:{share:.0f}%'></span></span> {share:.0f}%</td></tr>")
         parts.append("</table>")
+    if "forwarding" in doc:
+        _forwarding(doc["forwarding"], parts)
     _timeline(doc["timeline"], parts)
     return "".join(parts)
+
+
+def forwarding_summary(forwarding: dict) -> str:
+    """One line on the forwarder: what it answered and from where (the page's and `dnsd status`'s)."""
+    cache = forwarding["cache"]
+    stale = f", serve-stale {forwarding['cache']['serve_stale_seconds']:g}s" if cache["serve_stale_seconds"] else ""
+    return (f"{forwarding['queries']} forwarded queries: {forwarding['cache_hits']} from the cache, "
+            f"{forwarding['cache_misses']} upstream, {forwarding['stale_served']} stale, {forwarding['servfail']} "
+            f"SERVFAIL; cache {cache['entries']} of {cache['max_entries']} entries{stale}; clients "
+            f"{', '.join(forwarding['clients'])}; {forwarding['refused_clients']} refused")
+
+
+def _forwarding(forwarding: dict, parts: list[str]) -> None:
+    parts.append("<h2 id='forwarding'>Forwarding <span class='meta'>· names outside the zone</span></h2>")
+    parts.append(f"<div class='meta'>{escape(forwarding_summary(forwarding))}</div>")
+    parts.append("<table><tr><th>upstream (tried in this order)</th><th>smoothed RTT</th><th>queries</th>"
+                 "<th>answers</th><th>errors</th></tr>")
+    for up in forwarding["upstreams"]:
+        errors = ", ".join(f"{kind} {n}" for kind, n in up["errors"].items()) or "-"
+        parts.append(f"<tr><td><b>{escape(up['address'])}</b></td><td>{up['srtt_ms']:g} ms</td>"
+                     f"<td>{up['queries']}</td><td>{up['answers']}</td><td>{escape(errors)}</td></tr>")
+    parts.append("</table>")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from dnsd.routing.health import HealthSnapshot
@@ -18,6 +18,9 @@ SLOTS = 256
 WEIGHTED_IPV4_PREFIX = 24  # clients sharing a /24 (IPv4) or /56 (IPv6) share a replica
 WEIGHTED_IPV6_PREFIX = 56
 _MASK64 = (1 << 64) - 1
+# by_region's mark for a region equally near to more than one serving replica: the client network decides
+TIED = -1
+PICKS_KEPT = 65_536  # tie picks remembered per plan (one per client network asking); cleared whole when full
 
 
 def weighted_slot(bits: int, address: int, source_prefix: int | None) -> int:
@@ -65,24 +68,49 @@ class RoutingPlan:
     all_down: bool  # every eligible replica degraded: the all-down policy decided `serving`
     servfail: bool  # all-down policy says SERVFAIL
     fixed: int | None  # one replica for every client (priority routing, fallback, or a single choice)
-    by_network: tuple[int, ...]  # performance: replica per client network, then default, then per GeoIP region
+    # performance: the nearest serving replica per region (topology.regions, then the default region's
+    # entry), or TIED: then `tied` holds the equally near ones and the client network picks among them
+    by_region: tuple[int, ...]
     slots: tuple[int, ...]  # weighted: replica per slot
     reason: str
     short_ttl: bool = False  # a serving replica is suspect or recovering: answer with the short TM TTL
+    tied: tuple[tuple[int, ...], ...] = ()  # per by_region entry: the equally near replicas (empty: no tie)
+    client_networks: int = 0  # topology's client networks: the network index of the default, for tie keys
+    regions: tuple[str, ...] = ()  # topology.regions, for the tie keys of GeoIP-placed clients
+    # network index -> the pick among its region's tied replicas, filled as clients ask (query path only)
+    picks: dict[int, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def depends_on_client(self) -> bool:
         return self.fixed is None and not self.servfail
 
-    def choice(self, network_index: int, slot: int) -> int | None:
-        """Replica index for a client, or None for SERVFAIL."""
+    def choice(self, network_index: int, region_index: int, slot: int) -> int | None:
+        """Replica index for a client (its network, that network's region: CompiledZone.network_regions,
+        its weighted slot), or None for SERVFAIL."""
         if self.servfail:
             return None
         if self.fixed is not None:
             return self.fixed
-        if self.by_network:
-            return self.by_network[network_index]
+        if self.by_region:
+            index = self.by_region[region_index]
+            if index != TIED:
+                return index
+            pick = self.picks.get(network_index)
+            if pick is None:
+                if len(self.picks) >= PICKS_KEPT:
+                    self.picks.clear()
+                pick = self.picks[network_index] = tie_break(self.registry, self.tied[region_index],
+                                                             self.tie_key(network_index))
+            return pick
         return self.slots[slot]
+
+    def tie_key(self, network_index: int) -> object:
+        """What a tie is hashed with: the client network's index, "default", or "geoip REGION"."""
+        if network_index < self.client_networks:
+            return network_index
+        if network_index == self.client_networks:
+            return "default"
+        return f"geoip {self.regions[network_index - self.client_networks - 1]}"
 
 
 def plan(registry: Registry, topology: Topology, health: HealthSnapshot,
@@ -102,7 +130,7 @@ def plan(registry: Registry, topology: Topology, health: HealthSnapshot,
     eligible = tuple(i for i, rep in enumerate(replicas) if rep.global_routing and override(i) != DRAIN)
     healthy = tuple(i for i in eligible if healthy_now(i))
     short_ttl = any(health.of(registry.name, replicas[i].name).trend for i in eligible if override(i) is None)
-    common = dict(registry=registry, eligible=eligible, by_network=(), slots=(), short_ttl=short_ttl)
+    common = dict(registry=registry, eligible=eligible, by_region=(), slots=(), short_ttl=short_ttl)
     if not eligible:
         # every replica drained (only possible with --force): fail open over the configured set
         eligible = tuple(i for i, rep in enumerate(replicas) if rep.global_routing) or tuple(range(len(replicas)))
@@ -136,28 +164,29 @@ def plan(registry: Registry, topology: Topology, health: HealthSnapshot,
         common["slots"] = slots
         return RoutingPlan(serving=serving, all_down=all_down, servfail=False, fixed=None,
                            reason=why + "; weighted, sticky per client subnet", **common)
-    by_network = tuple(nearest(registry, topology, serving, network.region, key)
-                       for key, network in enumerate(topology.client_networks))
-    by_network += (nearest(registry, topology, serving, topology.default_region or replicas[serving[0]].location,
-                           "default"),)
-    if topology.geoip is not None:  # clients the GeoIP database places: one entry per region, after default
-        by_network += tuple(nearest(registry, topology, serving, region, f"geoip {region}")
-                            for region in topology.regions)
-    common["by_network"] = by_network
+    # per region, not per client network: a health change costs registries x regions, however many
+    # networks the config has (they map to a region once per config: CompiledZone.network_regions)
+    default = topology.default_region or replicas[serving[0]].location
+    nearest = [nearest_replicas(registry, topology, serving, region) for region in (*topology.regions, default)]
+    common.update(by_region=tuple(found[0] if len(found) == 1 else TIED for found in nearest),
+                  tied=tuple(found if len(found) > 1 else () for found in nearest),
+                  client_networks=len(topology.client_networks), regions=topology.regions)
     return RoutingPlan(serving=serving, all_down=all_down, servfail=False, fixed=None,
                        reason=why + "; performance: nearest serving replica to the client's region", **common)
 
 
-def nearest(registry: Registry, topology: Topology, serving: tuple[int, ...], region: str,
-            tie_key: object) -> int:
-    """The serving replica closest to `region`; among equally close ones, a stable pick per client
-    network (rendezvous hash), so a client between two replicas never flips between them."""
-    replicas = registry.replicas
-    best = min(topology.latency(region, replicas[i].location) for i in serving)
-    tied = [i for i in serving if topology.latency(region, replicas[i].location) == best]
-    if len(tied) == 1:
-        return tied[0]
-    return max(tied, key=lambda i: _hash_unit("tie", registry.name, tie_key, replicas[i].name))
+def nearest_replicas(registry: Registry, topology: Topology, serving: tuple[int, ...], region: str) -> tuple[int, ...]:
+    """The serving replicas closest to `region` (more than one when equally close)."""
+    replicas, latency = registry.replicas, topology.latency_ms
+    distances = [latency[(region, replicas[i].location)] for i in serving]
+    best = min(distances)
+    return tuple(i for i, distance in zip(serving, distances) if distance == best)
+
+
+def tie_break(registry: Registry, tied: tuple[int, ...], tie_key: object) -> int:
+    """Among equally near replicas, a stable pick per client network (rendezvous hash): a client between
+    two replicas never flips between them, and when one drops out only its own clients move."""
+    return max(tied, key=lambda i: _hash_unit("tie", registry.name, tie_key, registry.replicas[i].name))
 
 
 def _serving_reason(registry: Registry, eligible: tuple[int, ...], healthy: tuple[int, ...],

@@ -6,6 +6,7 @@ import asyncio
 import functools
 from dataclasses import dataclass, field
 from time import perf_counter
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import structlog
@@ -47,6 +48,25 @@ class Snapshot:
 def build_plans(config: Config, health: HealthSnapshot, overrides: Overrides = NO_OVERRIDES
                 ) -> tuple[RoutingPlan, ...]:
     return tuple(policy.plan(reg, config.topology, health, overrides) for reg in config.registries)
+
+
+def replan(old: Snapshot, health: HealthSnapshot, overrides: Overrides) -> tuple[RoutingPlan, ...]:
+    """The plans under new health or overrides, same config. A plan depends on nothing but its
+    registry's replicas' health and overrides (and the config), so a registry whose inputs are
+    unchanged keeps its plan: a verdict about one replica rebuilds one plan, not all of them."""
+    config = old.config
+    changed = _changed_registries(old.health.endpoints, health.endpoints) if health is not old.health else set()
+    if overrides is not old.overrides:
+        changed |= _changed_registries(old.overrides, overrides)
+    return tuple(policy.plan(registry, config.topology, health, overrides) if registry.name in changed else previous
+                 for registry, previous in zip(config.registries, old.plans))
+
+
+def _changed_registries(before: Mapping[tuple[str, str], object], after: Mapping[tuple[str, str], object]) -> set[str]:
+    """Registries with an entry (registry, replica) -> value added, removed or changed."""
+    get = before.get
+    return ({key[0] for key, value in after.items() if (was := get(key)) is not value and was != value}
+            | {key[0] for key in before if key not in after})
 
 
 def new_snapshot(config: Config, health: HealthSnapshot | None = None, generation: int = 1,
@@ -117,10 +137,25 @@ def choose(snapshot: Snapshot, client: ClientContext, registry_index: int) -> tu
     plan = snapshot.plans[registry_index]
     network = network_of(snapshot.compiled, client)
     slot = policy.weighted_slot(client.bits, client.address, client.source_prefix)
-    return plan.choice(network, slot), plan.reason
+    return plan.choice(network, snapshot.compiled.network_regions[network], slot), plan.reason
 
 
 PACKET_CACHE_SIZE = 50_000  # replies remembered per snapshot; cleared whole when full
+CLIENT_CLASSES_SIZE = 65_536  # source addresses classified per snapshot; cleared whole when full
+_UNCLASSIFIED = object()
+
+
+class ClientClass(NamedTuple):
+    """What of a source address an answer can depend on; indexed by a ROUTED_BY_* value."""
+
+    alike: tuple  # (view of the source, views trusting its ECS, may recurse): every answer depends on these
+    network: int  # the client network its source address is in
+    slot: int  # its weighted-routing slot
+    both: tuple[int, int]
+
+
+# what an answer took from the client's place (the ClientClass field that must match for a shared hit)
+ROUTED_BY_NOTHING, ROUTED_BY_NETWORK, ROUTED_BY_SLOT, ROUTED_BY_BOTH = 0, 1, 2, 3
 # Forwarded queries waiting for an upstream at once. The forwarder bounds distinct lookups
 # (max_in_flight); this bounds the clients waiting on them (each a task until the deadline), so a
 # flood of one uncached name cannot grow memory without end. Beyond it: SERVFAIL at once.
@@ -147,6 +182,13 @@ class QueryEngine:
     attribute, again every batch) and answers UDP hits itself with the same bytes and counters
     (dnsd.protocol.listening.PacketCacheOwner: the key and entry shapes below are that contract).
 
+    Shared cache, behind it: the client's address matters only through its class (ClientClass: the
+    view and trusting views of its source, whether it may recurse, and its network and weighted slot
+    when routing placed it by its source address), so a reply is also kept under (query bytes after
+    the ID, transport, class without routing); when the answer depended on the routing place, that
+    key holds which part (ROUTED_BY_*) and the reply is kept under the key plus that part. A question
+    a thousand resolvers ask is then built once per view and routing place, not once per resolver.
+
     Forwarding (when `forwarder` is set, from the config's forward section): a name outside the zone
     from a client the forwarder allows goes to it instead of being REFUSED. Its replies never enter
     the packet cache (the forwarder's cache counts TTLs down and expires entries); a cache hit is kept
@@ -160,6 +202,9 @@ class QueryEngine:
         self.forward_pending = 0  # forwarded queries waiting for an upstream now
         self.stats = QueryStats()
         self.cache: dict[tuple[bytes, str, bool], tuple[bytes, tuple, tuple | None]] = {}
+        self.shared: dict[tuple, tuple[bytes, tuple, tuple | None] | int] = {}  # see the class docstring
+        self.client_classes: dict[str, ClientClass | None] = {}  # per source address, for this snapshot
+        self.route_dependence = ROUTED_BY_NOTHING  # what the last answer() took from the client's place
         # forwarded cache hits by the same key: valid while the forwarder's entry is and for the same
         # second of its age (TTLs count down per second), checked by Forwarder.repeat_hit
         self.forward_hits: dict[tuple[bytes, str, bool], tuple[bytes, tuple, tuple]] = {}
@@ -174,18 +219,24 @@ class QueryEngine:
         for limiter in (self.failed_log, self.refused_log, self.malformed_log):
             limiter.flush(force)
 
-    def swap(self, snapshot: Snapshot) -> None:
+    def swap(self, snapshot: Snapshot) -> list[dict]:
+        """The new snapshot, with empty caches; returns the old caches (a full one takes ~15 ms to
+        free: the caller may free them in slices)."""
         # handle() runs to completion on the event loop's thread and swaps happen between calls, so
         # a query sees the old snapshot (and its cache) or the new one, never a mix
-        self.cache = {}
-        self.forward_hits = {}  # the new snapshot's zone may hold a name forwarded until now
+        left = self._forget_replies()  # the new snapshot's zone may hold a name forwarded until now
         self.snapshot = snapshot
+        return left
 
     def swap_forwarder(self, forwarder: Forwarder | None) -> None:
         """A new forwarder (or none): the packet cache goes too, its replies' RA bit came from the old."""
-        self.cache = {}
-        self.forward_hits = {}
+        self._forget_replies()
         self.forwarder = forwarder
+
+    def _forget_replies(self) -> list[dict]:
+        left = [self.cache, self.shared, self.client_classes, self.forward_hits]
+        self.cache, self.shared, self.client_classes, self.forward_hits = {}, {}, {}, {}
+        return left
 
     def handle(self, data: bytes, client_ip: str, over_tcp: bool) -> bytes | None | asyncio.Task[bytes]:
         started = perf_counter()
@@ -208,6 +259,24 @@ class QueryEngine:
                     self.stats.observe_latency(perf_counter() - started)
                     return data[:2] + hit[0]
                 del self.forward_hits[key]
+        klass = self.client_classes.get(client_ip, _UNCLASSIFIED)
+        if klass is _UNCLASSIFIED:
+            klass = self._classify(client_ip)
+        if klass is not None:
+            shared_key = (key[0], over_tcp, klass.alike)
+            shared = self.shared.get(shared_key)
+            if type(shared) is int:  # the answer depended on the client's routing place
+                shared_key = (shared_key, klass[shared])
+                shared = self.shared.get(shared_key)
+            if shared is not None:
+                reply, labels, located = shared
+                counts = self.stats.counts
+                counts[labels] = counts.get(labels, 0) + 1
+                if located is not None:
+                    self.stats.locate(located)
+                self._remember(key, shared)
+                self.stats.observe_latency(perf_counter() - started)
+                return data[:2] + reply
         try:
             query = wire.parse_query(data)
         except WireError as err:
@@ -218,8 +287,8 @@ class QueryEngine:
                 self.stats.count("", "malformed", 0, err.rcode)
             self.malformed_log(client=client_ip, error=str(err), rcode=err.rcode, answered=reply is not None)
             return reply
-        cache = self.cache
         self.stats.last_located = None
+        self.route_dependence = ROUTED_BY_NOTHING
         try:
             reply = self.answer(query, client_ip, over_tcp)
             if reply is FORWARD:
@@ -236,11 +305,48 @@ class QueryEngine:
             self.stats.count("", "error", query.qtype, rc.SERVFAIL)
             reply = wire.error_response(query, rc.SERVFAIL, self.snapshot.config.server.edns_udp_size)
         else:
-            if len(cache) >= PACKET_CACHE_SIZE:
-                cache.clear()
-            cache[key] = (reply[2:], self.stats.last_key, self.stats.last_located)
+            entry = (reply[2:], self.stats.last_key, self.stats.last_located)
+            self._remember(key, entry)
+            if klass is not None:
+                shared, alike = self.shared, (key[0], over_tcp, klass.alike)
+                if len(shared) >= PACKET_CACHE_SIZE:
+                    shared.clear()
+                depends = self.route_dependence
+                if depends == ROUTED_BY_NOTHING:
+                    shared[alike] = entry
+                else:
+                    shared[alike] = depends
+                    shared[(alike, klass[depends])] = entry
         self.stats.observe_latency(perf_counter() - started)
         return reply
+
+    def _remember(self, key: tuple[bytes, str, bool], entry: tuple[bytes, tuple, tuple | None]) -> None:
+        cache = self.cache
+        if len(cache) >= PACKET_CACHE_SIZE:
+            cache.clear()
+        cache[key] = entry
+
+    def _classify(self, client_ip: str) -> ClientClass | None:
+        """What of this source address an answer can depend on (None: not an address; such a client
+        is answered without the shared cache). Kept per address for the snapshot."""
+        try:
+            client = ClientContext.of(client_ip)
+        except (OSError, ValueError, TypeError):
+            klass = None
+        else:
+            compiled = self.snapshot.compiled
+            forwarder = self.forwarder
+            alike = (compiled.view_matcher.lookup(client.bits, client.address),
+                     compiled.trusted_matcher.lookup(client.bits, client.address),
+                     forwarder is not None and forwarder.allows(client_ip))
+            network = network_of(compiled, client)
+            slot = policy.weighted_slot(client.bits, client.address, None)
+            klass = ClientClass(alike, network, slot, (network, slot))
+        classes = self.client_classes
+        if len(classes) >= CLIENT_CLASSES_SIZE:
+            classes.clear()
+        classes[client_ip] = klass
+        return klass
 
     def answer(self, query: wire.Query, client_ip: str, over_tcp: bool) -> bytes:
         edns = query.edns
@@ -282,9 +388,10 @@ class QueryEngine:
                 count(view_name, entry.kind, query.qtype, 0, plan.registry.name, "")
                 return self.answer_slowly(query, snapshot, client, view, max_size, udp_size)
             network = network_of(compiled, client)
-            if plan.by_network:  # performance routing placed the client: count where, and by what
+            if plan.by_region:  # performance routing placed the client: count where, and by what
                 self.stats.locate(compiled.located[network])
-            index = plan.choice(network, policy.weighted_slot(client.bits, client.address, client.source_prefix))
+            index = plan.choice(network, compiled.network_regions[network],
+                                policy.weighted_slot(client.bits, client.address, client.source_prefix))
             if index is None:
                 count(view_name, entry.kind, query.qtype, rc.SERVFAIL, plan.registry.name, "")
                 return wire.error_response(query, rc.SERVFAIL, udp_size)
@@ -293,6 +400,8 @@ class QueryEngine:
                   plan.registry.replicas[index].name)
             if plan.depends_on_client:
                 ecs_scope = client.source_prefix
+                if ecs_scope is None:  # placed by its source address (with ECS the bytes say where)
+                    self.route_dependence = ROUTED_BY_NETWORK if plan.by_region else ROUTED_BY_SLOT
         if edns is not None and edns.ecs is not None:
             if ecs_scope is None:  # a view chosen by source address does not vary with the ECS subnet
                 ecs_scope = edns.ecs.source_prefix if packed.client_dependent and view_by_ecs else 0
@@ -336,6 +445,8 @@ class QueryEngine:
 
     def answer_slowly(self, query: wire.Query, snapshot: Snapshot, client: ClientContext, view: int,
                       max_size: int | None, udp_size: int) -> bytes:
+        if client.source_prefix is None:  # choose() may place it by network and by slot
+            self.route_dependence = ROUTED_BY_BOTH
         result = resolve(snapshot.compiled.zd, view, query.qname(), query.qtype,
                          lambda registry_index: choose(snapshot, client, registry_index),
                          short_ttl={i for i, plan in enumerate(snapshot.plans) if plan.short_ttl})

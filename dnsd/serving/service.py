@@ -29,7 +29,9 @@ from dnsd.routing.overrides import DRAIN, FORCE_DOWN, KINDS, Override, OverrideB
 from dnsd.routing.policy import RoutingPlan, plan as make_plan
 from dnsd.protocol.rrl import ResponseRateLimiter
 from dnsd.routing.geoip import GeoIPError, GeoTable, file_identity
-from dnsd.serving.runtime import QueryEngine, Snapshot, build_plans, new_snapshot
+from dnsd.serving.reloaddiff import describe_changes, forwarding_changed, needs_restart
+from dnsd.serving.runtime import QueryEngine, Snapshot, build_plans, new_snapshot, replan
+from dnsd.serving.workerstats import Totals, WorkerCounters, WorkerReport, combined, live_totals
 
 if TYPE_CHECKING:
     from dnsd.cluster.members import MemberFollower
@@ -111,11 +113,13 @@ class Dnsd:
         self.reloads = {"ok": 0, "failed": 0}
         self.timeline: collections.deque[dict] = collections.deque(maxlen=TIMELINE_LENGTH)
         self._lock = asyncio.Lock()
+        self._freeing: set[asyncio.Task] = set()  # slice-wise frees of what swaps left behind (_free_later)
         self._after_reload = after_reload  # worker 0: tell the supervisor to reload the other workers
         self._tcp_stats: Callable[[], TcpStats] | None = None  # the listeners' TCP admission (attach_listeners)
         self._tcp_limit = 0  # the TCP connection cap in force (after sizing to the fd limit)
         rate_limit = config.server.rate_limit
         self.rrl = ResponseRateLimiter(rate_limit) if rate_limit is not None else None  # UDP listeners' RRL
+        self.worker_counters: WorkerCounters | None = None  # under --workers: the counters shared between them
         self._geoip_seen: tuple | None = None  # the GeoIP file's identity at the last look (geoip_changed)
         self._geoip_tried: tuple | None = None  # ...and the last one a reload was started for
         geo = self.engine.snapshot.compiled.geo
@@ -155,10 +159,41 @@ class Dnsd:
 
     # -- swapping --------------------------------------------------------------------------------
 
+    def live_totals(self) -> Totals:
+        """This process's query counters now (copied: for scrapes and the workers' files)."""
+        forwarder = self.forwarder
+        admission = self.tcp_admission()
+        return live_totals(self.engine.stats, forwarder.stats if forwarder is not None else None,
+                           admission[0] if admission is not None else None, self.rrl)
+
+    def worker_reports(self) -> list[WorkerReport]:
+        """Each worker's counters (a base and a file under --workers; this process alone without)."""
+        if self.worker_counters is None:
+            return [WorkerReport(0, os.getpid(), self.live_totals(), 0.0)]
+        return self.worker_counters.reports(self.live_totals())
+
+    def query_totals(self) -> Totals:
+        """The query counters /metrics and the status page show: every worker's, added up."""
+        return combined(self.worker_reports())
+
     def _swap(self, new: Snapshot, why: str) -> None:
-        old = self.engine.snapshot
-        self.engine.swap(new)
+        old, engine = self.engine.snapshot, self.engine
+        kept = {id(plan) for plan in new.plans}
+        left = [plan.picks for plan in old.plans if plan.picks and id(plan) not in kept]
+        left += engine.swap(new)  # the emptied caches
+        self._free_later(left)
         self.log_routing(new, old, why)
+
+    def _free_later(self, containers: list) -> None:
+        """Free what a swap left behind in slices between queries (offloop.release), not in one stall;
+        without a running loop (start-up, tests) it goes with its last reference, now."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(offloop.release(containers))
+        self._freeing.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._freeing.discard)
 
     def log_routing(self, new: Snapshot, old: Snapshot | None, why: str = "start") -> None:
         """One event per registry whose global routing changed (all of them at start): what and why."""
@@ -172,6 +207,8 @@ class Dnsd:
             name = plan.registry.name
             before = old_plans.get(name)
             yield
+            if before is plan:  # kept: its registry's health and overrides did not change
+                continue
             if before is not None and (before.serving, before.all_down, before.servfail) == \
                     (plan.serving, plan.all_down, plan.servfail):
                 continue
@@ -201,8 +238,7 @@ class Dnsd:
             if old.health.of(reg, rep).status is not h.status:
                 changed.append(f"{reg}/{rep}: {h.status.value}")
                 self.note("health_changed", registry=reg, replica=rep, status=h.status.value, reason=h.reason)
-        new = replace(old, health=health, plans=build_plans(old.config, health, old.overrides),
-                      generation=old.generation + 1)
+        new = replace(old, health=health, plans=replan(old, health, old.overrides), generation=old.generation + 1)
         self._swap(new, "health: " + ("; ".join(changed) if changed else "probe details changed"))
 
     # -- overrides -------------------------------------------------------------------------------
@@ -320,7 +356,7 @@ class Dnsd:
     def _apply_overrides(self, why: str) -> None:
         old = self.engine.snapshot
         overrides = self.overrides.current()
-        new = replace(old, overrides=overrides, plans=build_plans(old.config, old.health, overrides),
+        new = replace(old, overrides=overrides, plans=replan(old, old.health, overrides),
                       generation=old.generation + 1)
         self._swap(new, why)
 
@@ -433,7 +469,7 @@ class Dnsd:
                         new_snapshot(config, health, old.generation + 1, overrides=overrides,
                                      geo=old_geo if old_geo is not None and old_geo.reusable_for(config.topology)
                                      else None),  # an unchanged database is not compiled again
-                        tuple(_describe_changes(old.config, config)), tuple(_needs_restart(old.config, config))))
+                        tuple(describe_changes(old.config, config)), tuple(needs_restart(old.config, config))))
                 except GeoIPError as err:  # the old snapshot, with its database, keeps serving
                     return self._reload_failed(source, actor, old, (str(err),))
                 new_geo = new.compiled.geo
@@ -447,7 +483,7 @@ class Dnsd:
                     plans = await offloop.in_thread(build_plans, config, health, overrides)
                     new = replace(new, health=health, plans=plans, overrides=overrides)
                 new = replace(new, generation=self.engine.snapshot.generation + 1)
-                if _forwarding_changed(old.config, config):
+                if forwarding_changed(old.config, config):
                     # a new forwarder, its cache empty; the old one finishes the lookups under way
                     if self.engine.forwarder is not None:
                         self.retired_forwarders.append(self.engine.forwarder)
@@ -508,12 +544,6 @@ def _file_size(path: str | None) -> int:
         return 0
 
 
-def _forwarding_changed(old: Config, new: Config) -> bool:
-    """Whether a reload needs a new forwarder: its section, or the EDNS size it advertises, changed."""
-    return old.forward != new.forward or (new.forward is not None
-                                          and old.server.edns_udp_size != new.server.edns_udp_size)
-
-
 def _kept_health(health: HealthSnapshot, known: set[tuple[str, str]]) -> HealthSnapshot:
     """The health of the replicas a new config still has."""
     return HealthSnapshot(health.generation, MappingProxyType(
@@ -527,54 +557,3 @@ def _audit_path(state_file: str | None) -> str | None:
 def replica_keys(config: Config) -> set[tuple[str, str]]:
     """Every (registry, replica) name pair of the config."""
     return {(reg.name, rep.name) for reg in config.registries for rep in reg.replicas}
-
-
-def _describe_changes(old: Config, new: Config) -> list[str]:
-    changes = []
-    old_regs, new_regs = {r.name: r for r in old.registries}, {r.name: r for r in new.registries}
-    changes += [f"registry {name} added" for name in new_regs.keys() - old_regs.keys()]
-    changes += [f"registry {name} removed" for name in old_regs.keys() - new_regs.keys()]
-    for name in sorted(old_regs.keys() & new_regs.keys()):
-        a, b = old_regs[name], new_regs[name]
-        reps_a, reps_b = {r.name for r in a.replicas}, {r.name for r in b.replicas}
-        changes += [f"{name}: replica {r} added" for r in sorted(reps_b - reps_a)]
-        changes += [f"{name}: replica {r} removed" for r in sorted(reps_a - reps_b)]
-        for field in ("routing", "all_down", "regional_endpoints", "data_endpoints"):
-            if getattr(a, field) != getattr(b, field):
-                changes.append(f"{name}: {field} {getattr(a, field)} -> {getattr(b, field)}")
-    old_views, new_views = {v.name for v in old.views}, {v.name for v in new.views}
-    changes += [f"view {v} added" for v in sorted(new_views - old_views)]
-    changes += [f"view {v} removed" for v in sorted(old_views - new_views)]
-    if old.forward is None and new.forward is not None:
-        changes.append("forwarding on")
-    elif old.forward is not None and new.forward is None:
-        changes.append("forwarding off: names outside the zone are REFUSED")
-    elif _forwarding_changed(old, new):
-        changes.append("forward settings changed: a new forwarder, its cache empty")
-    if old.zone != new.zone and not changes:
-        changes.append("zone settings or records changed")
-    return changes or (["no routing-relevant change"] if old.digest != new.digest else ["identical"])
-
-
-_TCP_KEYS = ("tcp_idle_timeout", "tcp_idle_timeout_under_load", "tcp_max_connections", "tcp_max_connections_per_source",
-             "tcp_source_prefix_v4", "tcp_source_prefix_v6", "fd_reserve")  # fixed when the listeners start
-
-
-def _needs_restart(old: Config, new: Config) -> list[str]:
-    """Settings a running process cannot change in place (it keeps the old ones until restarted)."""
-    result = []
-    if old.server.listen != new.server.listen:
-        result.append("server.listen")
-    tcp = [key for key in _TCP_KEYS if getattr(old.server, key) != getattr(new.server, key)]
-    if tcp:
-        result.append("server." + "/".join(tcp))
-    if old.server.rate_limit != new.server.rate_limit:
-        result.append("server.rate_limit")
-    if old.admin.listen != new.admin.listen or old.admin.token_file != new.admin.token_file:
-        result.append("admin.listen/token_file")
-    if old.health != new.health:
-        result.append("health")
-    if old.cluster != new.cluster:
-        result.append("cluster")
-    return result
-

@@ -46,23 +46,26 @@ class QueryStats:
         self.latency_counts[bisect.bisect_left(LATENCY_BOUNDS, seconds)] += 1
         self.latency_sum += seconds
 
-    def chosen_totals(self) -> dict[tuple[str, str], int]:
+    def chosen_totals(self, counts: dict | None = None) -> dict[tuple[str, str], int]:
+        """Answers per (registry, replica) the global name chose, from `counts` (every worker's under
+        --workers) or this process's own."""
         totals: dict[tuple[str, str], int] = {}
-        for (_, _, _, _, registry, replica), count in list(self.counts.items()):
+        for (_, _, _, _, registry, replica), count in list((self.counts if counts is None else counts).items()):
             if registry:
                 totals[(registry, replica)] = totals.get((registry, replica), 0) + count
         return totals
 
-    def sample(self, now: float | None = None) -> None:
+    def sample(self, now: float | None = None, counts: dict | None = None) -> None:
         """Remember the totals now; called every SHARE_SAMPLE seconds by the service."""
         now = time.monotonic() if now is None else now
-        self._history.append((now, self.chosen_totals()))
+        self._history.append((now, self.chosen_totals(counts)))
         while self._history and now - self._history[0][0] > SHARE_WINDOW:
             self._history.popleft()
 
-    def recent_shares(self) -> dict[tuple[str, str], float]:
-        """Per registry: each replica's fraction of the global answers over the recent window."""
-        now_totals = self.chosen_totals()
+    def recent_shares(self, counts: dict | None = None) -> dict[tuple[str, str], float]:
+        """Per registry: each replica's fraction of the global answers over the recent window (of
+        `counts` when given: sample() must have been given the same kind)."""
+        now_totals = self.chosen_totals(counts)
         base = self._history[0][1] if self._history else {}
         delta = {key: count - base.get(key, 0) for key, count in now_totals.items()}
         by_registry: dict[str, int] = {}
