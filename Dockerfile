@@ -42,6 +42,7 @@ COPY probes ./probes
 COPY standin ./standin
 COPY drills ./drills
 COPY config ./config
+COPY setup.py ./
 RUN /opt/geotm/bin/pip install --no-cache-dir --disable-pip-version-check -q --no-deps --no-build-isolation . \
     && rm -rf build *.egg-info
 ENV PATH=/opt/geotm/bin:$PATH PYTHONUNBUFFERED=1

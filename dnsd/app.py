@@ -224,7 +224,7 @@ async def serve(config: Config, listen: list[tuple[str, int]] | None = None, wor
                                                                name="SIGHUP reload"))
     admin_runner = None
     settings = listener_settings(config.server, reuse_port=worker is not None)
-    server = DnsServer(dnsd.engine.handle, listen, settings, rate_limiter=dnsd.rrl)
+    server = DnsServer(dnsd.engine.handle, listen, settings, rate_limiter=dnsd.rrl, packet_cache=dnsd.engine)
     dnsd.attach_listeners(server.tcp_stats, settings.tcp_max_connections)
     try:
         admin_runner = await start_admin(dnsd, config) if config.admin.listen else None

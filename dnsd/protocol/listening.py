@@ -1,12 +1,13 @@
-"""What the UDP and TCP listeners of one DnsServer share: the handler contract, ListenerSettings, and
-ListenerContext (the handler, the settings, the UDP rate limiter, the loop, the logs of failures)."""
+"""What the UDP and TCP listeners of one DnsServer share: the handler contract, the packet-cache front
+(PacketCacheOwner), ListenerSettings, and ListenerContext (the handler, the settings, the UDP rate
+limiter, the loop, the logs of failures)."""
 from __future__ import annotations
 
 import asyncio
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -26,6 +27,29 @@ log = structlog.get_logger(__name__)
 # framed, possibly out of order, RFC 7766 6.2.1.1); a Future cancelled or failed sends nothing.
 Reply = bytes | None | asyncio.Future[bytes | None]
 Handler = Callable[[bytes, str, bool], Reply]
+
+
+
+class HitStats(Protocol):
+    """The counters a packet-cache hit answered by the listener goes up in (dnsd.serving.stats.QueryStats)."""
+
+    counts: dict[Any, int]  # labels -> queries
+    located: dict[Any, int]  # where performance routing placed the client -> answers
+    latency_counts: list[int]  # per bucket of latency_bounds (bisect_left), and one beyond the last
+    latency_sum: float
+    latency_bounds: tuple[float, ...]
+
+
+class PacketCacheOwner(Protocol):
+    """The handler's exact packet cache, for the batched UDP listener (dnsd.protocol.udp) to answer its
+    hits without calling the handler, exactly as the handler would: `cache` maps (query[2:], client_ip,
+    over_tcp) to (reply[2:], labels, located or None) and is read again for every batch (a snapshot swap
+    replaces it); a hit is the query's ID + reply[2:], counted as counts[labels] += 1, located[located]
+    += 1 when not None, and its latency observed. The handler stays the one that fills it."""
+
+    cache: dict[tuple[bytes, str, bool], tuple[bytes, Any, Any]]
+    stats: HitStats
+
 
 _LOAD_FRACTION = 0.75  # "near the limit": the short idle timeout applies from this share of tcp_max_connections
 

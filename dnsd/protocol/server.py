@@ -1,9 +1,11 @@
 """DNS listeners: UDP and TCP sockets that move bytes between clients and a query handler; lifecycle only, no DNS logic.
 
-Each listen address gets one UDP socket (dnsd.protocol.udp) and one TCP listener (dnsd.protocol.tcp:
-framing, timeouts, caps) on the same port. Every message received is given to a synchronous handler,
+Each listen address gets one UDP socket (dnsd.protocol.udp: batched through the _fastudp extension
+where it works, else the asyncio transport; chosen at start and logged as `udp_io`) and one TCP
+listener (dnsd.protocol.tcp: framing, timeouts, caps) on the same port. Every message received is given to a synchronous handler,
 ``handler(query, client_ip, over_tcp)``, whose return value (bytes, or None for silence, or a Future of
-either when the reply comes later: dnsd.protocol.listening) is sent back unchanged. Everything
+either when the reply comes later: dnsd.protocol.listening) is sent back unchanged (a batched UDP listener answers the handler's packet-cache hits itself, with the
+same bytes: dnsd.protocol.listening.PacketCacheOwner). Everything
 DNS-specific (FORMERR, truncation, EDNS sizes) belongs to the handler. The one exception: with a rate
 limiter (dnsd.protocol.rrl), a UDP reply may be dropped or sent slipped (TC=1); TCP replies never are.
 """
@@ -17,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from dnsd.protocol.listening import Handler, ListenerContext, ListenerSettings, format_address
+from dnsd.protocol.listening import Handler, ListenerContext, ListenerSettings, PacketCacheOwner, format_address
 from dnsd.protocol.tcp import TcpConnections, TcpListener, TcpStats, tcp_socket
-from dnsd.protocol.udp import UdpProtocol, udp_socket
+from dnsd.protocol.udp import BatchedUdp, UdpProtocol, batched_io_unavailable, udp_socket
 
 if TYPE_CHECKING:
     from dnsd.protocol.rrl import ResponseRateLimiter
@@ -48,7 +50,10 @@ class DnsServer:
         listen: Sequence[tuple[str, int]],
         settings: ListenerSettings = ListenerSettings(),
         rate_limiter: ResponseRateLimiter | None = None,
+        packet_cache: PacketCacheOwner | None = None,
     ) -> None:
+        """packet_cache: the handler's owner, whose packet-cache hits a batched UDP listener answers
+        itself (dnsd.protocol.listening.PacketCacheOwner); None: every datagram goes to the handler."""
         if not listen:
             raise ValueError("DnsServer needs at least one listen address")
         self._handler = handler
@@ -58,10 +63,12 @@ class DnsServer:
                 raise ValueError(f"invalid port in listen address {format_address(host, port)}")
         self._settings = settings
         self._rate_limiter = rate_limiter
+        self._packet_cache = packet_cache
+        self._batched = False  # UDP through BatchedUdp (decided at start)
         # while started: the open TCP connections, and through them what all listeners share
         self._connections: TcpConnections | None = None
         self._addresses: list[tuple[str, int]] = []
-        self._udp: list[tuple[asyncio.DatagramTransport, UdpProtocol]] = []
+        self._udp: list[BatchedUdp | UdpProtocol] = []
         self._tcp: list[TcpListener] = []
 
     @property
@@ -87,6 +94,10 @@ class DnsServer:
             raise RuntimeError("DnsServer already started")
         self._connections = TcpConnections(ListenerContext(self._handler, self._settings, self._rate_limiter))
         self._addresses = []
+        unavailable = batched_io_unavailable()
+        self._batched = unavailable is None
+        log.info("udp_io", batched=self._batched, why=unavailable or "recvmmsg/sendmmsg through dnsd.protocol._fastudp",
+                 packet_cache_in_c=self._batched and self._packet_cache is not None and self._rate_limiter is None)
         try:
             for host, port in self._listen:
                 bound = await self._bind(host, port)
@@ -121,16 +132,19 @@ class DnsServer:
                     continue  # port 0: UDP got a port whose TCP twin is taken; pick another
                 raise _listen_error(host, bound, "tcp", exc) from exc
             break
+        udp: BatchedUdp | UdpProtocol
         try:
-            transport, protocol = await loop.create_datagram_endpoint(lambda: UdpProtocol(connections.context),
-                                                                      sock=udp_sock)
+            if self._batched:
+                udp = BatchedUdp(udp_sock, connections.context, self._packet_cache)
+            else:
+                _, udp = await loop.create_datagram_endpoint(lambda: UdpProtocol(connections.context), sock=udp_sock)
         except BaseException as exc:
             udp_sock.close()
             tcp_sock.close()
             if isinstance(exc, OSError):
                 raise _listen_error(host, bound, "udp", exc) from exc
             raise
-        self._udp.append((transport, protocol))
+        self._udp.append(udp)
         log.info("listening", transport="udp", address=format_address(host, bound))
         try:
             listener = TcpListener(tcp_sock, connections)
@@ -159,8 +173,8 @@ class DnsServer:
         udp, self._udp = self._udp, []
         for server in servers:
             server.close()
-        for transport, _ in udp:
-            transport.close()
+        for listener in udp:
+            listener.close()
         for conn in list(table.connections):
             conn.shutdown()
         if table.connections:
@@ -172,7 +186,7 @@ class DnsServer:
         for conn in list(table.connections):
             conn.kill()
         table.close()
-        waits: list[Any] = [protocol.closed for _, protocol in udp]
+        waits: list[Any] = [listener.closed for listener in udp]
         waits += [server.wait_closed() for server in servers]
         if table.connections:
             waits.append(table.no_connections.wait())

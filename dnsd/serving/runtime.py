@@ -178,7 +178,9 @@ class QueryEngine:
     Packet cache: under one snapshot a reply is fully determined by the query's bytes after its ID,
     the client's address and the transport, so a repeated query (the common case: a few resolvers
     asking the same names) is answered by patching the ID into the reply sent before. The cache
-    belongs to the snapshot: every swap starts it empty.
+    belongs to the snapshot: every swap starts it empty. The batched UDP listener reads `cache` (the
+    attribute, again every batch) and answers UDP hits itself with the same bytes and counters
+    (dnsd.protocol.listening.PacketCacheOwner: the key and entry shapes below are that contract).
 
     Shared cache, behind it: the client's address matters only through its class (ClientClass: the
     view and trusting views of its source, whether it may recurse, and its network and weighted slot

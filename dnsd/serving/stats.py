@@ -17,6 +17,8 @@ SHARE_SAMPLE = 10.0
 
 
 class QueryStats:
+    latency_bounds = LATENCY_BOUNDS  # for the listeners that count packet-cache hits (dnsd.protocol.listening)
+
     def __init__(self) -> None:
         # (view, kind, qtype or 0, rcode, registry, replica) -> count; registry/replica "" unless chosen
         self.counts: dict[tuple[str, str, int, int, str, str], int] = {}
