@@ -43,8 +43,18 @@ COPY standin ./standin
 COPY drills ./drills
 COPY config ./config
 COPY setup.py ./
-RUN /opt/geotm/bin/pip install --no-cache-dir --disable-pip-version-check -q --no-deps --no-build-isolation . \
-    && rm -rf build *.egg-info
+# the batched UDP extension (dnsd/protocol/_fastudp.c) needs a C compiler and Python's headers while it
+# is built, not after: installed for this step and removed in it, so the image stays without them
+RUN set -eu; \
+    build="gcc libc6-dev"; \
+    python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
+        || build="$build python3-dev"; \
+    apt-get update -qq; \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $build >/dev/null; \
+    /opt/geotm/bin/pip install --no-cache-dir --disable-pip-version-check -q --no-deps --no-build-isolation .; \
+    /opt/geotm/bin/python -c 'import dnsd.protocol._fastudp'; \
+    DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq --auto-remove $build >/dev/null; \
+    rm -rf /var/lib/apt/lists/* build *.egg-info
 ENV PATH=/opt/geotm/bin:$PATH PYTHONUNBUFFERED=1
 USER geotm
 EXPOSE 53/udp 53/tcp 8053 8054
