@@ -250,6 +250,9 @@ def _cluster_lines(cluster: dict) -> list[str]:
 def render_admin_answer(command: str, body: dict) -> str:
     if command == "status":
         lines = [f"config {body['config']['version']} ({body['config']['source']}), generation {body['generation']}"]
+        if "queries" in body:
+            from dnsd.ops.statuspage import queries_text  # start-up: for `dnsd status` only
+            lines.append(queries_text(body["queries"]))
         if body["health"]["expired"]:
             lines.append("HEALTH EXPIRED: failing open, every replica counts as online")
         for registry in body["registries"]:
@@ -263,7 +266,7 @@ def render_admin_answer(command: str, body: dict) -> str:
         if "cluster" in body:
             lines += _cluster_lines(body["cluster"])
         if "forwarding" in body:
-            from dnsd.ops.statuspage import forwarding_summary  # start-up: only for a dnsd that forwards
+            from dnsd.ops.statuspage import forwarding_summary  # start-up: for `dnsd status` only
             lines.append("forwarding: " + forwarding_summary(body["forwarding"]))
             lines += [f"  upstream {up['address']}: srtt {up['srtt_ms']:g} ms, {up['queries']} queries, "
                       f"{up['answers']} answers" + "".join(f", {kind} {n}" for kind, n in up["errors"].items())

@@ -9,11 +9,14 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 
 import dns.message
 import pytest
+import yaml
 
 from dnsd.ops.statuspage import render_status_page
 from dnsd.serving.stats import QueryStats
@@ -209,7 +212,12 @@ def worker_answers(admin_port: int) -> dict[int, tuple[int, int]]:
 def test_every_workers_counters_reach_metrics_and_the_status_page_and_survive_a_restart(tmp_path):
     sent = 200
     config = isolated_example(tmp_path)
-    with harness.dnsd(config, extra_args=["--workers", "2", "--log-format", "json"]) as supervisor:
+    admin_port = harness.free_port()  # in the config too, so `dnsd status --config` finds worker 0
+    data = yaml.safe_load(config.read_text())
+    data["admin"]["listen"] = f"127.0.0.1:{admin_port}"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    with harness.dnsd(config, extra_args=["--workers", "2", "--log-format", "json"],
+                      admin_port=admin_port) as supervisor:
         admin = supervisor.admin_port
         harness.wait_until(lambda: supervisor.log_text().count('"dnsd_started"') == 2, 10, "both workers started")
         harness.wait_until(lambda: set(worker_answers(admin)) == {0, 1}, 5, "both workers report")
@@ -228,6 +236,10 @@ def test_every_workers_counters_reach_metrics_and_the_status_page_and_survive_a_
             == metric_sum(metrics, "geotm_queries_total") >= sent
         assert metric_sum(metrics, "geotm_answer_seconds_count") == doc["queries"]["answered"]
         assert f"{doc['queries']['answered']} queries answered" in admin_get(admin, "/details").decode()
+        printed = subprocess.run([sys.executable, "-m", "dnsd", "status", "--config", str(config)],
+                                 capture_output=True, text=True, timeout=30)
+        assert f"{doc['queries']['answered']} queries answered" in printed.stdout, printed.stderr
+        assert "by 2 workers (worker 0: " in printed.stdout
 
         os.kill(pids[1], signal.SIGKILL)
         deadline = time.monotonic() + 15

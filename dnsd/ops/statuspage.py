@@ -61,7 +61,7 @@ def _timeline_text(event: dict) -> str:
     return kind
 
 
-def _queries_text(queries: dict) -> str:
+def queries_text(queries: dict) -> str:
     """Answered and dropped since start; under --workers, each worker's share."""
     text = f"{queries['answered']} queries answered, {queries['dropped']} dropped since start"
     workers = queries.get("workers")
@@ -159,7 +159,7 @@ def render_status_page(doc: dict, details: bool = True) -> str:
     parts.append(f"<div class='meta'>config {escape(doc['config']['version'])} from "
                  f"{escape(doc['config']['source'])} · generation {doc['generation']}</div>")
     if "queries" in doc:
-        parts.append(f"<div class='meta'>{_queries_text(doc['queries'])}</div>")
+        parts.append(f"<div class='meta'>{queries_text(doc['queries'])}</div>")
     health = doc["health"]
     if health["expired"]:
         parts.append("<div class='banner bad'>Health expired: no probe verdict within the TTL — "
