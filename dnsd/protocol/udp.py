@@ -10,6 +10,7 @@ import functools
 import os
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -38,6 +39,22 @@ def batched_io_unavailable() -> str | None:
     if _fastudp is None:
         return f"dnsd.protocol._fastudp not built ({_FASTUDP_MISSING})"
     return None
+
+
+def later_reply(later: asyncio.Future, client_ip: str, context: ListenerContext,
+                rrl_filter: Callable[[bytes, str], bytes | None] | None) -> bytes | None:
+    """The reply a handler's Future gave, through the rate limiter (forwarded answers are limited like
+    every other); None: nothing to send (cancelled, failed: logged, silence, or limited)."""
+    if later.cancelled():
+        return None
+    exc = later.exception()
+    if exc is not None:
+        context.handler_failed(client_ip, "udp", exc)
+        return None
+    reply = later.result()
+    if reply is not None and rrl_filter is not None:
+        reply = rrl_filter(reply, client_ip)
+    return reply
 
 
 class BatchedUdp:
@@ -104,19 +121,9 @@ class BatchedUdp:
 
     def _send_later(self, later: asyncio.Future, addr: tuple[str, int]) -> None:
         """A reply that was not ready when its datagram came: the same steps as _readable's."""
-        if later.cancelled():
-            return
-        exc = later.exception()
-        if exc is not None:
-            self._context.handler_failed(addr[0], "udp", exc)
-            return
-        reply = later.result()
+        reply = later_reply(later, addr[0], self._context, self._rrl_filter)
         if reply is None or self._sock is None:
             return
-        if self._rrl_filter is not None:  # forwarded answers are limited like every other
-            reply = self._rrl_filter(reply, addr[0])
-            if reply is None:
-                return
         try:
             self._sock.sendto(reply, addr)
         except BlockingIOError:
@@ -183,19 +190,9 @@ class UdpProtocol(asyncio.DatagramProtocol):
     def _send_later(self, later: asyncio.Future, addr: tuple[Any, ...]) -> None:
         """A reply that was not ready when the datagram came: the same steps as datagram_received's
         (written out there, on the hot path)."""
-        if later.cancelled():
-            return
-        exc = later.exception()
-        if exc is not None:
-            self._context.handler_failed(addr[0], "udp", exc)
-            return
-        reply = later.result()
+        reply = later_reply(later, addr[0], self._context, self._rrl_filter)
         if reply is None or self._transport is None:
             return
-        if self._rrl_filter is not None:  # forwarded answers are limited like every other
-            reply = self._rrl_filter(reply, addr[0])
-            if reply is None:
-                return
         if self._paused:
             suppressed = self._context.udp_drops.admit()
             if suppressed is not None:

@@ -245,13 +245,9 @@ class QueryEngine:
         key = (data[2:], client_ip, over_tcp)
         cached = self.cache.get(key)
         if cached is not None:
-            reply, labels, located = cached
-            counts = self.stats.counts
-            counts[labels] = counts.get(labels, 0) + 1
-            if located is not None:
-                self.stats.locate(located)
+            self.stats.count_cached(cached)
             self.stats.observe_latency(perf_counter() - started)
-            return data[:2] + reply
+            return data[:2] + cached[0]
         if self.forward_hits:  # a forwarded question asked again: answered without parsing it
             hit = self.forward_hits.get(key)
             if hit is not None:
@@ -271,14 +267,10 @@ class QueryEngine:
                 shared_key = (shared_key, klass[shared])
                 shared = self.shared.get(shared_key)
             if shared is not None:
-                reply, labels, located = shared
-                counts = self.stats.counts
-                counts[labels] = counts.get(labels, 0) + 1
-                if located is not None:
-                    self.stats.locate(located)
+                self.stats.count_cached(shared)
                 self._remember(key, shared)
                 self.stats.observe_latency(perf_counter() - started)
-                return data[:2] + reply
+                return data[:2] + shared[0]
         try:
             query = wire.parse_query(data)
         except WireError as err:

@@ -38,6 +38,13 @@ class QueryStats:
         self.counts[key] = self.counts.get(key, 0) + 1
         self.last_key = key
 
+    def count_cached(self, entry: tuple[bytes, tuple, tuple[str, str] | None]) -> None:
+        """A reply from a packet cache: its entry's labels and client region counted again."""
+        labels, located = entry[1], entry[2]
+        self.counts[labels] = self.counts.get(labels, 0) + 1
+        if located is not None:
+            self.locate(located)
+
     def locate(self, located: tuple[str, str]) -> None:
         self.located[located] = self.located.get(located, 0) + 1
         self.last_located = located
