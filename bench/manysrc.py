@@ -8,12 +8,10 @@ import ipaddress
 import shlex
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import benchlib as bl
-import dnsperfout
-from measure import LOAD_CORE, OUTSTANDING, WARMUP_S, cpu_figures, group_cpu_seconds, load_cpu_seconds, run_dnsperf
+from measure import LOAD_CORE, OUTSTANDING, WARMUP_S, measured_run, run_dnsperf
 from peers import Server
 
 from dnsd.records import name_labels, type_number
@@ -77,16 +75,7 @@ def measure_many_sources(s: Server, binary: Path, qfile: Path, seconds: float, r
         argv = manysrc_argv(binary, s.port, qfile, seconds)
         if i == 0:
             commands.append(shlex.join(argv) + f"    # {SOURCES} source addresses; a {WARMUP_S} s warm-up first")
-        cpu0, load0, t0 = group_cpu_seconds(s.child.pid), load_cpu_seconds(), time.monotonic()
-        rc, out = run_dnsperf(argv, seconds + 30)
-        cpu1, load1, t1 = group_cpu_seconds(s.child.pid), load_cpu_seconds(), time.monotonic()
-        try:
-            parsed = dnsperfout.parse_dnsperf(out)
-        except ValueError:
-            parsed = {"error": f"manysrc exit {rc}", "output": out[-2000:]}
-        parsed["argv"] = argv
-        parsed.update(cpu_figures(cpu1 - cpu0, load1 - load0, t1 - t0, parsed.get("queries_completed"),
-                                  parsed.get("run_time_s")))
+        parsed = measured_run(s, argv, seconds + 30, "manysrc")
         vres["runs"].append(parsed)
         bl.log(f"{s.name} {SOURCES} sources run {i + 1}/{runs}: {parsed.get('qps', 'FAILED')} qps, "
                f"lost {parsed.get('queries_lost', '-')}")

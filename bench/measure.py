@@ -30,8 +30,14 @@ def group_cpu_seconds(pgid: int) -> float:
 
 def group_cpu_times(pgid: int) -> tuple[float, float]:
     """(user, system) CPU seconds of every live process in process group `pgid`."""
+    per_process = process_cpu_times(pgid).values()
+    return sum(user for user, _ in per_process), sum(system for _, system in per_process)
+
+
+def process_cpu_times(pgid: int) -> dict[int, tuple[float, float]]:
+    """(user, system) CPU seconds of each live process in process group `pgid`, by PID."""
     tick = os.sysconf("SC_CLK_TCK")
-    user = system = 0
+    found = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -41,9 +47,24 @@ def group_cpu_times(pgid: int) -> tuple[float, float]:
             continue
         # after the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
         if int(fields[2]) == pgid:
-            user += int(fields[11])
-            system += int(fields[12])
-    return user / tick, system / tick
+            found[int(d.name)] = (int(fields[11]) / tick, int(fields[12]) / tick)
+    return found
+
+
+def measured_run(server, argv: list[str], timeout: float, tool: str) -> dict:
+    """One measured load-generator run against a started server: its parsed output (dnsperf's
+    format), the argv, and the CPU figures of the server and the load generator over it."""
+    cpu0, load0, t0 = group_cpu_seconds(server.child.pid), load_cpu_seconds(), time.monotonic()
+    rc, out = run_dnsperf(argv, timeout)
+    cpu1, load1, t1 = group_cpu_seconds(server.child.pid), load_cpu_seconds(), time.monotonic()
+    try:
+        parsed = dnsperfout.parse_dnsperf(out)
+    except ValueError:
+        parsed = {"error": f"{tool} exit {rc}", "output": out[-2000:]}
+    parsed["argv"] = argv
+    parsed.update(cpu_figures(cpu1 - cpu0, load1 - load0, t1 - t0, parsed.get("queries_completed"),
+                              parsed.get("run_time_s")))
+    return parsed
 
 
 def load_cpu_seconds() -> float:
@@ -111,16 +132,7 @@ def measure(s: Server, qfile: Path, seconds: float, runs: int, variant_runs: int
             if i == 0:
                 commands.append(shlex.join(warm) + "    # warm-up before every measured run, discarded")
                 commands.append(shlex.join(argv))
-            cpu0, load0, t0 = group_cpu_seconds(s.child.pid), load_cpu_seconds(), time.monotonic()
-            rc, out = run_dnsperf(argv, seconds + 60)
-            cpu1, load1, t1 = group_cpu_seconds(s.child.pid), load_cpu_seconds(), time.monotonic()
-            try:
-                parsed = dnsperfout.parse_dnsperf(out)
-            except ValueError:
-                parsed = {"error": f"dnsperf exit {rc}", "output": out[-2000:]}
-            parsed["argv"] = argv
-            parsed.update(cpu_figures(cpu1 - cpu0, load1 - load0, t1 - t0, parsed.get("queries_completed"),
-                                      parsed.get("run_time_s")))
+            parsed = measured_run(s, argv, seconds + 60, "dnsperf")
             vres["runs"].append(parsed)
             bl.log(f"{s.name} {variant} run {i + 1}/{n}: {parsed.get('qps', 'FAILED')} qps, "
                 f"lost {parsed.get('queries_lost', '-')}")

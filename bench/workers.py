@@ -28,7 +28,7 @@ sys.path[:0] = [str(HERE), str(ROOT)]  # bench's modules, and dnsd when it is no
 import benchlib as bl  # noqa: E402
 import dnsperfout  # noqa: E402
 import peers  # noqa: E402
-from measure import WARMUP_S, dnsperf_argv, run_dnsperf  # noqa: E402
+from measure import WARMUP_S, dnsperf_argv, process_cpu_times, run_dnsperf  # noqa: E402
 from verify import verify  # noqa: E402
 
 from dnsd.common.children import ChildFailed, stop_all  # noqa: E402
@@ -38,19 +38,7 @@ BUSY = 0.9  # CPU (cores) from which dnsperf, or each worker, is taken as the li
 
 def process_cpu_seconds(pgid: int) -> dict[int, float]:
     """user + system CPU seconds of each live process in process group `pgid`, by PID."""
-    tick = os.sysconf("SC_CLK_TCK")
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        # after the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
-        if int(fields[2]) == pgid:
-            found[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
-    return found
+    return {pid: user + system for pid, (user, system) in process_cpu_times(pgid).items()}
 
 
 def udp_sockets_on(port: int, table: str = "/proc/net/udp") -> int:
