@@ -100,11 +100,17 @@ def format_table(rows: list[dict]) -> str:
     body = [TABLE_HEADER]
     for r in rows:
         body.append((r["server"], *(cell(r.get(key), fmt) for key, fmt in _COLUMNS)))
-    widths = [max(len(row[i]) for row in body) for i in range(len(TABLE_HEADER))]
+    return aligned(body)
+
+
+def aligned(body: list[tuple[str, ...]], rule: bool = True) -> str:
+    """Rows of cells as text columns: the first left-aligned, the others right-aligned; with `rule`,
+    a line of dashes under the first row (the header)."""
+    widths = [max(len(row[i]) for row in body) for i in range(len(body[0]))]
     lines = []
     for i, row in enumerate(body):
         lines.append("  ".join(c.ljust(widths[j]) if j == 0 else c.rjust(widths[j]) for j, c in enumerate(row)))
-        if i == 0:
+        if i == 0 and rule:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

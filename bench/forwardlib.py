@@ -222,13 +222,7 @@ def format_table(rows: list[dict]) -> str:
                      _cell(r["mean_ms"], "{:.3f}"), _cell(r["p50_ms"], "{:.3f}"), _cell(r["p99_ms"], "{:.3f}"),
                      _cell(r["rate_us_per_query"], "{:.1f}"), _cell(r["lost"], "{:d}"),
                      _cell(r["upstream_cpu"], "{:.2f}"), _cell(r["ratio"], "{:.2f}")))
-    widths = [max(len(row[i]) for row in body) for i in range(len(TABLE_HEADER))]
-    lines = []
-    for i, row in enumerate(body):
-        lines.append("  ".join(c.ljust(widths[j]) if j == 0 else c.rjust(widths[j]) for j, c in enumerate(row)))
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return dnsperfout.aligned(body)
 
 
 def format_targets(checks: list[dict]) -> str:

@@ -89,9 +89,7 @@ def tail_table(results: dict) -> str:
             return fmt.format(dnsperfout.median(vals)) if vals else "-"
         body.append((name, str(lat["rate"]), str(len(runs)), med("p50_ms"), med("p99_ms"), med("p999_ms"),
                      med("server_cpu_cores", "{:.2f}")))
-    widths = [max(len(row[i]) for row in body) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(widths[j]) if j == 0 else c.rjust(widths[j]) for j, c in enumerate(row))
-                     for row in body)
+    return dnsperfout.aligned(body, rule=False)
 
 
 def older_dnsd(argv: list[str], src: Path) -> list[str]:
