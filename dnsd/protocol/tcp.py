@@ -311,6 +311,11 @@ class _TcpConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing() or self._held:
             return  # held: reading resumes once a later reply is written (_reply_ready)
+        self._process_and_read_on(transport)
+
+    def _process_and_read_on(self, transport: asyncio.Transport) -> None:
+        """Answer the messages buffered so far, then read more (or finish at EOF) unless answering
+        paused, ended or held the connection."""
         self._process()
         if self._paused or self._done or self._held:
             return
@@ -434,13 +439,7 @@ class _TcpConnection(asyncio.Protocol):
             return
         if self._held and not self._paused:
             self._held = False
-            self._process()
-            if self._paused or self._done or self._held:
-                return
-            if self._eof:
-                self._finish()
-            else:
-                transport.resume_reading()
+            self._process_and_read_on(transport)
         elif self._held:
             self._held = False  # resume_writing reads again
 
